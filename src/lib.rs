@@ -1,0 +1,9 @@
+//! tokenfs: a read-only FUSE filesystem that serves short-lived credentials as files.
+//!
+//! Data flows one way: upstream → [`source`] → [`cell`] → [`fs`] → kernel.
+//! [`issuer`] stands apart: an embedded Keycloak-compatible realm for `--dev`,
+//! reached only over HTTP.
+
+pub mod issuer;
+pub mod secret_file;
+pub mod source;

@@ -1,0 +1,77 @@
+//! Upstreams that issue tokens. Each kind implements [`Source`]; the cell above
+//! knows nothing of HTTP and a source knows nothing of cells or FUSE.
+
+pub mod get;
+pub mod http;
+pub mod jwt;
+pub mod oauth;
+
+use std::time::SystemTime;
+
+use secrecy::SecretString;
+
+/// A token as an upstream issued it.
+#[derive(Debug)]
+pub struct Issued {
+    /// The bytes a reader gets (no trailing newline). `SecretString` keeps it out of `Debug`.
+    pub token: SecretString,
+    /// When the token stops being accepted (JWT `exp`, else now + `expires_in`).
+    pub expires_at: SystemTime,
+    /// When the upstream says it was issued (JWT `iat`, else when the answer arrived).
+    pub issued_at: SystemTime,
+    /// Non-secret claims for logs and `.status`.
+    pub claims: LogClaims,
+}
+
+/// The claims that may be logged: never the token itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LogClaims {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// Why an upstream gave no token. Each kind maps to one errno for readers
+/// (see `SourceError::errno`), and to one line in the log and `.status`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// Could not reach the upstream, or it answered with a server error.
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+    /// The upstream did not answer within the configured timeout.
+    #[error("upstream timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The upstream refused the credentials (e.g. `invalid_grant`, 401, 403).
+    #[error("upstream rejected the request: {0}")]
+    Rejected(String),
+    /// The user has to (re-)grant consent in a browser at `url`.
+    #[error("{}: open {url} in a browser", if *.expired { "consent expired or was revoked" } else { "consent required" })]
+    ConsentRequired { url: String, expired: bool },
+    /// The upstream answered with something that is not a usable token.
+    #[error("upstream answered garbage: {0}")]
+    Malformed(String),
+}
+
+impl SourceError {
+    /// The errno a reader sees when no valid token is cached (design.md §2).
+    pub fn errno(&self) -> i32 {
+        match self {
+            SourceError::Unavailable(_) | SourceError::Rejected(_) | SourceError::Malformed(_) => {
+                libc::EIO
+            }
+            SourceError::Timeout(_) => libc::ETIMEDOUT,
+            SourceError::ConsentRequired { expired: false, .. } => libc::ENOKEY,
+            SourceError::ConsentRequired { expired: true, .. } => libc::EKEYEXPIRED,
+        }
+    }
+}
+
+/// One upstream kind. `issue` is called by at most one task at a time per file.
+#[async_trait::async_trait]
+pub trait Source: Send + Sync {
+    /// Obtain a new token.
+    async fn issue(&self) -> Result<Issued, SourceError>;
+    /// Where the token comes from, for `.status` and logs (no secrets, no query strings).
+    fn upstream(&self) -> String;
+}
