@@ -4,6 +4,7 @@
 //! [`issuer`] stands apart: an embedded Keycloak-compatible realm for `--dev`,
 //! reached only over HTTP.
 
+pub mod cell;
 pub mod issuer;
 pub mod secret_file;
 pub mod source;

@@ -1,0 +1,560 @@
+//! One cell per token file: the state machine between a [`Source`] and readers.
+//!
+//! Empty → (first read) → fetching → fresh → (refresh-ahead) → fresh …; a failed
+//! fetch leaves a still-valid token in service and backs off with jitter. At most one
+//! upstream request is in flight per cell; readers that arrive meanwhile share it.
+//!
+//! [`State`] is pure logic over an injected clock; [`Cell`] adds the tokio plumbing.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::watch;
+
+use crate::source::{Issued, LogClaims, Source, SourceError};
+
+/// Wall-clock time, injectable so the state machine is tested without sleeping.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> SystemTime;
+}
+
+/// The real wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// A source of uniform randomness in `[0, 1)` for jitter, injectable for tests.
+pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
+
+/// Real jitter.
+pub fn random_jitter() -> Jitter {
+    Arc::new(rand::random::<f64>)
+}
+
+/// When to refresh and how to back off; per file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// A token is never served with less than this left.
+    pub min_valid: Duration,
+    /// Refresh ahead once this fraction of the remaining lifetime has passed.
+    pub refresh_at: f64,
+    /// ± this fraction of the lifetime, so that many mounts do not refresh in step.
+    pub jitter: f64,
+    /// First retry delay after a failure; doubles per consecutive failure.
+    pub backoff_min: Duration,
+    /// Retry delay ceiling.
+    pub backoff_max: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            min_valid: Duration::from_secs(30),
+            refresh_at: 0.8,
+            jitter: 0.05,
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A token as served: immutable once made, shared by reference.
+pub struct Token {
+    secret: SecretString,
+    /// When the upstream stops accepting it.
+    pub expires_at: SystemTime,
+    /// When this daemon obtained it (the file's mtime).
+    pub obtained_at: SystemTime,
+    /// The last instant it may be served: `expires_at - min_valid`.
+    pub valid_until: SystemTime,
+    /// When refresh-ahead replaces it.
+    pub refresh_at: SystemTime,
+    pub claims: LogClaims,
+    /// Counts tokens obtained by this cell, from 1.
+    pub generation: u64,
+}
+
+impl Token {
+    /// The bytes readers get.
+    pub fn bytes(&self) -> &[u8] {
+        self.secret.expose_secret().as_bytes()
+    }
+
+    pub fn servable(&self, now: SystemTime) -> bool {
+        now < self.valid_until
+    }
+
+    /// Time left until it may no longer be served (zero when past).
+    pub fn time_left(&self, now: SystemTime) -> Duration {
+        self.valid_until.duration_since(now).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("generation", &self.generation)
+            .field(
+                "expires_at",
+                &humantime::format_rfc3339_seconds(self.expires_at),
+            )
+            .field("claims", &self.claims)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a reader gets instead of a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CellError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(
+        "upstream issued a token with {}s of lifetime left, less than min_valid ({}s); \
+         it will be asked again",
+        left.as_secs(),
+        min_valid.as_secs()
+    )]
+    TooShort { left: Duration, min_valid: Duration },
+    #[error("no token within the read timeout ({}s); the upstream is still being asked", .0.as_secs())]
+    ReadTimeout(Duration),
+}
+
+impl CellError {
+    /// The errno a reader sees (design.md §2).
+    pub fn errno(&self) -> i32 {
+        match self {
+            CellError::Source(e) => e.errno(),
+            CellError::TooShort { .. } => libc::EIO,
+            CellError::ReadTimeout(_) => libc::ETIMEDOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Failure {
+    error: CellError,
+    at: SystemTime,
+    retry_at: SystemTime,
+    consecutive: u32,
+}
+
+/// What a read should do now.
+#[derive(Debug)]
+pub enum Next {
+    Serve(Arc<Token>),
+    /// Start the one upstream request, then wait for it.
+    Fetch,
+    /// A request is in flight: wait for it.
+    Wait,
+    Fail(CellError),
+}
+
+/// The pure state machine. Every method takes `now`; nothing here sleeps or does I/O.
+#[derive(Debug, Default)]
+pub struct State {
+    current: Option<Arc<Token>>,
+    failure: Option<Failure>,
+    inflight: bool,
+    generation: u64,
+    fetches: u64,
+    failures: u64,
+    last_attempt: Option<SystemTime>,
+}
+
+impl State {
+    /// The token to serve, if any is servable now.
+    pub fn servable(&self, now: SystemTime) -> Option<&Arc<Token>> {
+        self.current.as_ref().filter(|t| t.servable(now))
+    }
+
+    /// Decide a read. `Fetch` marks the request as in flight; the caller must then
+    /// call [`State::finish`] exactly once. A reader that already waited for one
+    /// request passes `waited` and gets that request's error instead of starting
+    /// another, so a failing upstream is asked once per backoff, not once per reader.
+    pub fn on_read(&mut self, now: SystemTime, waited: bool) -> Next {
+        if let Some(t) = self.servable(now) {
+            return Next::Serve(t.clone());
+        }
+        if self.inflight {
+            return Next::Wait;
+        }
+        if let Some(f) = &self.failure {
+            if waited || now < f.retry_at {
+                return Next::Fail(f.error.clone());
+            }
+        }
+        self.start(now);
+        Next::Fetch
+    }
+
+    /// When refresh-ahead should next ask the upstream; `None` while the file was
+    /// never read (issue is lazy) or a request is in flight.
+    pub fn next_refresh(&self) -> Option<SystemTime> {
+        if self.inflight {
+            return None;
+        }
+        let token = self.current.as_ref()?;
+        Some(match &self.failure {
+            Some(f) => f.retry_at,
+            None => token.refresh_at,
+        })
+    }
+
+    /// Start a refresh-ahead request if one is due and none is in flight.
+    pub fn try_start_refresh(&mut self, now: SystemTime) -> bool {
+        match self.next_refresh() {
+            Some(due) if due <= now => {
+                self.start(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn start(&mut self, now: SystemTime) {
+        self.inflight = true;
+        self.last_attempt = Some(now);
+    }
+
+    /// Record the outcome of the request started by `on_read` or `try_start_refresh`.
+    /// `u` is uniform in `[0, 1)` for jitter.
+    pub fn finish(
+        &mut self,
+        result: Result<Issued, SourceError>,
+        now: SystemTime,
+        policy: &Policy,
+        u: f64,
+    ) -> Result<Arc<Token>, CellError> {
+        self.inflight = false;
+        self.fetches += 1;
+        let outcome = result
+            .map_err(CellError::from)
+            .and_then(|issued| self.accept(issued, now, policy, u));
+        match &outcome {
+            Ok(token) => {
+                self.current = Some(token.clone());
+                self.failure = None;
+            }
+            Err(error) => {
+                self.failures += 1;
+                let consecutive = self.failure.as_ref().map_or(1, |f| f.consecutive + 1);
+                let retry_at = now + backoff(policy, consecutive, u);
+                self.failure = Some(Failure {
+                    error: error.clone(),
+                    at: now,
+                    retry_at,
+                    consecutive,
+                });
+            }
+        }
+        outcome
+    }
+
+    fn accept(
+        &mut self,
+        issued: Issued,
+        now: SystemTime,
+        policy: &Policy,
+        u: f64,
+    ) -> Result<Arc<Token>, CellError> {
+        let left = issued.expires_at.duration_since(now).unwrap_or_default();
+        if left <= policy.min_valid {
+            return Err(CellError::TooShort {
+                left,
+                min_valid: policy.min_valid,
+            });
+        }
+        let valid_until = issued.expires_at - policy.min_valid;
+        // Judge from our own clock, not the upstream's `iat`, so a skewed issuer
+        // cannot push refresh-ahead past the deadline.
+        let fraction = (policy.refresh_at + policy.jitter * (2.0 * u - 1.0)).clamp(0.0, 1.0);
+        let refresh_at = (now + left.mul_f64(fraction)).min(valid_until);
+        self.generation += 1;
+        Ok(Arc::new(Token {
+            secret: issued.token,
+            expires_at: issued.expires_at,
+            obtained_at: now,
+            valid_until,
+            refresh_at,
+            claims: issued.claims,
+            generation: self.generation,
+        }))
+    }
+
+    /// The error of the last request, if it failed.
+    pub fn last_error(&self) -> Option<&CellError> {
+        self.failure.as_ref().map(|f| &f.error)
+    }
+
+    /// A snapshot for `.status`; never holds the token.
+    pub fn status(&self, now: SystemTime) -> CellStatus {
+        let servable = self.servable(now).is_some();
+        let state = match (&self.failure, servable) {
+            (_, _) if self.inflight && !servable => StateName::Fetching,
+            (None, true) => StateName::Fresh,
+            (Some(_), true) => StateName::Degraded,
+            (Some(f), false) => match &f.error {
+                CellError::Source(SourceError::ConsentRequired { .. }) => {
+                    StateName::ConsentRequired
+                }
+                _ => StateName::Failed,
+            },
+            (None, false) if self.current.is_some() => StateName::Expired,
+            (None, false) => StateName::Empty,
+        };
+        let token = self.current.as_ref();
+        CellStatus {
+            state,
+            generation: self.generation,
+            expires_at: token.map(|t| t.expires_at.into()),
+            obtained_at: token.map(|t| t.obtained_at.into()),
+            refresh_at: self
+                .next_refresh()
+                .filter(|_| token.is_some())
+                .map(Into::into),
+            sub: token.and_then(|t| t.claims.sub.clone()),
+            jti: token.and_then(|t| t.claims.jti.clone()),
+            last_attempt: self.last_attempt.map(Into::into),
+            last_error: self.failure.as_ref().map(|f| f.error.to_string()),
+            last_error_at: self.failure.as_ref().map(|f| f.at.into()),
+            retry_at: self.failure.as_ref().map(|f| f.retry_at.into()),
+            fetches: self.fetches,
+            failures: self.failures,
+        }
+    }
+}
+
+/// Exponential backoff with "equal jitter": half fixed, half random.
+fn backoff(policy: &Policy, consecutive: u32, u: f64) -> Duration {
+    let exp = consecutive.saturating_sub(1).min(20);
+    let base = policy
+        .backoff_min
+        .saturating_mul(1 << exp)
+        .min(policy.backoff_max);
+    base / 2 + (base / 2).mul_f64(u)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateName {
+    /// Never read yet: issue is lazy.
+    Empty,
+    /// The first (or a post-expiry) request is in flight.
+    Fetching,
+    /// A valid token is served.
+    Fresh,
+    /// A valid token is served, but the last refresh failed.
+    Degraded,
+    /// No valid token; the last request failed.
+    Failed,
+    /// No valid token; the user must grant consent.
+    ConsentRequired,
+    /// The token expired and nobody asked for a new one yet.
+    Expired,
+}
+
+/// Time rendered as RFC 3339 in `.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub SystemTime);
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        Timestamp(t)
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_seconds(self.0))
+    }
+}
+
+/// One file's entry in `.status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CellStatus {
+    pub state: StateName,
+    pub generation: u64,
+    pub expires_at: Option<Timestamp>,
+    pub obtained_at: Option<Timestamp>,
+    pub refresh_at: Option<Timestamp>,
+    pub sub: Option<String>,
+    pub jti: Option<String>,
+    pub last_attempt: Option<Timestamp>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<Timestamp>,
+    pub retry_at: Option<Timestamp>,
+    pub fetches: u64,
+    pub failures: u64,
+}
+
+/// A token file's cell: [`State`] behind a mutex, plus the one-request-at-a-time
+/// fetch and the refresh-ahead loop.
+pub struct Cell {
+    name: String,
+    source: Arc<dyn Source>,
+    policy: Policy,
+    clock: Arc<dyn Clock>,
+    jitter: Jitter,
+    state: Mutex<State>,
+    /// Bumped after every finished request; readers waiting on a fetch watch it.
+    finished: watch::Sender<u64>,
+}
+
+impl Cell {
+    pub fn new(
+        name: impl Into<String>,
+        source: Arc<dyn Source>,
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+        jitter: Jitter,
+    ) -> Arc<Cell> {
+        Arc::new(Cell {
+            name: name.into(),
+            source,
+            policy,
+            clock,
+            jitter,
+            state: Mutex::new(State::default()),
+            finished: watch::channel(0).0,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn upstream(&self) -> String {
+        self.source.upstream()
+    }
+
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated in a way
+        // that serves a wrong token (every field is written last), so keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The token to serve now, without waiting: the read path's fast case.
+    pub fn peek(&self) -> Option<Arc<Token>> {
+        self.lock().servable(self.clock.now()).cloned()
+    }
+
+    /// A servable token, asking the upstream if none is cached. Concurrent callers
+    /// share one request; a caller that waited for a failed request gets its error
+    /// rather than starting another.
+    pub async fn get(self: &Arc<Self>) -> Result<Arc<Token>, CellError> {
+        let mut finished = self.finished.subscribe();
+        let mut waited = false;
+        loop {
+            let next = self.lock().on_read(self.clock.now(), waited);
+            match next {
+                Next::Serve(token) => return Ok(token),
+                Next::Fail(error) => return Err(error),
+                Next::Fetch => {
+                    let cell = self.clone();
+                    tokio::spawn(async move { cell.fetch().await });
+                }
+                Next::Wait => {}
+            }
+            // The sender lives in `self`, so this only ends when a request finishes.
+            let _ = finished.changed().await;
+            waited = true;
+        }
+    }
+
+    /// Run the request that `on_read` or `try_start_refresh` marked as in flight.
+    async fn fetch(self: Arc<Self>) {
+        let source = self.source.clone();
+        // A panicking source must not leave the cell "in flight" forever.
+        let result = match tokio::spawn(async move { source.issue().await }).await {
+            Ok(result) => result,
+            Err(e) => Err(SourceError::Unavailable(format!(
+                "token source failed: {e}"
+            ))),
+        };
+        let now = self.clock.now();
+        let outcome = self
+            .lock()
+            .finish(result, now, &self.policy, (self.jitter)());
+        match &outcome {
+            Ok(token) => tracing::info!(
+                file = %self.name,
+                sub = token.claims.sub.as_deref().unwrap_or("-"),
+                jti = token.claims.jti.as_deref().unwrap_or("-"),
+                exp = %humantime::format_rfc3339_seconds(token.expires_at),
+                refresh_at = %humantime::format_rfc3339_seconds(token.refresh_at),
+                "token obtained"
+            ),
+            Err(error) => {
+                let serving = self.lock().servable(now).is_some();
+                tracing::warn!(
+                    file = %self.name,
+                    upstream = %self.source.upstream(),
+                    still_serving_cached = serving,
+                    "token request failed: {error}"
+                )
+            }
+        }
+        self.finished.send_modify(|n| *n += 1);
+    }
+
+    /// Keep the token fresh ahead of its expiry, once it was first read. Runs forever.
+    pub async fn keep_fresh(self: Arc<Self>) {
+        // Bound each sleep so a wall-clock jump is noticed soon.
+        const MAX_SLEEP: Duration = Duration::from_secs(30);
+        let mut finished = self.finished.subscribe();
+        loop {
+            let due = self.lock().next_refresh();
+            let Some(due) = due else {
+                let _ = finished.changed().await;
+                continue;
+            };
+            let wait = due.duration_since(self.clock.now()).unwrap_or_default();
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}
+                    _ = finished.changed() => {}
+                }
+                continue;
+            }
+            let started = self.lock().try_start_refresh(self.clock.now());
+            if started {
+                self.clone().fetch().await;
+            }
+        }
+    }
+
+    /// Subscribe to "a request finished" (success or failure).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.finished.subscribe()
+    }
+
+    pub fn status(&self) -> CellStatus {
+        self.lock().status(self.clock.now())
+    }
+}
+
+impl std::fmt::Debug for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cell")
+            .field("name", &self.name)
+            .field("upstream", &self.source.upstream())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;
