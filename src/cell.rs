@@ -397,7 +397,7 @@ pub struct CellStatus {
 /// fetch and the refresh-ahead loop.
 pub struct Cell {
     name: String,
-    source: Arc<dyn Source>,
+    pub(crate) source: Arc<dyn Source>,
     policy: Policy,
     clock: Arc<dyn Clock>,
     jitter: Jitter,
@@ -441,7 +441,7 @@ impl Cell {
         self.clock.now()
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave State half-updated in a way
         // that serves a wrong token (every field is written last), so keep going.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -540,6 +540,11 @@ impl Cell {
     /// Subscribe to "a request finished" (success or failure).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.finished.subscribe()
+    }
+
+    /// Counts tokens obtained so far; changes exactly when the served token does.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
     }
 
     pub fn status(&self) -> CellStatus {

@@ -5,6 +5,8 @@
 //! reached only over HTTP.
 
 pub mod cell;
+pub mod fs;
 pub mod issuer;
 pub mod secret_file;
 pub mod source;
+pub mod status;

@@ -1,0 +1,185 @@
+//! The filesystem logic without FUSE: what the kernel is told and what reads get.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use secrecy::SecretString;
+
+use super::*;
+use crate::cell::{Clock, Policy};
+use crate::source::{Issued, LogClaims, Source, SourceError};
+
+struct ManualClock(AtomicU64);
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// Issues `token-N` with a growing length, so sizes differ between tokens.
+struct Counting(Arc<ManualClock>, AtomicU64);
+
+#[async_trait::async_trait]
+impl Source for Counting {
+    async fn issue(&self) -> Result<Issued, SourceError> {
+        let n = self.1.fetch_add(1, Ordering::SeqCst) + 1;
+        let now = self.0.now();
+        Ok(Issued {
+            token: SecretString::from(format!("token-{}", "x".repeat(n as usize))),
+            expires_at: now + Duration::from_secs(300),
+            issued_at: now,
+            claims: LogClaims::default(),
+        })
+    }
+    fn upstream(&self) -> String {
+        "test".into()
+    }
+}
+
+fn files() -> (Arc<Files>, Arc<Cell>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_000_000)));
+    let source = Arc::new(Counting(clock.clone(), AtomicU64::new(0)));
+    let cell = Cell::new(
+        "token",
+        source,
+        Policy::default(),
+        clock.clone(),
+        Arc::new(|| 0.5),
+    );
+    let opts = Options {
+        owner: Owner {
+            uid: 1000,
+            gid: 1001,
+        },
+        read_timeout: Duration::from_secs(10),
+        ttl_cap: Duration::from_secs(600),
+    };
+    (Files::new(vec![cell.clone()], opts), cell, clock)
+}
+
+fn ready(now: Now) -> View {
+    match now {
+        Now::Ready(v) => v,
+        Now::MustWait => panic!("expected Ready, got MustWait"),
+        Now::Err(e) => panic!("expected Ready, got errno {e}"),
+    }
+}
+
+#[test]
+fn names_and_inodes() {
+    let (files, _, _) = files();
+    assert_eq!(files.lookup(ROOT_INO, OsStr::new("token")), Some(3));
+    assert_eq!(
+        files.lookup(ROOT_INO, OsStr::new(".status")),
+        Some(STATUS_INO)
+    );
+    assert_eq!(files.lookup(ROOT_INO, OsStr::new("nope")), None);
+    assert_eq!(
+        files.lookup(3, OsStr::new("token")),
+        None,
+        "files are not directories"
+    );
+    let names: Vec<_> = files.entries().map(|(_, n)| n.to_owned()).collect();
+    assert_eq!(names, [".status", "token"]);
+    let root = ready(files.attr_now(ROOT_INO)).attr;
+    assert_eq!(
+        (root.kind, root.perm, root.owner.uid),
+        (Kind::Dir, 0o500, 1000)
+    );
+    assert!(matches!(files.attr_now(99), Now::Err(libc::ENOENT)));
+}
+
+#[tokio::test]
+async fn empty_cell_must_wait_then_attrs_match_content() {
+    let (files, _, clock) = files();
+    assert!(
+        matches!(files.attr_now(3), Now::MustWait),
+        "issue happens on first access"
+    );
+    let view = files.wait(3).await.unwrap();
+    let content = view.content.clone().unwrap();
+    assert_eq!(content.bytes(), b"token-x");
+    assert_eq!(view.attr.size, 7);
+    assert_eq!(
+        (view.attr.perm, view.attr.owner),
+        (
+            0o400,
+            Owner {
+                uid: 1000,
+                gid: 1001
+            }
+        )
+    );
+    assert_eq!(
+        view.attr.mtime,
+        clock.now(),
+        "mtime is when the content was obtained"
+    );
+    assert_eq!(
+        view.ttl,
+        Duration::from_secs(270),
+        "TTL ends at the token's deadline"
+    );
+    assert_eq!(content.slice(2, 3), b"ken");
+    assert_eq!(content.slice(5, 100), b"-x");
+    assert_eq!(content.slice(1 << 40, 10), b"");
+}
+
+#[tokio::test]
+async fn ttl_is_capped_and_shrinks_towards_the_deadline() {
+    let (files, _, clock) = files();
+    files.wait(3).await.unwrap();
+    clock.0.fetch_add(200, Ordering::SeqCst);
+    assert_eq!(ready(files.attr_now(3)).ttl, Duration::from_secs(70));
+    clock.0.fetch_add(70, Ordering::SeqCst);
+    assert!(
+        matches!(files.attr_now(3), Now::MustWait),
+        "past the deadline nothing is served"
+    );
+}
+
+#[tokio::test]
+async fn reads_serve_the_announced_token_until_attributes_are_asked_again() {
+    let (files, cell, clock) = files();
+    files.wait(3).await.unwrap();
+    // A refresh lands: the cell has a longer token, but the kernel still holds the old size.
+    clock.0.fetch_add(240, Ordering::SeqCst);
+    assert!(cell.lock().try_start_refresh(clock.now()));
+    let issued = cell.source.issue().await;
+    cell.lock()
+        .finish(issued, clock.now(), &Policy::default(), 0.5)
+        .unwrap();
+    assert_eq!(cell.peek().unwrap().bytes(), b"token-xx");
+    let read = ready(files.read_now(3));
+    assert_eq!(
+        read.content.unwrap().bytes(),
+        b"token-x",
+        "read matches the announced size"
+    );
+    // The next getattr (after the invalidation) announces the new one, and reads follow.
+    let attr = ready(files.attr_now(3));
+    assert_eq!(attr.attr.size, 8);
+    assert_eq!(
+        ready(files.read_now(3)).content.unwrap().bytes(),
+        b"token-xx"
+    );
+}
+
+#[tokio::test]
+async fn status_is_stable_until_something_changes() {
+    let (files, _, _) = files();
+    let a = ready(files.attr_now(STATUS_INO));
+    let b = ready(files.attr_now(STATUS_INO));
+    assert_eq!(a.attr.mtime, b.attr.mtime);
+    assert_eq!(a.ttl, Duration::ZERO);
+    let text = String::from_utf8(a.content.unwrap().bytes().to_vec()).unwrap();
+    assert!(text.contains("\"state\": \"empty\""), "{text}");
+    files.wait(3).await.unwrap();
+    let c = ready(files.attr_now(STATUS_INO));
+    let text = String::from_utf8(c.content.clone().unwrap().bytes().to_vec()).unwrap();
+    assert!(text.contains("\"state\": \"fresh\""), "{text}");
+    assert!(!text.contains("token-x"), "no secret in .status: {text}");
+    assert_eq!(c.attr.size, text.len() as u64);
+    let read = ready(files.read_now(STATUS_INO));
+    assert_eq!(read.content.unwrap().bytes(), text.as_bytes());
+}
