@@ -2,9 +2,13 @@
 //!
 //! Data flows one way: upstream → [`source`] → [`cell`] → [`fs`] → kernel.
 //! [`issuer`] stands apart: an embedded Keycloak-compatible realm for `--dev`,
-//! reached only over HTTP.
+//! reached only over HTTP. [`daemon`] (the `mount` command) wires them together.
 
 pub mod cell;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod dev;
 pub mod fs;
 pub mod issuer;
 pub mod secret_file;

@@ -1,0 +1,61 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The mountpoint the platform's clients expect (`DOMINO_TOKEN_FILE` lives under it).
+pub const DEFAULT_MOUNTPOINT: &str = "/var/lib/domino/home/.api";
+/// Where `mount` looks for its config when neither `--config` nor `--dev` is given.
+pub const DEFAULT_CONFIG: &str = "/etc/tokenfs/config.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tokenfs",
+    version,
+    about = "Serve short-lived credentials (platform JWT, Azure token) as read-only files",
+    long_about = "tokenfs mounts a read-only FUSE filesystem whose files hold short-lived \
+credentials. Reading a file issues or refreshes its token on demand, so the content is never \
+stale, and long-lived secrets (client secrets, refresh tokens) never leave the daemon.\n\n\
+Try it with no other service:\n  mkdir /tmp/api && tokenfs mount --dev /tmp/api\n  \
+cat /tmp/api/token\n\nLogging: set RUST_LOG (e.g. RUST_LOG=debug or RUST_LOG=tokenfs=trace); \
+logs go to stderr and never contain tokens or secrets."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount the filesystem and serve tokens (stays in the foreground; SIGTERM or
+    /// SIGINT unmounts and exits 0).
+    Mount(MountArgs),
+    /// Run the embedded Keycloak-compatible issuer alone. For development and tests only.
+    DevIssuer(crate::issuer::DevIssuerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Directory to mount on; created if missing (its parent must exist).
+    #[arg(default_value = DEFAULT_MOUNTPOINT, env = "TOKENFS_MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+
+    /// Config file (TOML) [default: /etc/tokenfs/config.toml].
+    #[arg(long, env = "TOKENFS_CONFIG", conflicts_with = "dev")]
+    pub config: Option<PathBuf>,
+
+    /// Serve tokens from an embedded development issuer on a loopback port, with no
+    /// config and no other service. Never use this in production.
+    #[arg(long)]
+    pub dev: bool,
+
+    /// With --dev: lifetime of the tokens the embedded issuer issues.
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration, requires = "dev")]
+    pub dev_lifetime: Duration,
+
+    /// With --dev: the user the embedded issuer issues tokens for [default: $USER].
+    #[arg(long, requires = "dev")]
+    pub dev_user: Option<String>,
+}

@@ -1,0 +1,324 @@
+//! The configuration: a TOML file parsed into [`raw`] structs, then validated once
+//! into the typed [`Config`] the rest of the program uses (secrets loaded, URLs
+//! checked, defaults applied). Every error names the key and the problem.
+
+mod raw;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::cell::Policy;
+use crate::fs::Owner;
+use crate::secret_file;
+use crate::source::get::GetConfig;
+use crate::source::http::HttpSettings;
+use crate::source::oauth::{Grant, OAuthConfig};
+
+pub use raw::RawConfig;
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Files' owner; `None` = the owner of the mountpoint's parent directory.
+    pub owner: Option<Owner>,
+    pub read_timeout: Duration,
+    pub files: Vec<FileConfig>,
+}
+
+#[derive(Debug)]
+pub struct FileConfig {
+    pub name: String,
+    pub policy: Policy,
+    pub source: SourceConfig,
+}
+
+#[derive(Debug)]
+pub enum SourceConfig {
+    OAuth(OAuthConfig),
+    Get(GetConfig),
+}
+
+/// A configuration problem, naming the key (`files.token.token_url`) and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Config::validate(raw)
+    }
+
+    /// Turn the parsed file into the typed config, loading secret files.
+    pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let owner = match (raw.mount.uid, raw.mount.gid) {
+            (Some(uid), Some(gid)) => Some(Owner { uid, gid }),
+            (None, None) => None,
+            _ => return Err(invalid("mount.uid/mount.gid", "set both or neither")),
+        };
+        let read_timeout = raw.mount.read_timeout.unwrap_or(Duration::from_secs(10));
+        if read_timeout.is_zero() {
+            return Err(invalid("mount.read_timeout", "must be more than 0s"));
+        }
+        if raw.files.is_empty() {
+            return Err(invalid(
+                "files",
+                "no files configured; add a [files.token] table (see the README)",
+            ));
+        }
+        let files = raw
+            .files
+            .into_iter()
+            .map(|(name, file)| validate_file(name, file))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Config {
+            owner,
+            read_timeout,
+            files,
+        })
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), ConfigError> {
+    let key = format!("files.{name}");
+    if name.is_empty() || name.len() > 200 {
+        return Err(invalid(key, "a file name must be 1 to 200 bytes long"));
+    }
+    if name.starts_with('.') || name.contains('/') || name.contains('\0') {
+        return Err(invalid(
+            key,
+            "a file name must not start with '.' or contain '/' (names starting with '.' are reserved)",
+        ));
+    }
+    if name.ends_with(".consent-url") {
+        return Err(invalid(key, "names ending in .consent-url are reserved"));
+    }
+    Ok(())
+}
+
+fn validate_file(name: String, f: raw::RawFile) -> Result<FileConfig, ConfigError> {
+    validate_name(&name)?;
+    let key = |k: &str| format!("files.{name}.{k}");
+    let defaults = Policy::default();
+    let policy = Policy {
+        min_valid: f.min_valid.unwrap_or(defaults.min_valid),
+        refresh_at: f.refresh_at.unwrap_or(defaults.refresh_at),
+        ..defaults
+    };
+    if !(0.1..=0.95).contains(&policy.refresh_at) {
+        return Err(invalid(
+            key("refresh_at"),
+            "must be between 0.1 and 0.95 (fraction of the lifetime)",
+        ));
+    }
+    let http = HttpSettings {
+        connect_timeout: f.connect_timeout.unwrap_or(Duration::from_secs(5)),
+        timeout: f.timeout.unwrap_or(Duration::from_secs(10)),
+        max_body: f.max_body.unwrap_or(64 * 1024),
+        ca_file: f.ca_file.clone(),
+    };
+    if http.timeout.is_zero() || http.connect_timeout.is_zero() {
+        return Err(invalid(key("timeout"), "timeouts must be more than 0s"));
+    }
+    if !(1024..=16 * 1024 * 1024).contains(&http.max_body) {
+        return Err(invalid(
+            key("max_body"),
+            "must be between 1024 and 16777216 bytes",
+        ));
+    }
+    let source = match f.source.as_deref() {
+        Some("oauth2") => SourceConfig::OAuth(oauth(&name, f, http)?),
+        Some("http") => SourceConfig::Get(get(&name, f, http)?),
+        Some(other) => {
+            return Err(invalid(
+                key("source"),
+                format!("unknown source {other:?}; use \"oauth2\" or \"http\""),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                key("source"),
+                "missing; use \"oauth2\" or \"http\"",
+            ))
+        }
+    };
+    Ok(FileConfig {
+        name,
+        policy,
+        source,
+    })
+}
+
+fn url(key: String, value: Option<String>) -> Result<String, ConfigError> {
+    let value = value.ok_or_else(|| invalid(&key, "missing"))?;
+    let parsed =
+        reqwest::Url::parse(&value).map_err(|e| invalid(&key, format!("not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(invalid(
+            key,
+            "must be an http:// or https:// URL with a host",
+        ));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid(
+            key,
+            "must not carry credentials; use client_secret_file",
+        ));
+    }
+    Ok(value)
+}
+
+fn secret(key: String, path: &Path) -> Result<SecretString, ConfigError> {
+    secret_file::read_secret_file(path).map_err(|e| invalid(key, e.to_string()))
+}
+
+/// Keys that belong to one source kind only: naming them under another is a mistake.
+fn reject(name: &str, kind: &str, present: &[(&str, bool)]) -> Result<(), ConfigError> {
+    match present.iter().find(|(_, set)| *set) {
+        Some((k, _)) => Err(invalid(
+            format!("files.{name}.{k}"),
+            format!("not valid for source = \"{kind}\""),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn oauth(name: &str, f: raw::RawFile, http: HttpSettings) -> Result<OAuthConfig, ConfigError> {
+    let key = |k: &str| format!("files.{name}.{k}");
+    reject(
+        name,
+        "oauth2",
+        &[("url", f.url.is_some()), ("headers", f.headers.is_some())],
+    )?;
+    let token_url = url(key("token_url"), f.token_url)?;
+    let client_id = f
+        .client_id
+        .ok_or_else(|| invalid(key("client_id"), "missing"))?;
+    let client_secret = f
+        .client_secret_file
+        .as_deref()
+        .map(|p| secret(key("client_secret_file"), p))
+        .transpose()?;
+    let grant = match f.grant.as_deref().unwrap_or("refresh_token") {
+        "refresh_token" => {
+            let path = f.refresh_token_file.ok_or_else(|| {
+                invalid(
+                    key("refresh_token_file"),
+                    "missing (required by grant = \"refresh_token\")",
+                )
+            })?;
+            // A rotated token persisted by an earlier run supersedes the original.
+            let refresh_token = match &f.rotated_refresh_token_file {
+                Some(rotated) if rotated.exists() => {
+                    secret(key("rotated_refresh_token_file"), rotated)?
+                }
+                _ => secret(key("refresh_token_file"), &path)?,
+            };
+            Grant::RefreshToken {
+                refresh_token,
+                rotated_file: f.rotated_refresh_token_file,
+            }
+        }
+        "client_credentials" => {
+            if client_secret.is_none() {
+                return Err(invalid(
+                    key("client_secret_file"),
+                    "missing (required by grant = \"client_credentials\")",
+                ));
+            }
+            reject(
+                name,
+                "oauth2\" with grant = \"client_credentials",
+                &[
+                    ("refresh_token_file", f.refresh_token_file.is_some()),
+                    (
+                        "rotated_refresh_token_file",
+                        f.rotated_refresh_token_file.is_some(),
+                    ),
+                ],
+            )?;
+            Grant::ClientCredentials
+        }
+        other => {
+            return Err(invalid(
+                key("grant"),
+                format!("unknown grant {other:?}; use \"refresh_token\" or \"client_credentials\""),
+            ))
+        }
+    };
+    Ok(OAuthConfig {
+        token_url,
+        client_id,
+        client_secret,
+        grant,
+        scope: f.scope,
+        http,
+    })
+}
+
+fn get(name: &str, f: raw::RawFile, http: HttpSettings) -> Result<GetConfig, ConfigError> {
+    let key = |k: &str| format!("files.{name}.{k}");
+    reject(
+        name,
+        "http",
+        &[
+            ("token_url", f.token_url.is_some()),
+            ("client_id", f.client_id.is_some()),
+            ("client_secret_file", f.client_secret_file.is_some()),
+            ("grant", f.grant.is_some()),
+            ("refresh_token_file", f.refresh_token_file.is_some()),
+            (
+                "rotated_refresh_token_file",
+                f.rotated_refresh_token_file.is_some(),
+            ),
+            ("scope", f.scope.is_some()),
+        ],
+    )?;
+    let url = url(key("url"), f.url)?;
+    let mut headers = Vec::new();
+    for (header, value) in f.headers.unwrap_or_default() {
+        let value = match value {
+            raw::HeaderValue::Plain(v) => SecretString::from(v),
+            raw::HeaderValue::File { file } => {
+                secret(key(&format!("headers.{header}.file")), &file)?
+            }
+        };
+        if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            return Err(invalid(
+                key(&format!("headers.{header}")),
+                "not a valid HTTP header name",
+            ));
+        }
+        headers.push((header, value));
+    }
+    Ok(GetConfig { url, headers, http })
+}
+
+#[cfg(test)]
+mod tests;

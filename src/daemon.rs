@@ -1,0 +1,215 @@
+//! `tokenfs mount`: wire config → sources → cells → filesystem, mount, serve in
+//! the foreground, and unmount cleanly on SIGTERM/SIGINT.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fuser::{MountOption, Session, SessionACL};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cell::{random_jitter, Cell, SystemClock};
+use crate::cli::{MountArgs, DEFAULT_CONFIG};
+use crate::config::{Config, SourceConfig};
+use crate::fs::fuse::{invalidate_on_change, TokenFs};
+use crate::fs::{Files, Options, Owner};
+use crate::source::get::GetSource;
+use crate::source::oauth::OAuthSource;
+use crate::source::Source;
+
+/// Longest the kernel may cache a file's pages and attributes, whatever the token.
+const TTL_CAP: Duration = Duration::from_secs(600);
+
+pub fn run(args: MountArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("tokenfs-rt")
+        .build()
+        .context("cannot start the async runtime")?;
+    // In --dev the issuer serves from this process until `_dev_issuer` drops at exit.
+    let (config, _dev_issuer) = if args.dev {
+        let user = args.dev_user.clone().unwrap_or_else(default_user);
+        let (config, issuer) = rt.block_on(crate::dev::start(&user, args.dev_lifetime))?;
+        (config, Some(issuer))
+    } else {
+        let path = args
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let config = Config::load(&path)
+            .with_context(|| format!("invalid configuration in {}", path.display()))?;
+        (config, None)
+    };
+    let mountpoint = prepare_mountpoint(&args.mountpoint)?;
+    let owner = match config.owner {
+        Some(owner) => owner,
+        None => owner_of_parent(&mountpoint)?,
+    };
+
+    let _enter = rt.enter();
+    let cells = config
+        .files
+        .into_iter()
+        .map(|file| {
+            let source = build_source(file.source)
+                .with_context(|| format!("cannot set up the source of file {:?}", file.name))?;
+            Ok(Cell::new(
+                file.name,
+                source,
+                file.policy,
+                Arc::new(SystemClock),
+                random_jitter(),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let files = Files::new(
+        cells.clone(),
+        Options {
+            owner,
+            read_timeout: config.read_timeout,
+            ttl_cap: TTL_CAP,
+        },
+    );
+
+    let fs = TokenFs::new(files.clone(), rt.handle().clone());
+    let mut fuse_config = fuser::Config::default();
+    fuse_config.mount_options = vec![
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::NoExec,
+        MountOption::FSName("tokenfs".into()),
+        MountOption::Subtype("tokenfs".into()),
+    ];
+    // The files belong to the user, not to the root daemon: let the kernel's mode
+    // checks (default_permissions) decide who reads.
+    fuse_config.acl = SessionACL::All;
+    fuse_config.n_threads = Some(2);
+    let mut session = Session::new(fs, &mountpoint, &fuse_config).with_context(|| {
+        format!(
+            "cannot mount on {} (needs root or CAP_SYS_ADMIN and /dev/fuse)",
+            mountpoint.display()
+        )
+    })?;
+    let notifier = session.notifier();
+    let mut unmounter = session.unmount_callable();
+
+    for cell in &cells {
+        rt.spawn(cell.clone().keep_fresh());
+    }
+    rt.spawn(invalidate_on_change(files.clone(), notifier));
+
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+    let serving = std::thread::Builder::new()
+        .name("tokenfs-fuse".into())
+        .spawn(move || {
+            let result = session.run();
+            let _ = ended_tx.send(());
+            result
+        })
+        .context("cannot start the FUSE thread")?;
+    let names: Vec<_> = files.entries().map(|(_, n)| n.to_owned()).collect();
+    tracing::info!(
+        mountpoint = %mountpoint.display(),
+        uid = owner.uid,
+        gid = owner.gid,
+        files = ?names,
+        "mounted"
+    );
+
+    let external_unmount = rt.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        anyhow::Ok(tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: unmounting"); false }
+            _ = int.recv() => { tracing::info!("SIGINT: unmounting"); false }
+            _ = ended_rx => true,
+        })
+    })?;
+    if external_unmount {
+        tracing::warn!(mountpoint = %mountpoint.display(), "the filesystem was unmounted from outside; exiting");
+    } else if let Err(e) = unmounter.unmount() {
+        // Busy: a reader holds a file open. Detach the mount now; the kernel ends the
+        // connection when this process exits and closes /dev/fuse, and the holder's
+        // later reads fail with ENOTCONN instead of returning a token nobody refreshes.
+        tracing::warn!("unmount failed ({e}); detaching lazily");
+        lazy_unmount(&mountpoint)?;
+        tracing::info!("unmounted (detached); bye");
+        return Ok(());
+    }
+    match serving.join() {
+        Ok(result) => result.context("FUSE session ended with an error")?,
+        Err(_) => bail!("the FUSE thread panicked"),
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
+    tracing::info!("unmounted; bye");
+    Ok(())
+}
+
+fn build_source(config: SourceConfig) -> Result<Arc<dyn Source>> {
+    Ok(match config {
+        SourceConfig::OAuth(c) => Arc::new(OAuthSource::new(c)?),
+        SourceConfig::Get(c) => Arc::new(GetSource::new(c)?),
+    })
+}
+
+fn default_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "dev-user".into())
+}
+
+/// The mountpoint as an absolute path to a directory, created if missing.
+fn prepare_mountpoint(path: &Path) -> Result<PathBuf> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("mountpoint {} is not a directory", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir(path).with_context(|| {
+                format!(
+                    "mountpoint {} does not exist and cannot be created",
+                    path.display()
+                )
+            })?;
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot use mountpoint {} (a dead tokenfs there shows as \
+                     'Transport endpoint is not connected': run umount -l {0})",
+                    path.display()
+                )
+            })
+        }
+    }
+    path.canonicalize()
+        .with_context(|| format!("cannot resolve mountpoint {}", path.display()))
+}
+
+/// On the platform the mountpoint's parent is the user's home: its owner owns the files.
+fn owner_of_parent(mountpoint: &Path) -> Result<Owner> {
+    let parent = mountpoint.parent().unwrap_or(Path::new("/"));
+    let meta = std::fs::metadata(parent)
+        .with_context(|| format!("cannot stat {} to find the files' owner", parent.display()))?;
+    Ok(Owner {
+        uid: meta.uid(),
+        gid: meta.gid(),
+    })
+}
+
+fn lazy_unmount(mountpoint: &Path) -> Result<()> {
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
+        .context("mountpoint path contains a NUL byte")?;
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot unmount {}", mountpoint.display()));
+    }
+    Ok(())
+}

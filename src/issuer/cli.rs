@@ -1,0 +1,266 @@
+//! `tokenfs dev-issuer`: run the embedded realm as a standalone server.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use secrecy::{ExposeSecret, SecretString};
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{store, Issuer, IssuerConfig, RunningIssuer};
+
+/// Run a throwaway Keycloak-compatible realm: for development and tests only, never production.
+///
+/// FOR DEVELOPMENT ONLY — NEVER USE IN PRODUCTION. It has no login, no user
+/// database and no persistence: its signing key is generated at start and lost at
+/// exit, and it hands out tokens for any username you name on the command line.
+///
+/// It serves Keycloak's endpoints (discovery, JWKS, token, userinfo) under
+/// /realms/REALM/..., so you can point tokenfs (or any OIDC client) at it instead of
+/// a real Keycloak. Typical use:
+///
+///   tokenfs dev-issuer --offline-token-file /tmp/dev/offline --client-secret-file /tmp/dev/secret
+///
+/// then configure tokenfs with the printed token URL, the client id, and those files.
+/// Stop it with Ctrl-C (or SIGTERM).
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct DevIssuerArgs {
+    /// Address to listen on (port 0 picks a free port). Keep it on loopback: anyone
+    /// who can reach it can use the tokens it issues.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8180")]
+    pub listen: SocketAddr,
+
+    /// Realm name, as in https://keycloak/realms/REALM.
+    #[arg(long, value_name = "NAME", default_value = "DominoRealm")]
+    pub realm: String,
+
+    /// Lifetime of the access tokens it issues (e.g. 300s, 5m, 30s). Short values
+    /// exercise a client's refresh logic; at least 1s.
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = humantime::parse_duration)]
+    pub lifetime: Duration,
+
+    /// Username whose offline token --offline-token-file receives. Tokens carry it as
+    /// preferred_username and name, with email USER@example.com.
+    #[arg(long, value_name = "NAME", default_value = "dev-user")]
+    pub user: String,
+
+    /// Client id to register (public, or confidential with --client-secret-file).
+    #[arg(long, value_name = "ID", default_value = "tokenfs")]
+    pub client_id: String,
+
+    /// Mint an offline (refresh) token for --user and write it to PATH (mode 0600,
+    /// created or truncated, no trailing newline). Use it with the refresh_token grant.
+    #[arg(long, value_name = "PATH")]
+    pub offline_token_file: Option<PathBuf>,
+
+    /// Generate a random client secret, register the client as confidential, and write
+    /// the secret to PATH (mode 0600). Without it the client is public (no secret), and
+    /// the client_credentials grant is refused, as in Keycloak.
+    #[arg(long, value_name = "PATH")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// Return a new refresh token on every refresh and revoke the one presented, like
+    /// Keycloak's "Revoke Refresh Token" setting. Tests that a client persists it.
+    #[arg(long)]
+    pub rotate_refresh_tokens: bool,
+
+    /// Delay every token-endpoint answer by DURATION (e.g. 200ms), to make refresh
+    /// races and timeouts observable.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub token_delay: Duration,
+}
+
+/// Runs the dev realm until SIGINT or SIGTERM, then stops it gracefully.
+pub async fn run_dev_issuer(args: DevIssuerArgs) -> anyhow::Result<()> {
+    eprintln!("tokenfs dev-issuer: FOR DEVELOPMENT ONLY, never use it in production");
+    // Registered before anything is printed: a harness that sends SIGTERM as soon as it
+    // reads our output must get a graceful stop, not the default "die now".
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+
+    let (running, kind) = start(&args).await?;
+    println!("realm:      {}", running.realm_url());
+    println!("token URL:  {}", running.token_url());
+    println!("JWKS URL:   {}", running.jwks_url());
+    println!("userinfo:   {}", running.userinfo_url());
+    println!("client:     {} ({kind})", args.client_id);
+    if let Some(path) = &args.client_secret_file {
+        println!("secret in:  {}", path.display());
+    }
+    match &args.offline_token_file {
+        Some(path) => println!("offline token for {} in: {}", args.user, path.display()),
+        None => println!("no offline token minted (pass --offline-token-file to get one)"),
+    }
+
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+    eprintln!("tokenfs dev-issuer: stopping");
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Binds, then writes the files: once a file exists, the server it is for answers,
+/// so a script may wait for the file and use it at once.
+async fn start(args: &DevIssuerArgs) -> anyhow::Result<(RunningIssuer, &'static str)> {
+    let issuer = Issuer::new(IssuerConfig {
+        realm: args.realm.clone(),
+        lifetime: args.lifetime,
+        rotate_refresh_tokens: args.rotate_refresh_tokens,
+        token_delay: args.token_delay,
+    })?;
+    let running = issuer.clone().bind(args.listen).await?;
+
+    let kind = match &args.client_secret_file {
+        Some(path) => {
+            let secret = store::random_secret();
+            write_secret_file(path, &secret)
+                .with_context(|| format!("writing the client secret to {}", path.display()))?;
+            issuer.add_client(&args.client_id, Some(secret));
+            "confidential"
+        }
+        None => {
+            issuer.add_client(&args.client_id, None);
+            "public"
+        }
+    };
+    if let Some(path) = &args.offline_token_file {
+        let token = issuer.mint_offline_token(&args.user, &args.client_id);
+        write_secret_file(path, &token)
+            .with_context(|| format!("writing the offline token to {}", path.display()))?;
+    }
+    Ok((running, kind))
+}
+
+/// Creates or truncates `path` with mode 0600 and writes the secret without a newline.
+/// Refuses to follow a symlink, so a planted link cannot redirect the secret.
+fn write_secret_file(path: &Path, secret: &SecretString) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    // `mode` applies only to a new file; an existing one may have been wider.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(secret.expose_secret().as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: DevIssuerArgs,
+    }
+
+    #[derive(clap::Parser)]
+    struct Top {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Cmd {
+        DevIssuer(DevIssuerArgs),
+    }
+
+    #[test]
+    fn help_warns_it_is_for_development_only() {
+        use clap::CommandFactory as _;
+        let mut top = Top::command();
+        let sub = top.find_subcommand_mut("dev-issuer").unwrap();
+        let short = sub.render_help().to_string();
+        let long = sub.render_long_help().to_string();
+        if std::env::var_os("SHOW_HELP").is_some() {
+            println!("{short}\n-----\n{long}");
+        }
+        assert!(short.contains("tests only, never production"), "{short}");
+        assert!(long.contains("NEVER USE IN PRODUCTION"), "{long}");
+    }
+
+    #[test]
+    fn defaults_and_durations() {
+        let cli = Cli::parse_from(["x", "--token-delay", "50ms"]);
+        let a = cli.args;
+        assert_eq!(a.listen, "127.0.0.1:8180".parse().unwrap());
+        assert_eq!(
+            (a.realm.as_str(), a.user.as_str(), a.client_id.as_str()),
+            ("DominoRealm", "dev-user", "tokenfs")
+        );
+        assert_eq!(a.lifetime, Duration::from_secs(300));
+        assert_eq!(a.token_delay, Duration::from_millis(50));
+        assert!(!a.rotate_refresh_tokens && a.offline_token_file.is_none());
+    }
+
+    #[test]
+    fn secret_file_is_private_and_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "old, longer content").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_secret_file(&path, &SecretString::from("abc")).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "abc");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn files_work_against_the_running_issuer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (token_file, secret_file) = (dir.path().join("offline"), dir.path().join("secret"));
+        let cli = Cli::parse_from([
+            "x".as_ref(),
+            "--listen=127.0.0.1:0".as_ref(),
+            "--offline-token-file".as_ref(),
+            token_file.as_os_str(),
+            "--client-secret-file".as_ref(),
+            secret_file.as_os_str(),
+        ]);
+        let (running, kind) = start(&cli.args).await.unwrap();
+        assert_eq!(kind, "confidential");
+        let token = std::fs::read_to_string(&token_file).unwrap();
+        let secret = std::fs::read_to_string(&secret_file).unwrap();
+        let mode = std::fs::metadata(&secret_file)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let resp = reqwest::Client::new()
+            .post(running.token_url())
+            .basic_auth("tokenfs", Some(&secret))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", &token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::OK);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        let claims = body["access_token"]
+            .as_str()
+            .unwrap()
+            .split('.')
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        let claims =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims)
+                .unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(&claims).unwrap();
+        assert_eq!(claims["preferred_username"], "dev-user");
+        running.shutdown().await;
+    }
+}

@@ -1,0 +1,179 @@
+//! The HTTP surface: Keycloak 17+ paths (no `/auth` prefix), plus `/dev/stats`.
+//!
+//! `/dev/stats` answers `{"token_requests", "refresh_token", "client_credentials",
+//! "errors"}`: requests to the token endpoint (counted on arrival, so an in-flight
+//! request under `token_delay` already shows), per grant, and failed ones.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::claims::AccessClaims;
+use super::{token, Inner};
+
+/// What every handler sees: the realm, and the URL it is reachable at through this binding.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub inner: Arc<Inner>,
+    pub realm_url: Arc<str>,
+}
+
+pub(crate) fn router(inner: Arc<Inner>, realm_url: String) -> Router {
+    let state = AppState {
+        inner,
+        realm_url: realm_url.into(),
+    };
+    let oidc = "/realms/{realm}/protocol/openid-connect";
+    Router::new()
+        .route(
+            "/realms/{realm}/.well-known/openid-configuration",
+            get(discovery),
+        )
+        .route(&format!("{oidc}/certs"), get(certs))
+        .route(&format!("{oidc}/token"), post(token::token))
+        .route(&format!("{oidc}/userinfo"), get(userinfo).post(userinfo))
+        .route("/dev/stats", get(stats))
+        .with_state(state)
+}
+
+/// An error body in the OAuth/Keycloak shape: `{"error", "error_description"}`.
+#[derive(Debug)]
+pub(crate) struct OAuthError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub description: &'static str,
+}
+
+impl OAuthError {
+    pub(crate) const fn new(
+        status: StatusCode,
+        error: &'static str,
+        description: &'static str,
+    ) -> Self {
+        OAuthError {
+            status,
+            error,
+            description,
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body =
+            serde_json::json!({ "error": self.error, "error_description": self.description });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Keycloak's answer when `realm` is not the one this issuer serves; `None` if it is.
+pub(crate) fn unknown_realm(state: &AppState, realm: &str) -> Option<Response> {
+    (realm != state.inner.cfg.realm).then(|| {
+        let body = serde_json::json!({ "error": "Realm does not exist" });
+        (StatusCode::NOT_FOUND, Json(body)).into_response()
+    })
+}
+
+async fn discovery(State(st): State<AppState>, Path(realm): Path<String>) -> Response {
+    if let Some(resp) = unknown_realm(&st, &realm) {
+        return resp;
+    }
+    let base = &*st.realm_url;
+    let oidc = format!("{base}/protocol/openid-connect");
+    // No authorization endpoint: users never log in here; offline tokens are minted
+    // out of band (`Issuer::mint_offline_token`, `--offline-token-file`).
+    Json(serde_json::json!({
+        "issuer": base,
+        "token_endpoint": format!("{oidc}/token"),
+        "jwks_uri": format!("{oidc}/certs"),
+        "userinfo_endpoint": format!("{oidc}/userinfo"),
+        "grant_types_supported": ["refresh_token", "client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "claims_supported": [
+            "iss", "sub", "aud", "exp", "iat", "azp", "name", "preferred_username",
+            "email", "email_verified"
+        ],
+    }))
+    .into_response()
+}
+
+async fn certs(State(st): State<AppState>, Path(realm): Path<String>) -> Response {
+    if let Some(resp) = unknown_realm(&st, &realm) {
+        return resp;
+    }
+    Json(st.inner.key.jwks()).into_response()
+}
+
+async fn stats(State(st): State<AppState>) -> Json<serde_json::Value> {
+    Json(st.inner.stats.snapshot())
+}
+
+#[derive(Serialize)]
+struct UserInfo {
+    sub: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    preferred_username: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email_verified: Option<bool>,
+}
+
+async fn userinfo(
+    State(st): State<AppState>,
+    Path(realm): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(resp) = unknown_realm(&st, &realm) {
+        return resp;
+    }
+    let claims = bearer_token(&headers)
+        .and_then(|token| st.inner.key.verify::<AccessClaims>(token, &st.realm_url))
+        // Refresh or ID tokens must not open userinfo, as in Keycloak.
+        .filter(|claims| claims.typ == "Bearer");
+    let Some(claims) = claims else {
+        tracing::debug!("userinfo: token rejected");
+        return invalid_token(&st.inner.cfg.realm);
+    };
+    Json(UserInfo {
+        sub: claims.sub,
+        name: claims.name,
+        preferred_username: claims.preferred_username,
+        email: claims.email,
+        email_verified: claims.email_verified,
+    })
+    .into_response()
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// RFC 6750 §3 challenge; Keycloak answers every userinfo failure like this.
+fn invalid_token(realm: &str) -> Response {
+    let challenge = format!(
+        "Bearer error=\"invalid_token\", error_description=\"Token verification failed\", realm=\"{realm}\""
+    );
+    let mut resp = OAuthError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+        "Token verification failed",
+    )
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    resp
+}

@@ -1,0 +1,199 @@
+//! In-memory realm state: registered clients, offline sessions, request counters.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use aws_lc_rs::digest::{digest, SHA256};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::claims::random_uuid;
+
+/// Whether a client may authenticate with a secret (confidential) or not (public).
+pub(crate) struct Client {
+    secret: Option<SecretString>,
+}
+
+/// An offline session: what a refresh token stands for.
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    pub username: String,
+    pub client_id: String,
+    pub id: String,
+}
+
+/// Why a refresh token was refused; both map to `invalid_grant`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RefreshError {
+    Unknown,
+    OtherClient,
+}
+
+/// Offline sessions are keyed by the SHA-256 of their token, so the raw token is not
+/// kept in memory longer than the request that carries it.
+type TokenHash = [u8; 32];
+
+#[derive(Default)]
+pub(crate) struct Store {
+    clients: Mutex<HashMap<String, Client>>,
+    sessions: Mutex<HashMap<TokenHash, Session>>,
+}
+
+/// Shows sizes only: the maps hold client secrets.
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("clients", &lock(&self.clients).len())
+            .field("sessions", &lock(&self.sessions).len())
+            .finish()
+    }
+}
+
+// A panic while holding a lock leaves the maps consistent (every update is a single
+// insert/remove), so recovering from poisoning is safe and keeps the issuer serving.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn token_hash(token: &str) -> TokenHash {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
+    out
+}
+
+/// 32 random bytes, base64url: opaque, like Keycloak's tokens look to a client.
+pub(crate) fn random_secret() -> SecretString {
+    let bytes: [u8; 32] = rand::random();
+    SecretString::from(B64.encode(bytes))
+}
+
+impl Store {
+    pub(crate) fn add_client(&self, client_id: &str, secret: Option<SecretString>) {
+        lock(&self.clients).insert(client_id.to_owned(), Client { secret });
+    }
+
+    /// Authenticates a client; `Some(confidential)` on success. A public client
+    /// succeeds whatever secret it sends, as in Keycloak.
+    pub(crate) fn authenticate(
+        &self,
+        client_id: &str,
+        secret: Option<&SecretString>,
+    ) -> Option<bool> {
+        let clients = lock(&self.clients);
+        let client = clients.get(client_id)?;
+        match (&client.secret, secret) {
+            (None, _) => Some(false),
+            (Some(want), Some(got)) => {
+                // Compare digests: equal-length inputs make the comparison's timing
+                // independent of where the secrets first differ.
+                let ok = token_hash(want.expose_secret()) == token_hash(got.expose_secret());
+                ok.then_some(true)
+            }
+            (Some(_), None) => None,
+        }
+    }
+
+    pub(crate) fn mint(&self, username: &str, client_id: &str) -> SecretString {
+        let session = Session {
+            username: username.to_owned(),
+            client_id: client_id.to_owned(),
+            id: random_uuid(),
+        };
+        self.insert_session(session)
+    }
+
+    fn insert_session(&self, session: Session) -> SecretString {
+        let token = random_secret();
+        lock(&self.sessions).insert(token_hash(token.expose_secret()), session);
+        token
+    }
+
+    /// Looks up the session for a refresh token presented by `client_id`. With
+    /// `rotate`, the presented token is revoked and a new one for the same session
+    /// is returned, as Keycloak does with "Revoke Refresh Token" on.
+    pub(crate) fn refresh(
+        &self,
+        token: &SecretString,
+        client_id: &str,
+        rotate: bool,
+    ) -> Result<(Session, Option<SecretString>), RefreshError> {
+        let hash = token_hash(token.expose_secret());
+        let mut sessions = lock(&self.sessions);
+        let session = sessions.get(&hash).ok_or(RefreshError::Unknown)?;
+        if session.client_id != client_id {
+            return Err(RefreshError::OtherClient);
+        }
+        if !rotate {
+            return Ok((session.clone(), None));
+        }
+        let session = sessions.remove(&hash).ok_or(RefreshError::Unknown)?;
+        let new_token = random_secret();
+        sessions.insert(token_hash(new_token.expose_secret()), session.clone());
+        Ok((session, Some(new_token)))
+    }
+}
+
+/// Counts token-endpoint requests so tests can assert how often a consumer went upstream.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub token_requests: AtomicU64,
+    pub refresh_token: AtomicU64,
+    pub client_credentials: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "token_requests": self.token_requests.load(Ordering::Relaxed),
+            "refresh_token": self.refresh_token.load(Ordering::Relaxed),
+            "client_credentials": self.client_credentials.load(Ordering::Relaxed),
+            "errors": self.errors.load(Ordering::Relaxed),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_revokes_the_presented_token() {
+        let store = Store::default();
+        let t1 = store.mint("alice", "cli");
+        let (s, new) = store.refresh(&t1, "cli", true).unwrap();
+        assert_eq!(s.username, "alice");
+        let t2 = new.unwrap();
+        assert_eq!(
+            store.refresh(&t1, "cli", true).unwrap_err(),
+            RefreshError::Unknown
+        );
+        let (s2, none) = store.refresh(&t2, "cli", false).unwrap();
+        assert_eq!((s2.id, none.is_none()), (s.id, true));
+        assert_eq!(
+            store.refresh(&t2, "other", false).unwrap_err(),
+            RefreshError::OtherClient
+        );
+    }
+
+    #[test]
+    fn client_authentication() {
+        let store = Store::default();
+        store.add_client("pub", None);
+        store.add_client("conf", Some("s3cret".into()));
+        assert_eq!(store.authenticate("pub", None), Some(false));
+        assert_eq!(
+            store.authenticate("conf", Some(&"s3cret".into())),
+            Some(true)
+        );
+        assert_eq!(store.authenticate("conf", Some(&"wrong".into())), None);
+        assert_eq!(store.authenticate("conf", None), None);
+        assert_eq!(store.authenticate("nobody", None), None);
+    }
+}

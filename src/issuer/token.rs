@@ -1,0 +1,303 @@
+//! The token endpoint: client authentication and the `refresh_token` and
+//! `client_credentials` grants, with Keycloak's answers and error codes.
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Form, Json};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::claims::{AccessClaims, Principal};
+use super::routes::{unknown_realm, AppState, OAuthError};
+use super::store::{RefreshError, Stats};
+
+const INVALID_CLIENT: OAuthError = OAuthError::new(
+    StatusCode::UNAUTHORIZED,
+    "invalid_client",
+    "Invalid client or Invalid client credentials",
+);
+
+/// The form fields we read; unknown ones (`scope`, …) are ignored like Keycloak does.
+/// Secrets go straight into `SecretString`; no `Debug`, so the form cannot be logged.
+#[derive(Deserialize)]
+pub(crate) struct TokenForm {
+    grant_type: Option<String>,
+    client_id: Option<String>,
+    #[serde(default, deserialize_with = "secret")]
+    client_secret: Option<SecretString>,
+    #[serde(default, deserialize_with = "secret")]
+    refresh_token: Option<SecretString>,
+}
+
+fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(SecretString::from))
+}
+
+/// A successful answer. Holds tokens only on its way to the wire; no `Debug`.
+#[derive(Serialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: u64,
+    refresh_expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    token_type: &'static str,
+    #[serde(rename = "not-before-policy")]
+    not_before_policy: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_state: Option<String>,
+    scope: &'static str,
+}
+
+pub(crate) async fn token(
+    State(st): State<AppState>,
+    Path(realm): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<TokenForm>, FormRejection>,
+) -> Response {
+    let stats = &st.inner.stats;
+    // Counted on arrival so a test can see a request that is still sleeping in `token_delay`.
+    Stats::bump(&stats.token_requests);
+    let grant = form.as_ref().ok().and_then(|f| f.grant_type.clone());
+    match grant.as_deref() {
+        Some("refresh_token") => Stats::bump(&stats.refresh_token),
+        Some("client_credentials") => Stats::bump(&stats.client_credentials),
+        _ => {}
+    }
+    let delay = st.inner.cfg.token_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(resp) = unknown_realm(&st, &realm) {
+        Stats::bump(&stats.errors);
+        return resp;
+    }
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(rejection) => {
+            Stats::bump(&stats.errors);
+            // The rejection's text may quote the body; log only its status.
+            tracing::debug!(status = %rejection.status(), "token request: unreadable form");
+            return OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Expected an application/x-www-form-urlencoded body without duplicated parameters",
+            )
+            .into_response();
+        }
+    };
+    match grant_token(&st, &headers, &form) {
+        Ok((client_id, answer)) => {
+            tracing::debug!(client_id, grant = grant.as_deref(), "token issued");
+            // RFC 6749 §5.1: token answers must not be cached.
+            let no_store = [
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+                (header::PRAGMA, HeaderValue::from_static("no-cache")),
+            ];
+            (no_store, Json(answer)).into_response()
+        }
+        Err(err) => {
+            Stats::bump(&stats.errors);
+            tracing::debug!(
+                grant = grant.as_deref(),
+                error = err.error,
+                "token request refused"
+            );
+            err.into_response()
+        }
+    }
+}
+
+/// Keycloak's order: grant type, then client authentication, then the grant itself.
+fn grant_token(
+    st: &AppState,
+    headers: &HeaderMap,
+    form: &TokenForm,
+) -> Result<(String, TokenResponse), OAuthError> {
+    let grant = form.grant_type.as_deref().ok_or(OAuthError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "Missing form parameter: grant_type",
+    ))?;
+    if !matches!(grant, "refresh_token" | "client_credentials") {
+        return Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "Unsupported grant_type",
+        ));
+    }
+    let (client_id, secret) = client_credentials(headers, form)?;
+    let confidential = st
+        .inner
+        .store
+        .authenticate(&client_id, secret.as_ref())
+        .ok_or(INVALID_CLIENT)?;
+    let answer = if grant == "refresh_token" {
+        refresh_grant(st, &client_id, form)?
+    } else {
+        client_credentials_grant(st, &client_id, confidential)?
+    };
+    Ok((client_id, answer))
+}
+
+fn refresh_grant(
+    st: &AppState,
+    client_id: &str,
+    form: &TokenForm,
+) -> Result<TokenResponse, OAuthError> {
+    let presented = form.refresh_token.as_ref().ok_or(OAuthError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "Missing form parameter: refresh_token",
+    ))?;
+    let rotate = st.inner.cfg.rotate_refresh_tokens;
+    let (session, rotated) = st
+        .inner
+        .store
+        .refresh(presented, client_id, rotate)
+        .map_err(|e| {
+            let description = match e {
+                RefreshError::Unknown => "Invalid refresh token",
+                RefreshError::OtherClient => {
+                    "Invalid refresh token. Token client and authorized client don't match"
+                }
+            };
+            OAuthError::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
+        })?;
+    let principal = Principal::User(session.username);
+    let refresh = rotated.as_ref().unwrap_or(presented);
+    let mut answer = access_token(st, &principal, client_id, Some(&session.id))?;
+    answer.refresh_token = Some(refresh.expose_secret().to_owned());
+    answer.session_state = Some(session.id);
+    Ok(answer)
+}
+
+fn client_credentials_grant(
+    st: &AppState,
+    client_id: &str,
+    confidential: bool,
+) -> Result<TokenResponse, OAuthError> {
+    if !confidential {
+        return Err(OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized_client",
+            "Public client not allowed to retrieve service account",
+        ));
+    }
+    let principal = Principal::ServiceAccount {
+        client_id: client_id.to_owned(),
+    };
+    // Keycloak (12+) gives client_credentials no refresh token and no session.
+    access_token(st, &principal, client_id, None)
+}
+
+fn access_token(
+    st: &AppState,
+    principal: &Principal,
+    client_id: &str,
+    session_id: Option<&str>,
+) -> Result<TokenResponse, OAuthError> {
+    let lifetime = st.inner.cfg.lifetime;
+    let claims = AccessClaims::new(&st.realm_url, principal, client_id, session_id, lifetime);
+    let access_token = st.inner.key.sign_jwt(&claims).map_err(|e| {
+        tracing::error!(error = %e, "dev issuer could not sign a token");
+        OAuthError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "Signing failed",
+        )
+    })?;
+    Ok(TokenResponse {
+        access_token,
+        expires_in: claims.exp - claims.iat,
+        refresh_expires_in: 0,
+        refresh_token: None,
+        token_type: "Bearer",
+        not_before_policy: 0,
+        session_state: None,
+        scope: principal.scope(),
+    })
+}
+
+/// The client's id and secret, from HTTP Basic (RFC 6749 §2.3.1) or the form.
+fn client_credentials(
+    headers: &HeaderMap,
+    form: &TokenForm,
+) -> Result<(String, Option<SecretString>), OAuthError> {
+    let basic = match headers.get(header::AUTHORIZATION) {
+        Some(value) => Some(parse_basic(value).ok_or(INVALID_CLIENT)?),
+        None => None,
+    };
+    match (basic, form.client_id.as_deref()) {
+        // Two different identities in one request: refuse rather than guess.
+        (Some((id, _)), Some(form_id)) if id != form_id => Err(INVALID_CLIENT),
+        (Some((id, secret)), _) => Ok((id, Some(secret))),
+        (None, Some(id)) => Ok((id.to_owned(), form.client_secret.as_ref().map(clone_secret))),
+        (None, None) => Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            "Missing client_id parameter",
+        )),
+    }
+}
+
+fn clone_secret(s: &SecretString) -> SecretString {
+    SecretString::from(s.expose_secret().to_owned())
+}
+
+/// `Basic base64(urlencode(id) ":" urlencode(secret))`.
+fn parse_basic(value: &HeaderValue) -> Option<(String, SecretString)> {
+    let value = value.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    let secret = SecretString::from(form_decode(secret)?);
+    Some((form_decode(id)?, secret))
+}
+
+/// application/x-www-form-urlencoded decoding (`+` is a space, `%XX` a byte).
+fn form_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = (bytes.next()? as char).to_digit(16)?;
+                let lo = (bytes.next()? as char).to_digit(16)?;
+                out.push((hi * 16 + lo) as u8);
+            }
+            _ => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding() {
+        assert_eq!(form_decode("a%2Bb+c%3a").as_deref(), Some("a+b c:"));
+        assert_eq!(form_decode("%4"), None);
+        assert_eq!(form_decode("%zz"), None);
+    }
+
+    #[test]
+    fn basic_header() {
+        let value =
+            HeaderValue::from_str(&format!("Basic {}", STANDARD.encode("my%3Aapp:p%40ss:x")))
+                .unwrap();
+        let (id, secret) = parse_basic(&value).unwrap();
+        assert_eq!((id.as_str(), secret.expose_secret()), ("my:app", "p@ss:x"));
+        assert!(parse_basic(&HeaderValue::from_static("Bearer abc")).is_none());
+    }
+}

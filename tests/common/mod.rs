@@ -1,0 +1,354 @@
+//! Test harness: real `tokenfs` processes, real mounts, real HTTP; every process
+//! is ended by PID and every mount is unmounted on drop, also when a test fails.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tokenfs");
+
+/// Whether this test can mount. Without root or /dev/fuse it is skipped, unless
+/// `TOKENFS_REQUIRE_FUSE=1` (set by CI), which turns the skip into a failure.
+pub fn fuse_available(test: &str) -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    let dev = Path::new("/dev/fuse").exists();
+    if root && dev {
+        return true;
+    }
+    let why = format!("{test}: cannot mount (root: {root}, /dev/fuse: {dev})");
+    if std::env::var("TOKENFS_REQUIRE_FUSE").as_deref() == Ok("1") {
+        panic!("{why}; TOKENFS_REQUIRE_FUSE=1 requires mount tests to run");
+    }
+    eprintln!("SKIPPED {why}");
+    false
+}
+
+/// A temporary directory that other uids can traverse (tests read as them).
+pub fn tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Write a file with the given mode.
+pub fn write_file(path: &Path, content: &str, mode: u32) {
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A child process whose stderr is collected; killed by PID on drop.
+pub struct Proc {
+    pub child: Child,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn tokenfs");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Proc { child, stderr }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Wait up to `limit` for exit; `None` if still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal(libc::SIGTERM);
+            if self.wait_exit(Duration::from_secs(5)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// Whether `path` is a mountpoint right now (from /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let target = path.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(target.as_str()))
+}
+
+fn detach(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}
+
+/// A running `tokenfs mount`; on drop it is stopped and the mount removed.
+pub struct Mount {
+    pub proc: Proc,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Mount {
+    /// `tokenfs mount <tmp>/api <args…>`, waiting until the mount answers.
+    pub fn start(args: &[&str]) -> Mount {
+        let tmp = tempdir();
+        let dir = tmp.path().join("api");
+        let mut m = Mount::start_at(&dir, args);
+        m._tmp = Some(tmp);
+        m
+    }
+
+    pub fn start_at(dir: &Path, args: &[&str]) -> Mount {
+        let mut full = vec!["mount", dir.to_str().unwrap()];
+        full.extend_from_slice(args);
+        let proc = Proc::spawn(&full, &[]);
+        let mut m = Mount {
+            proc,
+            dir: dir.to_owned(),
+            _tmp: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(is_mounted(&m.dir) && m.dir.join(".status").exists()) {
+            if let Some(status) = m.proc.child.try_wait().unwrap() {
+                panic!(
+                    "tokenfs exited ({status}) before mounting:\n{}",
+                    m.proc.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not mounted after 30 s:\n{}",
+                m.proc.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn read(&self, name: &str) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.path(name))
+    }
+
+    pub fn read_string(&self, name: &str) -> String {
+        String::from_utf8(self.read(name).unwrap()).unwrap()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.read(".status").unwrap()).unwrap()
+    }
+
+    /// The `.status` entry of one file.
+    pub fn file_status(&self, name: &str) -> serde_json::Value {
+        self.status()["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in .status"))
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.proc.signal(libc::SIGTERM);
+        self.proc
+            .wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| {
+                panic!(
+                    "tokenfs did not exit after SIGTERM:\n{}",
+                    self.proc.stderr()
+                )
+            })
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.proc.child.try_wait().ok().flatten().is_none() {
+            self.proc.signal(libc::SIGTERM);
+            if self.proc.wait_exit(Duration::from_secs(5)).is_none() {
+                let _ = self.proc.child.kill();
+                let _ = self.proc.child.wait();
+            }
+        }
+        if is_mounted(&self.dir) {
+            detach(&self.dir);
+        }
+    }
+}
+
+/// A `tokenfs dev-issuer` process on an ephemeral loopback port.
+pub struct DevIssuer {
+    pub proc: Proc,
+    pub token_url: String,
+    pub realm_url: String,
+    pub offline_token_file: PathBuf,
+    pub client_secret_file: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl DevIssuer {
+    pub fn start(extra: &[&str]) -> DevIssuer {
+        let tmp = tempdir();
+        let offline = tmp.path().join("offline-token");
+        let secret = tmp.path().join("client-secret");
+        let mut args = vec![
+            "dev-issuer",
+            "--listen",
+            "127.0.0.1:0",
+            "--user",
+            "alice",
+            "--offline-token-file",
+            offline.to_str().unwrap(),
+            "--client-secret-file",
+            secret.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn(&args, &[]);
+        let stdout = BufReader::new(proc.child.stdout.take().unwrap());
+        let mut token_url = None;
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            if let Some(url) = line
+                .split_whitespace()
+                .find(|w| w.starts_with("http") && w.ends_with("/protocol/openid-connect/token"))
+            {
+                token_url = Some(url.to_owned());
+                break;
+            }
+        }
+        let token_url = token_url
+            .unwrap_or_else(|| panic!("dev-issuer printed no token URL:\n{}", proc.stderr()));
+        let realm_url = token_url
+            .trim_end_matches("/protocol/openid-connect/token")
+            .to_owned();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(offline.exists() && secret.exists()) {
+            assert!(Instant::now() < deadline, "dev-issuer wrote no files");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        DevIssuer {
+            proc,
+            token_url,
+            realm_url,
+            offline_token_file: offline,
+            client_secret_file: secret,
+            _tmp: tmp,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        let rest = self.token_url.split("/realms/").next().unwrap();
+        rest.to_owned()
+    }
+
+    /// Token endpoint requests the issuer has answered so far.
+    pub fn token_requests(&self) -> u64 {
+        let stats: serde_json::Value =
+            reqwest::blocking::get(format!("{}/dev/stats", self.base_url()))
+                .unwrap()
+                .json()
+                .unwrap();
+        stats["token_requests"].as_u64().unwrap()
+    }
+
+    /// A config file for `mount --config` against this issuer.
+    pub fn config(&self, dir: &Path, extra_mount: &str, extra_file: &str) -> PathBuf {
+        let path = dir.join("config.toml");
+        write_file(
+            &path,
+            &format!(
+                "[mount]\n{extra_mount}\n\n[files.token]\nsource = \"oauth2\"\ntoken_url = \"{}\"\n\
+                 client_id = \"tokenfs\"\nclient_secret_file = \"{}\"\nrefresh_token_file = \"{}\"\n{extra_file}\n",
+                self.token_url,
+                self.client_secret_file.display(),
+                self.offline_token_file.display()
+            ),
+            0o600,
+        );
+        path
+    }
+}
+
+/// Verify a JWT against the JWKS at `certs_url`; returns its claims.
+pub fn verify_jwt(token: &str, certs_url: &str) -> serde_json::Value {
+    use jsonwebtoken::{decode, decode_header, jwk::JwkSet, Algorithm, DecodingKey, Validation};
+    let jwks: JwkSet = reqwest::blocking::get(certs_url).unwrap().json().unwrap();
+    let header = decode_header(token).expect("a JWT header");
+    let kid = header.kid.expect("kid in the header");
+    let jwk = jwks.find(&kid).expect("kid in the JWKS");
+    let key = DecodingKey::from_jwk(jwk).unwrap();
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.validate_aud = false;
+    decode::<serde_json::Value>(token, &key, &validation)
+        .expect("signature and exp verify")
+        .claims
+}
+
+pub fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The errno of a failed file operation.
+pub fn errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.expect_err("operation should fail")
+        .raw_os_error()
+        .unwrap()
+}

@@ -1,0 +1,430 @@
+//! End to end: real `tokenfs` processes, real FUSE mounts, real HTTP.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIN_VALID: f64 = 30.0;
+
+#[test]
+fn dev_mount_serves_a_verified_jwt_with_contract_attributes() {
+    if !fuse_available("dev_mount_serves_a_verified_jwt_with_contract_attributes") {
+        return;
+    }
+    let mount = Mount::start(&["--dev"]);
+    let token = mount.read_string("token");
+    assert!(
+        !token.ends_with('\n') && !token.contains(char::is_whitespace),
+        "raw token bytes, no newline"
+    );
+
+    let status = mount.file_status("token");
+    let token_url = status["upstream"].as_str().unwrap();
+    assert!(token_url.starts_with("http://127.0.0.1:"), "{token_url}");
+    let claims = verify_jwt(&token, &token_url.replace("/token", "/certs"));
+    let left = claims["exp"].as_f64().unwrap() - now_secs();
+    assert!(left >= MIN_VALID - 1.0, "served with {left}s left");
+    for claim in [
+        "iss",
+        "sub",
+        "aud",
+        "iat",
+        "jti",
+        "name",
+        "preferred_username",
+        "email",
+    ] {
+        assert!(!claims[claim].is_null(), "claim {claim} missing: {claims}");
+    }
+
+    // ls -l / stat: the owner of the mountpoint's parent, 0400, real size, mtime = obtained.
+    let parent = std::fs::metadata(mount.dir.parent().unwrap()).unwrap();
+    let meta = std::fs::metadata(mount.path("token")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (parent.uid(), parent.gid()));
+    assert_eq!(meta.mode() & 0o7777, 0o400);
+    assert!(meta.is_file());
+    assert_eq!(meta.len(), token.len() as u64);
+    let obtained = humantime::parse_rfc3339(status["obtained_at"].as_str().unwrap()).unwrap();
+    let mtime = meta.modified().unwrap();
+    let skew = mtime
+        .duration_since(obtained)
+        .unwrap_or_else(|e| e.duration());
+    assert!(
+        skew < Duration::from_secs(1),
+        "mtime {mtime:?} vs obtained_at {obtained:?}"
+    );
+    let dir = std::fs::metadata(&mount.dir).unwrap();
+    assert_eq!(dir.mode() & 0o7777, 0o500);
+    assert!(dir.is_dir());
+
+    let ls = Command::new("ls")
+        .arg("-la")
+        .arg(&mount.dir)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.status.success(), "{listing}");
+    assert!(
+        listing.contains(" token\n") && listing.contains(" .status\n"),
+        "{listing}"
+    );
+    assert!(listing.contains("-r--------"), "{listing}");
+
+    // .status is JSON and never holds a secret.
+    let status_text = mount.read_string(".status");
+    assert!(!status_text.contains(&token));
+    assert_eq!(status["state"], "fresh");
+    assert_eq!(status["fetches"], 1);
+    assert_eq!(status["sub"], claims["sub"]);
+}
+
+#[test]
+fn reads_across_expiry_stay_valid_and_ask_the_upstream_once_per_lifetime() {
+    if !fuse_available("reads_across_expiry_stay_valid_and_ask_the_upstream_once_per_lifetime") {
+        return;
+    }
+    const LIFETIME: f64 = 20.0;
+    const MIN: f64 = 5.0;
+    const RUN: Duration = Duration::from_secs(50);
+    let issuer = DevIssuer::start(&["--lifetime", "20s"]);
+    let tmp = tempdir();
+    let config = issuer.config(tmp.path(), "", "min_valid = \"5s\"");
+    let mount = Mount::start(&["--config", config.to_str().unwrap()]);
+    let certs = format!("{}/protocol/openid-connect/certs", issuer.realm_url);
+
+    let start = Instant::now();
+    let mut reads = 0u64;
+    let mut tokens = std::collections::BTreeSet::new();
+    while start.elapsed() < RUN {
+        let token = mount.read_string("token");
+        let now = now_secs();
+        // Decoding claims is cheap; verify the signature of each distinct token.
+        if tokens.insert(token.clone()) {
+            verify_jwt(&token, &certs);
+        }
+        let claims: serde_json::Value =
+            jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
+        let left = claims["exp"].as_f64().unwrap() - now;
+        assert!(
+            left > MIN - 1.0,
+            "read {reads}: token with {left:.1}s left served"
+        );
+        assert_eq!(
+            std::fs::metadata(mount.path("token")).unwrap().len(),
+            token.len() as u64
+        );
+        reads += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let requests = issuer.token_requests();
+    let lifetimes = RUN.as_secs_f64() / LIFETIME;
+    eprintln!(
+        "{reads} reads over {}s, {} distinct tokens, {requests} upstream requests ({lifetimes:.1} lifetimes)",
+        RUN.as_secs(),
+        tokens.len()
+    );
+    // Refresh at ~80 % of 20 s: one request per ~16 s, plus the first.
+    assert!(
+        requests >= 3,
+        "tokens must have been refreshed: {requests} requests"
+    );
+    assert!(
+        requests as f64 <= lifetimes / 0.75 + 2.0,
+        "{requests} requests for {lifetimes:.1} lifetimes"
+    );
+    assert_eq!(
+        tokens.len() as u64,
+        requests,
+        "every request produced a token that readers saw"
+    );
+    assert!(
+        reads > 50 * requests,
+        "reads are served from cache, not upstream"
+    );
+}
+
+#[test]
+fn fifty_concurrent_readers_on_an_empty_cell_cause_one_upstream_request() {
+    if !fuse_available("fifty_concurrent_readers_on_an_empty_cell_cause_one_upstream_request") {
+        return;
+    }
+    // A slow token endpoint makes sure the readers really overlap.
+    let issuer = DevIssuer::start(&["--token-delay", "500ms"]);
+    let tmp = tempdir();
+    let config = issuer.config(tmp.path(), "", "");
+    let mount = Mount::start(&["--config", config.to_str().unwrap()]);
+    assert_eq!(
+        issuer.token_requests(),
+        0,
+        "nothing is issued before the first read"
+    );
+
+    let barrier = Arc::new(Barrier::new(50));
+    let readers: Vec<_> = (0..50)
+        .map(|_| {
+            let path = mount.path("token");
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                std::fs::read(path).unwrap()
+            })
+        })
+        .collect();
+    let tokens: Vec<_> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(
+        tokens.iter().all(|t| t == &tokens[0] && !t.is_empty()),
+        "all readers got the same token"
+    );
+    assert_eq!(issuer.token_requests(), 1);
+    assert_eq!(mount.file_status("token")["fetches"], 1);
+}
+
+#[test]
+fn only_the_owner_and_root_can_read() {
+    if !fuse_available("only_the_owner_and_root_can_read") {
+        return;
+    }
+    let issuer = DevIssuer::start(&[]);
+    let tmp = tempdir();
+    let config = issuer.config(tmp.path(), "uid = 4242\ngid = 4242", "");
+    let mount = Mount::start(&["--config", config.to_str().unwrap()]);
+    let meta = std::fs::metadata(mount.path("token")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (4242, 4242));
+
+    let cat_as = |uid: u32| {
+        Command::new("cat")
+            .arg(mount.path("token"))
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .unwrap()
+    };
+    let owner = cat_as(4242);
+    assert!(
+        owner.status.success(),
+        "owner: {}",
+        String::from_utf8_lossy(&owner.stderr)
+    );
+    assert_eq!(
+        owner.stdout,
+        mount.read("token").unwrap(),
+        "owner and root read the same token"
+    );
+
+    let other = cat_as(4343);
+    assert!(!other.status.success());
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        stderr.contains("Permission denied"),
+        "another uid gets EACCES: {stderr}"
+    );
+    assert!(other.stdout.is_empty());
+}
+
+#[test]
+fn writes_creates_unlinks_renames_and_chmods_are_refused() {
+    if !fuse_available("writes_creates_unlinks_renames_and_chmods_are_refused") {
+        return;
+    }
+    let mount = Mount::start(&["--dev"]);
+    let before = mount.read("token").unwrap();
+    let token = mount.path("token");
+    let erofs = libc::EROFS;
+
+    let open_write = std::fs::OpenOptions::new().write(true).open(&token);
+    assert_eq!(errno(open_write), erofs, "write");
+    let open_append = std::fs::OpenOptions::new().append(true).open(&token);
+    assert_eq!(errno(open_append), erofs, "append");
+    let open_trunc = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&token);
+    assert_eq!(errno(open_trunc), erofs, "truncate");
+    assert_eq!(
+        errno(std::fs::write(mount.path("new"), b"x")),
+        erofs,
+        "create"
+    );
+    assert_eq!(errno(std::fs::create_dir(mount.path("d"))), erofs, "mkdir");
+    assert_eq!(errno(std::fs::remove_file(&token)), erofs, "unlink");
+    assert_eq!(
+        errno(std::fs::rename(&token, mount.path("t2"))),
+        erofs,
+        "rename"
+    );
+    let chmod = std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644));
+    assert_eq!(errno(chmod), erofs, "chmod");
+    let chown = std::os::unix::fs::chown(&token, Some(0), Some(0));
+    assert_eq!(errno(chown), erofs, "chown");
+    assert_eq!(
+        errno(std::os::unix::fs::symlink("token", mount.path("l"))),
+        erofs,
+        "symlink"
+    );
+
+    // Nothing changed.
+    assert_eq!(mount.read("token").unwrap(), before);
+    let names: std::collections::BTreeSet<_> = std::fs::read_dir(&mount.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, [".status", "token"].map(String::from).into());
+    assert_eq!(std::fs::metadata(&token).unwrap().mode() & 0o7777, 0o400);
+}
+
+#[test]
+fn sigterm_and_sigint_unmount_and_exit_zero() {
+    if !fuse_available("sigterm_and_sigint_unmount_and_exit_zero") {
+        return;
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let mut mount = Mount::start(&["--dev"]);
+        mount.read("token").unwrap();
+        mount.proc.signal(sig);
+        let status = mount
+            .proc
+            .wait_exit(Duration::from_secs(10))
+            .expect("tokenfs exits after the signal");
+        assert!(
+            status.success(),
+            "signal {sig}: {status}\n{}",
+            mount.proc.stderr()
+        );
+        assert!(!is_mounted(&mount.dir), "signal {sig}: still mounted");
+        assert!(
+            mount.proc.stderr().contains("unmounted"),
+            "{}",
+            mount.proc.stderr()
+        );
+    }
+}
+
+#[test]
+fn sigterm_while_a_reader_holds_the_file_open_still_unmounts() {
+    if !fuse_available("sigterm_while_a_reader_holds_the_file_open_still_unmounts") {
+        return;
+    }
+    let mut mount = Mount::start(&["--dev"]);
+    let held = std::fs::File::open(mount.path("token")).unwrap();
+    let status = mount.stop();
+    assert!(status.success(), "{status}\n{}", mount.proc.stderr());
+    assert!(!is_mounted(&mount.dir));
+    // The holder cannot keep reading a token nobody refreshes.
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 16];
+    assert_eq!(errno(held.read_at(&mut buf, 0)), libc::ENOTCONN);
+}
+
+#[test]
+fn upstream_down_with_no_token_fails_reads_with_eio_and_says_why() {
+    if !fuse_available("upstream_down_with_no_token_fails_reads_with_eio_and_says_why") {
+        return;
+    }
+    // A port with nothing listening: bind, note the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tmp = tempdir();
+    let secret = tmp.path().join("secret");
+    write_file(&secret, "s", 0o600);
+    let offline = tmp.path().join("offline");
+    write_file(&offline, "o", 0o600);
+    let config = tmp.path().join("config.toml");
+    write_file(
+        &config,
+        &format!(
+            "[files.token]\nsource = \"oauth2\"\ntoken_url = \"http://127.0.0.1:{port}/realms/DominoRealm/protocol/openid-connect/token\"\n\
+             client_id = \"c\"\nclient_secret_file = \"{}\"\nrefresh_token_file = \"{}\"\n",
+            secret.display(),
+            offline.display()
+        ),
+        0o600,
+    );
+    let mount = Mount::start(&["--config", config.to_str().unwrap()]);
+    let cat = Command::new("cat")
+        .arg(mount.path("token"))
+        .output()
+        .unwrap();
+    assert!(!cat.status.success());
+    assert!(
+        cat.stdout.is_empty(),
+        "never an error message in place of a token"
+    );
+    assert!(String::from_utf8_lossy(&cat.stderr).contains("Input/output error"));
+    assert_eq!(errno(mount.read("token")), libc::EIO);
+    let status = mount.file_status("token");
+    assert_eq!(status["state"], "failed");
+    let why = status["last_error"].as_str().unwrap();
+    assert!(why.contains("unavailable"), "{why}");
+    assert!(
+        mount.proc.stderr().contains("token request failed"),
+        "the log says why"
+    );
+}
+
+#[test]
+fn bad_config_fails_at_start_naming_the_key() {
+    let tmp = tempdir();
+    let config = tmp.path().join("config.toml");
+    write_file(
+        &config,
+        "[files.token]\nsource = \"oauth2\"\nclient_id = \"c\"\n",
+        0o600,
+    );
+    let dir = tmp.path().join("api");
+    let mut proc = Proc::spawn(
+        &[
+            "mount",
+            dir.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let status = proc.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(1));
+    let stderr = proc.stderr();
+    assert!(
+        stderr.contains("files.token.token_url: missing"),
+        "{stderr}"
+    );
+    assert!(!is_mounted(&dir));
+
+    // A group-readable secret file is refused, and the message says how to fix it.
+    let secret = tmp.path().join("secret");
+    write_file(&secret, "s3cret", 0o640);
+    write_file(
+        &config,
+        &format!(
+            "[files.token]\nsource = \"oauth2\"\ntoken_url = \"http://127.0.0.1:1/t\"\nclient_id = \"c\"\n\
+             grant = \"client_credentials\"\nclient_secret_file = \"{}\"\n",
+            secret.display()
+        ),
+        0o600,
+    );
+    let mut proc = Proc::spawn(
+        &[
+            "mount",
+            dir.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let status = proc.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(1));
+    let stderr = proc.stderr();
+    assert!(
+        stderr.contains("client_secret_file") && stderr.contains("chmod"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"));
+}
