@@ -76,6 +76,18 @@ fn dev_mount_serves_a_verified_jwt_with_contract_attributes() {
     );
     assert!(listing.contains("-r--------"), "{listing}");
 
+    // The token is accepted by the issuer's userinfo endpoint, as the platform API would.
+    let userinfo: serde_json::Value = reqwest::blocking::Client::new()
+        .get(token_url.replace("/token", "/userinfo"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(userinfo["sub"], claims["sub"]);
+
     // .status is JSON and never holds a secret.
     let status_text = mount.read_string(".status");
     assert!(!status_text.contains(&token));
@@ -427,4 +439,40 @@ fn bad_config_fails_at_start_naming_the_key() {
         "{stderr}"
     );
     assert!(!stderr.contains("s3cret"));
+}
+
+#[test]
+fn http_source_serves_the_api_proxy_token() {
+    if !fuse_available("http_source_serves_the_api_proxy_token") {
+        return;
+    }
+    let proxy = ApiProxy::start();
+    let tmp = tempdir();
+    let key = tmp.path().join("api-key");
+    write_file(&key, "k3y", 0o600);
+    let config = tmp.path().join("config.toml");
+    write_file(
+        &config,
+        &format!(
+            "[files.token]\nsource = \"http\"\nurl = \"{}/access-token\"\n\
+             headers = {{ X-Domino-Api-Key = {{ file = \"{}\" }} }}\n",
+            proxy.url,
+            key.display()
+        ),
+        0o600,
+    );
+    let mount = Mount::start(&["--config", config.to_str().unwrap()]);
+    let token = mount.read_string("token");
+    assert_eq!(
+        token,
+        proxy.last_token(),
+        "the body, trimmed of its newline"
+    );
+    assert_eq!(mount.read_string("token"), token);
+    assert_eq!(proxy.requests(), 1, "one request, then served from cache");
+    assert_eq!(
+        proxy.last_api_key(),
+        "k3y",
+        "header read from its 0600 file"
+    );
 }

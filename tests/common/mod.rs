@@ -352,3 +352,91 @@ pub fn errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
         .raw_os_error()
         .unwrap()
 }
+
+/// A stand-in for the platform's API proxy: `GET /access-token` answers with a
+/// fresh (unsigned) JWT and a trailing newline, and counts requests.
+pub struct ApiProxy {
+    pub url: String,
+    state: Arc<Mutex<ProxyState>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    requests: u64,
+    last_token: String,
+    last_api_key: String,
+}
+
+impl ApiProxy {
+    pub fn start() -> ApiProxy {
+        use axum::{extract::State, http::HeaderMap, routing::get, Router};
+        let state = Arc::new(Mutex::new(ProxyState::default()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let app = Router::new()
+                    .route(
+                        "/access-token",
+                        get(|State(s): State<Arc<Mutex<ProxyState>>>, headers: HeaderMap| async move {
+                            let token = unsigned_jwt(300);
+                            let mut s = s.lock().unwrap();
+                            s.requests += 1;
+                            s.last_token = token.clone();
+                            s.last_api_key = headers
+                                .get("x-domino-api-key")
+                                .map(|v| v.to_str().unwrap().to_owned())
+                                .unwrap_or_default();
+                            format!("{token}\n")
+                        }),
+                    )
+                    .with_state(shared);
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        ApiProxy {
+            url: format!("http://{addr}"),
+            state,
+            _stop: stop,
+        }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.state.lock().unwrap().requests
+    }
+
+    pub fn last_token(&self) -> String {
+        self.state.lock().unwrap().last_token.clone()
+    }
+
+    pub fn last_api_key(&self) -> String {
+        self.state.lock().unwrap().last_api_key.clone()
+    }
+}
+
+/// A JWT-shaped token expiring in `lifetime` seconds (signature not checked by this source).
+pub fn unsigned_jwt(lifetime: u64) -> String {
+    use base64::Engine as _;
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let now = now_secs() as u64;
+    let header = serde_json::json!({"alg": "RS256", "typ": "JWT"});
+    let jti = format!("{:x}", rand::random::<u64>());
+    let claims = serde_json::json!({"sub": "alice", "iat": now, "exp": now + lifetime, "jti": jti});
+    format!("{}.{}.c2ln", b64(&header), b64(&claims))
+}
