@@ -274,7 +274,11 @@ impl State {
         // Judge from our own clock, not the upstream's `iat`, so a skewed issuer
         // cannot push refresh-ahead past the deadline.
         let fraction = (policy.refresh_at + policy.jitter * (2.0 * u - 1.0)).clamp(0.0, 1.0);
-        let refresh_at = (now + left.mul_f64(fraction)).min(valid_until);
+        // When min_valid is a large part of the lifetime, 80 % of the lifetime can
+        // fall after the deadline: then refresh while 5 % of the servable window is
+        // left, so readers still do not wait.
+        let servable = left - policy.min_valid;
+        let refresh_at = now + left.mul_f64(fraction).min(servable.mul_f64(0.95));
         self.generation += 1;
         Ok(Arc::new(Token {
             secret: issued.token,

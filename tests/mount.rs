@@ -113,9 +113,20 @@ fn reads_across_expiry_stay_valid_and_ask_the_upstream_once_per_lifetime() {
     let start = Instant::now();
     let mut reads = 0u64;
     let mut tokens = std::collections::BTreeSet::new();
+    let size = || std::fs::metadata(mount.path("token")).unwrap().len();
     while start.elapsed() < RUN {
+        let size_before = size();
         let token = mount.read_string("token");
         let now = now_secs();
+        let size_after = size();
+        if size_before == size_after {
+            // No refresh in between: stat and read must agree.
+            assert_eq!(
+                size_before,
+                token.len() as u64,
+                "stat size equals the bytes read"
+            );
+        }
         // Decoding claims is cheap; verify the signature of each distinct token.
         if tokens.insert(token.clone()) {
             verify_jwt(&token, &certs);
@@ -475,4 +486,74 @@ fn http_source_serves_the_api_proxy_token() {
         "k3y",
         "header read from its 0600 file"
     );
+}
+
+#[test]
+fn a_rotated_refresh_token_is_persisted_and_used_after_a_restart() {
+    if !fuse_available("a_rotated_refresh_token_is_persisted_and_used_after_a_restart") {
+        return;
+    }
+    let issuer = DevIssuer::start(&["--rotate-refresh-tokens"]);
+    let original = std::fs::read_to_string(&issuer.offline_token_file).unwrap();
+    let tmp = tempdir();
+    let rotated = tmp.path().join("rotated-offline-token");
+    let config = issuer.config(
+        tmp.path(),
+        "",
+        &format!("rotated_refresh_token_file = \"{}\"", rotated.display()),
+    );
+    let mut first = Mount::start(&["--config", config.to_str().unwrap()]);
+    let token1 = first.read_string("token");
+    let persisted = std::fs::read_to_string(&rotated).unwrap();
+    assert_ne!(
+        persisted, original,
+        "the upstream rotated the token and it was persisted"
+    );
+    assert_eq!(std::fs::metadata(&rotated).unwrap().mode() & 0o777, 0o600);
+    assert!(!first.proc.stderr().contains(&persisted), "never logged");
+    assert!(first.stop().success());
+
+    // The original is revoked now: only the persisted one can work.
+    let second = Mount::start(&["--config", config.to_str().unwrap()]);
+    let token2 = second.read_string("token");
+    assert_ne!(token2, token1);
+    assert_eq!(second.file_status("token")["state"], "fresh");
+    let rotated_again = std::fs::read_to_string(&rotated).unwrap();
+    assert_ne!(
+        rotated_again, persisted,
+        "rotated again and persisted again"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("rotated") && n != "rotated-offline-token")
+        .collect();
+    assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
+}
+
+#[test]
+fn a_slow_upstream_fails_the_read_with_etimedout_then_serves_once_it_answers() {
+    if !fuse_available("a_slow_upstream_fails_the_read_with_etimedout_then_serves_once_it_answers")
+    {
+        return;
+    }
+    let issuer = DevIssuer::start(&["--token-delay", "3s"]);
+    let tmp = tempdir();
+    let config = issuer.config(tmp.path(), "read_timeout = \"1s\"", "");
+    let mount = Mount::start(&["--config", config.to_str().unwrap()]);
+    assert_eq!(errno(mount.read("token")), libc::ETIMEDOUT);
+    // The request went on in the background; a later read gets its token without a
+    // second request (bounded wait: the token endpoint answers after 3 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let token = loop {
+        match mount.read("token") {
+            Ok(token) => break token,
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ETIMEDOUT), "{e}");
+                assert!(Instant::now() < deadline, "no token after 20 s");
+            }
+        }
+    };
+    assert!(!token.is_empty());
+    assert_eq!(issuer.token_requests(), 1);
 }

@@ -100,18 +100,25 @@ fn refresh_ahead_at_80_percent_with_jitter() {
 }
 
 #[test]
-fn refresh_ahead_never_later_than_the_deadline() {
+fn refresh_ahead_lands_before_the_deadline_when_min_valid_is_large() {
+    // 20 s lifetime, 5 s min_valid: 80 % (16 s) would be after the deadline (15 s).
     let mut st = State::default();
     let p = Policy {
-        refresh_at: 1.0,
-        jitter: 0.0,
+        min_valid: Duration::from_secs(5),
         ..policy()
     };
     assert!(matches!(st.on_read(at(0), false), Next::Fetch));
     let t = st
-        .finish(Ok(issued(at(0), LIFETIME, "a")), at(0), &p, 0.5)
+        .finish(
+            Ok(issued(at(0), Duration::from_secs(20), "a")),
+            at(0),
+            &p,
+            0.5,
+        )
         .unwrap();
-    assert_eq!(t.refresh_at, t.valid_until);
+    assert_eq!(t.valid_until, at(15));
+    assert_eq!(t.refresh_at, at(0) + Duration::from_millis(14_250));
+    assert!(t.refresh_at < t.valid_until);
 }
 
 #[test]

@@ -86,18 +86,27 @@ pub async fn run_dev_issuer(args: DevIssuerArgs) -> anyhow::Result<()> {
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
     let (running, kind) = start(&args).await?;
-    println!("realm:      {}", running.realm_url());
-    println!("token URL:  {}", running.token_url());
-    println!("JWKS URL:   {}", running.jwks_url());
-    println!("userinfo:   {}", running.userinfo_url());
-    println!("client:     {} ({kind})", args.client_id);
+    let mut banner = format!(
+        "realm:      {}\ntoken URL:  {}\nJWKS URL:   {}\nuserinfo:   {}\nclient:     {} ({kind})\n",
+        running.realm_url(),
+        running.token_url(),
+        running.jwks_url(),
+        running.userinfo_url(),
+        args.client_id
+    );
     if let Some(path) = &args.client_secret_file {
-        println!("secret in:  {}", path.display());
+        banner += &format!("secret in:  {}\n", path.display());
     }
-    match &args.offline_token_file {
-        Some(path) => println!("offline token for {} in: {}", args.user, path.display()),
-        None => println!("no offline token minted (pass --offline-token-file to get one)"),
-    }
+    banner += &match &args.offline_token_file {
+        Some(path) => format!("offline token for {} in: {}\n", args.user, path.display()),
+        None => "no offline token minted (pass --offline-token-file to get one)\n".to_owned(),
+    };
+    // A reader that closed our stdout must not take the server down (println! panics).
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(banner.as_bytes())
+        .and_then(|()| stdout.flush());
+    drop(stdout);
 
     tokio::select! {
         _ = interrupt.recv() => {}

@@ -261,7 +261,8 @@ impl DevIssuer {
         let mut proc = Proc::spawn(&args, &[]);
         let stdout = BufReader::new(proc.child.stdout.take().unwrap());
         let mut token_url = None;
-        for line in stdout.lines() {
+        let mut lines = stdout.lines();
+        for line in lines.by_ref() {
             let line = line.unwrap();
             if let Some(url) = line
                 .split_whitespace()
@@ -271,6 +272,8 @@ impl DevIssuer {
                 break;
             }
         }
+        // Keep draining: a closed pipe must not disturb the issuer.
+        std::thread::spawn(move || lines.for_each(drop));
         let token_url = token_url
             .unwrap_or_else(|| panic!("dev-issuer printed no token URL:\n{}", proc.stderr()));
         let realm_url = token_url
