@@ -557,3 +557,71 @@ fn a_slow_upstream_fails_the_read_with_etimedout_then_serves_once_it_answers() {
     assert!(!token.is_empty());
     assert_eq!(issuer.token_requests(), 1);
 }
+
+#[test]
+fn no_secret_in_the_trace_log_or_status() {
+    if !fuse_available("no_secret_in_the_trace_log_or_status") {
+        return;
+    }
+    let issuer = DevIssuer::start(&["--rotate-refresh-tokens", "--lifetime", "40s"]);
+    let offline = std::fs::read_to_string(&issuer.offline_token_file).unwrap();
+    let client_secret = std::fs::read_to_string(&issuer.client_secret_file).unwrap();
+    let tmp = tempdir();
+    let rotated = tmp.path().join("rotated");
+    let config = issuer.config(
+        tmp.path(),
+        "",
+        &format!(
+            "min_valid = \"30s\"\nrotated_refresh_token_file = \"{}\"",
+            rotated.display()
+        ),
+    );
+    let mut full = vec![
+        "mount".to_owned(),
+        tmp.path().join("api").display().to_string(),
+    ];
+    full.extend(["--config".to_owned(), config.display().to_string()]);
+    let args: Vec<&str> = full.iter().map(String::as_str).collect();
+    let mut proc = Proc::spawn(&args, &[("RUST_LOG", "trace")]);
+    let dir = tmp.path().join("api");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !is_mounted(&dir) {
+        assert!(Instant::now() < deadline, "not mounted:\n{}", proc.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Two tokens: the first read, then a refresh forced by the 10 s servable window.
+    let first = std::fs::read_to_string(dir.join("token")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        let t = std::fs::read_to_string(dir.join("token")).unwrap();
+        if t != first {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no refresh within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let status = std::fs::read_to_string(dir.join(".status")).unwrap();
+    let rotated_now = std::fs::read_to_string(&rotated).unwrap();
+    proc.signal(libc::SIGTERM);
+    assert!(proc.wait_exit(Duration::from_secs(10)).unwrap().success());
+    let log = proc.stderr();
+    assert!(log.contains("TRACE"), "trace logging was on");
+    for (what, secret) in [
+        ("offline token", offline.as_str()),
+        ("rotated refresh token", rotated_now.as_str()),
+        ("client secret", client_secret.as_str()),
+        ("access token", first.as_str()),
+        ("second access token", second.as_str()),
+    ] {
+        assert!(!secret.is_empty());
+        assert!(!log.contains(secret), "{what} appears in the trace log");
+        assert!(!status.contains(secret), "{what} appears in .status");
+        // Signatures are the part a leak would most likely show on its own.
+        if let Some(sig) = secret.rsplit('.').next().filter(|s| s.len() > 20) {
+            assert!(
+                !log.contains(sig),
+                "{what} signature appears in the trace log"
+            );
+        }
+    }
+}
