@@ -291,11 +291,6 @@ impl State {
         }))
     }
 
-    /// The error of the last request, if it failed.
-    pub fn last_error(&self) -> Option<&CellError> {
-        self.failure.as_ref().map(|f| &f.error)
-    }
-
     /// A snapshot for `.status`; never holds the token.
     pub fn status(&self, now: SystemTime) -> CellStatus {
         let servable = self.servable(now).is_some();
@@ -318,10 +313,7 @@ impl State {
             generation: self.generation,
             expires_at: token.map(|t| t.expires_at.into()),
             obtained_at: token.map(|t| t.obtained_at.into()),
-            refresh_at: self
-                .next_refresh()
-                .filter(|_| token.is_some())
-                .map(Into::into),
+            refresh_at: self.next_refresh().map(Into::into),
             sub: token.and_then(|t| t.claims.sub.clone()),
             jti: token.and_then(|t| t.claims.jti.clone()),
             last_attempt: self.last_attempt.map(Into::into),
@@ -431,10 +423,6 @@ impl Cell {
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    pub fn policy(&self) -> &Policy {
-        &self.policy
     }
 
     pub fn upstream(&self) -> String {

@@ -393,6 +393,22 @@ fn upstream_down_with_no_token_fails_reads_with_eio_and_says_why() {
     );
 }
 
+/// Run `tokenfs mount` with `config`, expecting it to refuse to start; its stderr.
+fn mount_refused(config: &std::path::Path) -> String {
+    let dir = config.with_file_name("api");
+    let args = [
+        "mount",
+        dir.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let mut proc = Proc::spawn(&args, &[]);
+    let status = proc.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(1), "{}", proc.stderr());
+    assert!(!is_mounted(&dir));
+    proc.stderr()
+}
+
 #[test]
 fn bad_config_fails_at_start_naming_the_key() {
     let tmp = tempdir();
@@ -402,24 +418,11 @@ fn bad_config_fails_at_start_naming_the_key() {
         "[files.token]\nsource = \"oauth2\"\nclient_id = \"c\"\n",
         0o600,
     );
-    let dir = tmp.path().join("api");
-    let mut proc = Proc::spawn(
-        &[
-            "mount",
-            dir.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let status = proc.wait_exit(Duration::from_secs(10)).expect("exits");
-    assert_eq!(status.code(), Some(1));
-    let stderr = proc.stderr();
+    let stderr = mount_refused(&config);
     assert!(
         stderr.contains("files.token.token_url: missing"),
         "{stderr}"
     );
-    assert!(!is_mounted(&dir));
 
     // A group-readable secret file is refused, and the message says how to fix it.
     let secret = tmp.path().join("secret");
@@ -433,18 +436,7 @@ fn bad_config_fails_at_start_naming_the_key() {
         ),
         0o600,
     );
-    let mut proc = Proc::spawn(
-        &[
-            "mount",
-            dir.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let status = proc.wait_exit(Duration::from_secs(10)).expect("exits");
-    assert_eq!(status.code(), Some(1));
-    let stderr = proc.stderr();
+    let stderr = mount_refused(&config);
     assert!(
         stderr.contains("client_secret_file") && stderr.contains("chmod"),
         "{stderr}"

@@ -20,7 +20,7 @@ pub struct TokenFs {
     files: Arc<Files>,
     rt: tokio::runtime::Handle,
     /// Whether the kernel serves opens and warm reads itself (design.md §4).
-    fast_path: Arc<AtomicBool>,
+    fast_path: AtomicBool,
 }
 
 impl TokenFs {
@@ -28,13 +28,8 @@ impl TokenFs {
         TokenFs {
             files,
             rt,
-            fast_path: Arc::new(AtomicBool::new(false)),
+            fast_path: AtomicBool::new(false),
         }
-    }
-
-    /// Whether `init` negotiated the page-cache read path; valid once mounted.
-    pub fn fast_path_flag(&self) -> Arc<AtomicBool> {
-        self.fast_path.clone()
     }
 
     /// Answer `reply` with a view of `ino`: now if ready, else once the cell has a token.

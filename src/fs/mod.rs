@@ -140,10 +140,6 @@ impl Files {
         })
     }
 
-    pub fn options(&self) -> &Options {
-        &self.opts
-    }
-
     /// The inode of a name in the root directory.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Option<u64> {
         if parent != ROOT_INO {

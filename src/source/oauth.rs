@@ -433,6 +433,15 @@ mod tests {
         }
     }
 
+    /// Issue once with a plain refresh-token config and expect an error.
+    async fn issue_err(url: &str) -> SourceError {
+        OAuthSource::new(refresh_cfg(url, "rt", None))
+            .unwrap()
+            .issue()
+            .await
+            .unwrap_err()
+    }
+
     fn json_answer(status: StatusCode, body: serde_json::Value) -> Response {
         (status, Json(body)).into_response()
     }
@@ -545,11 +554,7 @@ mod tests {
                 )
             })
             .await;
-            let err = OAuthSource::new(refresh_cfg(&url, "rt", None))
-                .unwrap()
-                .issue()
-                .await
-                .unwrap_err();
+            let err = issue_err(&url).await;
             assert_eq!(err, SourceError::Rejected(format!("{code}: {desc}")));
         }
     }
@@ -566,11 +571,7 @@ mod tests {
         ] {
             let (url, _) =
                 endpoint(move |_| StatusCode::from_u16(status).unwrap().into_response()).await;
-            let err = OAuthSource::new(refresh_cfg(&url, "rt", None))
-                .unwrap()
-                .issue()
-                .await
-                .unwrap_err();
+            let err = issue_err(&url).await;
             let want = format!("HTTP {status} from {url}");
             match err {
                 SourceError::Rejected(m) if rejected => assert_eq!(m, want),
@@ -586,11 +587,7 @@ mod tests {
             )
         })
         .await;
-        let err = OAuthSource::new(refresh_cfg(&url, "rt", None))
-            .unwrap()
-            .issue()
-            .await
-            .unwrap_err();
+        let err = issue_err(&url).await;
         assert_eq!(
             err,
             SourceError::Unavailable(format!("HTTP 503 from {url}: temporarily_unavailable"))
@@ -633,11 +630,7 @@ mod tests {
         ];
         for (i, answer) in answers.into_iter().enumerate() {
             let (url, _) = endpoint(move |_| answer()).await;
-            let err = OAuthSource::new(refresh_cfg(&url, "rt", None))
-                .unwrap()
-                .issue()
-                .await
-                .unwrap_err();
+            let err = issue_err(&url).await;
             assert!(
                 matches!(err, SourceError::Malformed(_)),
                 "answer {i}: {err:?}"
@@ -655,11 +648,7 @@ mod tests {
             )
         })
         .await;
-        let err = OAuthSource::new(refresh_cfg(&url, "rt", None))
-            .unwrap()
-            .issue()
-            .await
-            .unwrap_err();
+        let err = issue_err(&url).await;
         assert_eq!(
             err,
             SourceError::Malformed("response body over 1024 bytes".into())
@@ -669,11 +658,7 @@ mod tests {
     #[tokio::test]
     async fn dead_port_is_unavailable() {
         let url = format!("{}/token", dead_url());
-        let err = OAuthSource::new(refresh_cfg(&url, "rt", None))
-            .unwrap()
-            .issue()
-            .await
-            .unwrap_err();
+        let err = issue_err(&url).await;
         assert!(
             matches!(&err, SourceError::Unavailable(m) if m.starts_with("cannot connect to 127.0.0.1:")),
             "{err:?}"
@@ -690,11 +675,7 @@ mod tests {
             }),
         );
         let url = format!("{}/token", serve(app).await);
-        let err = OAuthSource::new(refresh_cfg(&url, "rt", None))
-            .unwrap()
-            .issue()
-            .await
-            .unwrap_err();
+        let err = issue_err(&url).await;
         assert_eq!(err, SourceError::Timeout(Duration::from_millis(300)));
     }
 
@@ -712,11 +693,7 @@ mod tests {
                 }),
             );
         let url = format!("{}/token", serve(app).await);
-        let err = OAuthSource::new(refresh_cfg(&url, "rt", None))
-            .unwrap()
-            .issue()
-            .await
-            .unwrap_err();
+        let err = issue_err(&url).await;
         assert!(
             matches!(&err, SourceError::Rejected(m) if m.contains("HTTP 303")),
             "{err:?}"
