@@ -81,6 +81,11 @@ pub struct Token {
 }
 
 impl Token {
+    /// The token, for a token exchange that uses it as its subject.
+    pub fn secret(&self) -> &SecretString {
+        &self.secret
+    }
+
     /// The bytes readers get.
     pub fn bytes(&self) -> &[u8] {
         self.secret.expose_secret().as_bytes()
@@ -244,7 +249,13 @@ impl State {
             Err(error) => {
                 self.failures += 1;
                 let consecutive = self.failure.as_ref().map_or(1, |f| f.consecutive + 1);
-                let retry_at = now + backoff(policy, consecutive, u);
+                // Waiting on a person, not on a struggling upstream: ask again soon, so
+                // the first read after consent succeeds, but never more than once a backoff_min.
+                let delay = match error {
+                    CellError::Source(SourceError::ConsentRequired { .. }) => policy.backoff_min,
+                    _ => backoff(policy, consecutive, u),
+                };
+                let retry_at = now + delay;
                 self.failure = Some(Failure {
                     error: error.clone(),
                     at: now,
@@ -289,6 +300,17 @@ impl State {
             claims: issued.claims,
             generation: self.generation,
         }))
+    }
+
+    /// The URL the user must open, while no token can be served for want of consent.
+    pub fn consent_url(&self, now: SystemTime) -> Option<&str> {
+        if self.servable(now).is_some() {
+            return None;
+        }
+        match &self.failure.as_ref()?.error {
+            CellError::Source(SourceError::ConsentRequired { url, .. }) => Some(url),
+            _ => None,
+        }
     }
 
     /// A snapshot for `.status`; never holds the token.
@@ -478,9 +500,14 @@ impl Cell {
             ))),
         };
         let now = self.clock.now();
-        let outcome = self
-            .lock()
-            .finish(result, now, &self.policy, (self.jitter)());
+        let (outcome, before) = {
+            let mut st = self.lock();
+            let before = st.failure.as_ref().map(|f| f.error.clone());
+            (
+                st.finish(result, now, &self.policy, (self.jitter)()),
+                before,
+            )
+        };
         match &outcome {
             Ok(token) => tracing::info!(
                 file = %self.name,
@@ -490,6 +517,18 @@ impl Cell {
                 refresh_at = %humantime::format_rfc3339_seconds(token.refresh_at),
                 "token obtained"
             ),
+            // Once per change of state at warn, so a failing upstream or a consent
+            // nobody gives does not flood the log at every retry.
+            Err(error) if before.as_ref() == Some(error) => {
+                tracing::debug!(file = %self.name, "token request failed again: {error}")
+            }
+            Err(error @ CellError::Source(SourceError::ConsentRequired { .. })) => {
+                tracing::warn!(
+                    file = %self.name,
+                    "{error} (the URL is also in {}.consent-url); reads fail until then",
+                    self.name
+                )
+            }
             Err(error) => {
                 let serving = self.lock().servable(now).is_some();
                 tracing::warn!(
@@ -532,6 +571,11 @@ impl Cell {
     /// Subscribe to "a request finished" (success or failure).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.finished.subscribe()
+    }
+
+    /// See [`State::consent_url`].
+    pub fn consent_url(&self) -> Option<String> {
+        self.lock().consent_url(self.clock.now()).map(str::to_owned)
     }
 
     /// Counts tokens obtained so far; changes exactly when the served token does.

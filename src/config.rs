@@ -2,6 +2,7 @@
 //! into the typed [`Config`] the rest of the program uses (secrets loaded, URLs
 //! checked, defaults applied). Every error names the key and the problem.
 
+mod oauth;
 mod raw;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use crate::fs::Owner;
 use crate::secret_file;
 use crate::source::get::GetConfig;
 use crate::source::http::HttpSettings;
-use crate::source::oauth::{Grant, OAuthConfig};
+use crate::source::oauth::{Exchange, Grant, OAuthConfig, SubjectRef};
 
 pub use raw::RawConfig;
 
@@ -32,6 +33,23 @@ pub struct FileConfig {
     pub name: String,
     pub policy: Policy,
     pub source: SourceConfig,
+}
+
+impl FileConfig {
+    /// The file of this mount whose token this one exchanges, if any.
+    pub fn mount_subject(&self) -> Option<&str> {
+        match &self.source {
+            SourceConfig::OAuth(OAuthConfig {
+                grant:
+                    Grant::TokenExchange(Exchange {
+                        subject: SubjectRef::MountFile(name),
+                        ..
+                    }),
+                ..
+            }) => Some(name),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -97,6 +115,26 @@ impl Config {
             .into_iter()
             .map(|(name, file)| validate_file(name, file))
             .collect::<Result<Vec<_>, _>>()?;
+        for file in &files {
+            if let Some(subject) = file.mount_subject() {
+                let target = files.iter().find(|f| f.name == subject);
+                match target {
+                    None => {
+                        return Err(invalid(
+                            format!("files.{}.subject", file.name),
+                            format!("no file named {subject:?} in this config"),
+                        ))
+                    }
+                    Some(t) if t.mount_subject().is_some() => {
+                        return Err(invalid(
+                            format!("files.{}.subject", file.name),
+                            format!("{subject:?} is itself an exchange of another file; chain at most one level"),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
         Ok(Config {
             owner,
             read_timeout,
@@ -153,18 +191,20 @@ fn validate_file(name: String, f: raw::RawFile) -> Result<FileConfig, ConfigErro
         ));
     }
     let source = match f.source.as_deref() {
-        Some("oauth2") => SourceConfig::OAuth(oauth(&name, f, http)?),
+        Some("oauth2") => SourceConfig::OAuth(oauth::oauth2(&name, f, http)?),
+        Some("token-exchange") => SourceConfig::OAuth(oauth::exchange(&name, f, http)?),
+        Some("entra") => SourceConfig::OAuth(oauth::entra(&name, f, http)?),
         Some("http") => SourceConfig::Get(get(&name, f, http)?),
         Some(other) => {
             return Err(invalid(
                 key("source"),
-                format!("unknown source {other:?}; use \"oauth2\" or \"http\""),
+                format!("unknown source {other:?}; use \"oauth2\", \"token-exchange\", \"entra\" or \"http\""),
             ))
         }
         None => {
             return Err(invalid(
                 key("source"),
-                "missing; use \"oauth2\" or \"http\"",
+                "missing; use \"oauth2\", \"token-exchange\", \"entra\" or \"http\"",
             ))
         }
     };
@@ -198,10 +238,15 @@ fn secret(key: String, path: &Path) -> Result<SecretString, ConfigError> {
     secret_file::read_secret_file(path).map_err(|e| invalid(key, e.to_string()))
 }
 
-/// Keys that belong to one source kind only: naming them under another is a mistake.
-fn reject(name: &str, kind: &str, present: &[(&str, bool)]) -> Result<(), ConfigError> {
-    match present.iter().find(|(_, set)| *set) {
-        Some((k, _)) => Err(invalid(
+/// Refuse keys that belong to another source kind: naming them here is a mistake.
+fn allow_only(
+    name: &str,
+    kind: &str,
+    f: &raw::RawFile,
+    allowed: &[&str],
+) -> Result<(), ConfigError> {
+    match f.source_keys().into_iter().find(|k| !allowed.contains(k)) {
+        Some(k) => Err(invalid(
             format!("files.{name}.{k}"),
             format!("not valid for source = \"{kind}\""),
         )),
@@ -209,97 +254,9 @@ fn reject(name: &str, kind: &str, present: &[(&str, bool)]) -> Result<(), Config
     }
 }
 
-fn oauth(name: &str, f: raw::RawFile, http: HttpSettings) -> Result<OAuthConfig, ConfigError> {
-    let key = |k: &str| format!("files.{name}.{k}");
-    reject(
-        name,
-        "oauth2",
-        &[("url", f.url.is_some()), ("headers", f.headers.is_some())],
-    )?;
-    let token_url = url(key("token_url"), f.token_url)?;
-    let client_id = f
-        .client_id
-        .ok_or_else(|| invalid(key("client_id"), "missing"))?;
-    let client_secret = f
-        .client_secret_file
-        .as_deref()
-        .map(|p| secret(key("client_secret_file"), p))
-        .transpose()?;
-    let grant = match f.grant.as_deref().unwrap_or("refresh_token") {
-        "refresh_token" => {
-            let path = f.refresh_token_file.ok_or_else(|| {
-                invalid(
-                    key("refresh_token_file"),
-                    "missing (required by grant = \"refresh_token\")",
-                )
-            })?;
-            // A rotated token persisted by an earlier run supersedes the original.
-            let refresh_token = match &f.rotated_refresh_token_file {
-                Some(rotated) if rotated.exists() => {
-                    secret(key("rotated_refresh_token_file"), rotated)?
-                }
-                _ => secret(key("refresh_token_file"), &path)?,
-            };
-            Grant::RefreshToken {
-                refresh_token,
-                rotated_file: f.rotated_refresh_token_file,
-            }
-        }
-        "client_credentials" => {
-            if client_secret.is_none() {
-                return Err(invalid(
-                    key("client_secret_file"),
-                    "missing (required by grant = \"client_credentials\")",
-                ));
-            }
-            reject(
-                name,
-                "oauth2\" with grant = \"client_credentials",
-                &[
-                    ("refresh_token_file", f.refresh_token_file.is_some()),
-                    (
-                        "rotated_refresh_token_file",
-                        f.rotated_refresh_token_file.is_some(),
-                    ),
-                ],
-            )?;
-            Grant::ClientCredentials
-        }
-        other => {
-            return Err(invalid(
-                key("grant"),
-                format!("unknown grant {other:?}; use \"refresh_token\" or \"client_credentials\""),
-            ))
-        }
-    };
-    Ok(OAuthConfig {
-        token_url,
-        client_id,
-        client_secret,
-        grant,
-        scope: f.scope,
-        http,
-    })
-}
-
 fn get(name: &str, f: raw::RawFile, http: HttpSettings) -> Result<GetConfig, ConfigError> {
     let key = |k: &str| format!("files.{name}.{k}");
-    reject(
-        name,
-        "http",
-        &[
-            ("token_url", f.token_url.is_some()),
-            ("client_id", f.client_id.is_some()),
-            ("client_secret_file", f.client_secret_file.is_some()),
-            ("grant", f.grant.is_some()),
-            ("refresh_token_file", f.refresh_token_file.is_some()),
-            (
-                "rotated_refresh_token_file",
-                f.rotated_refresh_token_file.is_some(),
-            ),
-            ("scope", f.scope.is_some()),
-        ],
-    )?;
+    allow_only(name, "http", &f, &["url", "headers"])?;
     let url = url(key("url"), f.url)?;
     let mut headers = Vec::new();
     for (header, value) in f.headers.unwrap_or_default() {

@@ -12,12 +12,13 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cell::{random_jitter, Cell, SystemClock};
 use crate::cli::{MountArgs, DEFAULT_CONFIG};
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, FileConfig, SourceConfig};
 use crate::fs::fuse::{invalidate_on_change, TokenFs};
 use crate::fs::{Files, Options, Owner};
 use crate::source::get::GetSource;
 use crate::source::oauth::OAuthSource;
-use crate::source::Source;
+use crate::source::{Source, SourceError, Subject};
+use secrecy::SecretString;
 
 /// Longest the kernel may cache a file's pages and attributes, whatever the token.
 const TTL_CAP: Duration = Duration::from_secs(600);
@@ -50,21 +51,7 @@ pub fn run(args: MountArgs) -> Result<()> {
     };
 
     let _enter = rt.enter();
-    let cells = config
-        .files
-        .into_iter()
-        .map(|file| {
-            let source = build_source(file.source)
-                .with_context(|| format!("cannot set up the source of file {:?}", file.name))?;
-            Ok(Cell::new(
-                file.name,
-                source,
-                file.policy,
-                Arc::new(SystemClock),
-                random_jitter(),
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let cells = build_cells(config.files)?;
     let files = Files::new(
         cells.clone(),
         Options {
@@ -112,7 +99,7 @@ pub fn run(args: MountArgs) -> Result<()> {
             result
         })
         .context("cannot start the FUSE thread")?;
-    let names: Vec<_> = files.entries().map(|(_, n)| n.to_owned()).collect();
+    let names: Vec<_> = files.entries().into_iter().map(|(_, n)| n).collect();
     tracing::info!(
         mountpoint = %mountpoint.display(),
         uid = owner.uid,
@@ -150,11 +137,60 @@ pub fn run(args: MountArgs) -> Result<()> {
     Ok(())
 }
 
-fn build_source(config: SourceConfig) -> Result<Arc<dyn Source>> {
-    Ok(match config {
-        SourceConfig::OAuth(c) => Arc::new(OAuthSource::new(c)?),
-        SourceConfig::Get(c) => Arc::new(GetSource::new(c)?),
-    })
+/// One cell per file, in config order. A token exchange whose subject is
+/// another file of the mount gets that file's cell (built first) as subject.
+fn build_cells(files: Vec<FileConfig>) -> Result<Vec<Arc<Cell>>> {
+    let mut built: Vec<(String, Arc<Cell>)> = Vec::new();
+    let (exchanges, plain): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .enumerate()
+        .partition(|(_, f)| f.mount_subject().is_some());
+    let mut order = Vec::new();
+    for (index, file) in plain.into_iter().chain(exchanges) {
+        let name = file.name.clone();
+        let subject = file.mount_subject().map(|s| {
+            let cell = built.iter().find(|(n, _)| n == s).map(|(_, c)| c.clone());
+            cell.expect("config validation checked the subject exists and is not an exchange")
+        });
+        let source: Arc<dyn Source> = match (file.source, subject) {
+            (SourceConfig::OAuth(c), Some(cell)) => {
+                Arc::new(OAuthSource::with_subject(c, Arc::new(CellSubject(cell)))?)
+            }
+            (SourceConfig::OAuth(c), None) => Arc::new(OAuthSource::new(c)?),
+            (SourceConfig::Get(c), _) => Arc::new(GetSource::new(c)?),
+        };
+        let cell = Cell::new(
+            &name,
+            source,
+            file.policy,
+            Arc::new(SystemClock),
+            random_jitter(),
+        );
+        built.push((name, cell.clone()));
+        order.push((index, cell));
+    }
+    order.sort_by_key(|(index, _)| *index);
+    Ok(order.into_iter().map(|(_, cell)| cell).collect())
+}
+
+/// A subject token taken through another file's cell, so a stale one is never sent.
+struct CellSubject(Arc<Cell>);
+
+#[async_trait::async_trait]
+impl Subject for CellSubject {
+    async fn subject_token(&self) -> Result<SecretString, SourceError> {
+        match self.0.get().await {
+            Ok(token) => Ok(token.secret().clone()),
+            Err(e) => Err(SourceError::Unavailable(format!(
+                "no subject token from file {:?}: {e}",
+                self.0.name()
+            ))),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.0.name())
+    }
 }
 
 fn default_user() -> String {

@@ -46,10 +46,12 @@ pub async fn start(user: &str, lifetime: Duration) -> Result<(Config, RunningIss
                 client_id: CLIENT_ID.into(),
                 client_secret: Some(client_secret),
                 grant: Grant::RefreshToken {
-                    refresh_token,
+                    refresh_token: Some(refresh_token),
+                    file: None,
                     rotated_file: None,
                 },
                 scope: None,
+                consent_url: None,
                 http: HttpSettings::default(),
             }),
         }],

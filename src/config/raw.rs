@@ -36,6 +36,19 @@ pub struct RawFile {
     pub refresh_token_file: Option<PathBuf>,
     pub rotated_refresh_token_file: Option<PathBuf>,
     pub scope: Option<String>,
+    // token-exchange
+    pub subject: Option<String>,
+    pub subject_token_file: Option<PathBuf>,
+    pub subject_token_type: Option<String>,
+    pub requested_issuer: Option<String>,
+    pub requested_token_type: Option<String>,
+    pub audience: Option<String>,
+    pub redirect_uri: Option<String>,
+    // entra
+    pub tenant: Option<String>,
+    pub authority: Option<String>,
+    pub login_hint: Option<String>,
+    pub consent_state_file: Option<PathBuf>,
     // http
     pub url: Option<String>,
     pub headers: Option<BTreeMap<String, HeaderValue>>,
@@ -57,4 +70,39 @@ pub struct RawFile {
 pub enum HeaderValue {
     Plain(String),
     File { file: PathBuf },
+}
+
+impl RawFile {
+    /// The source-specific keys that are set, to refuse those another source owns.
+    pub fn source_keys(&self) -> Vec<&'static str> {
+        let keys = [
+            ("token_url", self.token_url.is_some()),
+            ("grant", self.grant.is_some()),
+            ("client_id", self.client_id.is_some()),
+            ("client_secret_file", self.client_secret_file.is_some()),
+            ("refresh_token_file", self.refresh_token_file.is_some()),
+            (
+                "rotated_refresh_token_file",
+                self.rotated_refresh_token_file.is_some(),
+            ),
+            ("scope", self.scope.is_some()),
+            ("subject", self.subject.is_some()),
+            ("subject_token_file", self.subject_token_file.is_some()),
+            ("subject_token_type", self.subject_token_type.is_some()),
+            ("requested_issuer", self.requested_issuer.is_some()),
+            ("requested_token_type", self.requested_token_type.is_some()),
+            ("audience", self.audience.is_some()),
+            ("redirect_uri", self.redirect_uri.is_some()),
+            ("tenant", self.tenant.is_some()),
+            ("authority", self.authority.is_some()),
+            ("login_hint", self.login_hint.is_some()),
+            ("consent_state_file", self.consent_state_file.is_some()),
+            ("url", self.url.is_some()),
+            ("headers", self.headers.is_some()),
+        ];
+        keys.into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(k, _)| k)
+            .collect()
+    }
 }

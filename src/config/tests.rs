@@ -75,11 +75,15 @@ fn production_keycloak_example_loads() {
     let Grant::RefreshToken {
         refresh_token,
         rotated_file,
+        ..
     } = &o.grant
     else {
         panic!("expected refresh_token grant")
     };
-    assert_eq!(refresh_token.expose_secret(), "offline-abc");
+    assert_eq!(
+        refresh_token.as_ref().unwrap().expose_secret(),
+        "offline-abc"
+    );
     assert!(rotated_file.is_none());
     assert!(
         !format!("{cfg:?}").contains("s3cret"),
@@ -104,7 +108,7 @@ fn rotated_refresh_token_supersedes_the_original() {
     let Grant::RefreshToken { refresh_token, .. } = &o.grant else {
         panic!()
     };
-    assert_eq!(refresh_token.expose_secret(), "rotated-1");
+    assert_eq!(refresh_token.as_ref().unwrap().expose_secret(), "rotated-1");
 }
 
 #[test]
@@ -178,4 +182,140 @@ fn errors_name_the_key() {
             "for {toml:?}: expected {expected:?} in {msg:?}"
         );
     }
+}
+
+#[test]
+fn token_exchange_of_the_token_file_for_azure() {
+    let d = Dir::new();
+    let secret = d.file("client-secret", "s3cret", 0o600);
+    let offline = d.file("offline", "o", 0o600);
+    let cfg = d
+        .load(&format!(
+            r#"
+            [files.token]
+            source = "oauth2"
+            token_url = "{URL}"
+            client_id = "domino-tokenfs"
+            client_secret_file = "{secret}"
+            refresh_token_file = "{offline}"
+
+            [files.azure-token]
+            source = "token-exchange"
+            token_url = "{URL}"
+            client_id = "domino-tokenfs"
+            client_secret_file = "{secret}"
+            subject = "token"
+            requested_issuer = "azure"
+            redirect_uri = "https://domino.example.com/account/linked"
+            min_valid = "5m"
+            "#
+        ))
+        .unwrap();
+    let azure = cfg.files.iter().find(|f| f.name == "azure-token").unwrap();
+    assert_eq!(azure.mount_subject(), Some("token"));
+    assert_eq!(azure.policy.min_valid, Duration::from_secs(300));
+    let SourceConfig::OAuth(o) = &azure.source else {
+        panic!()
+    };
+    let Grant::TokenExchange(x) = &o.grant else {
+        panic!("expected an exchange")
+    };
+    assert_eq!(x.requested_issuer.as_deref(), Some("azure"));
+    assert_eq!(
+        x.subject_token_type,
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+}
+
+#[test]
+fn token_exchange_mistakes_are_named() {
+    let d = Dir::new();
+    let secret = d.file("client-secret", "s3cret", 0o600);
+    let base = format!("source = \"token-exchange\"\ntoken_url = \"{URL}\"\nclient_id = \"c\"\nclient_secret_file = \"{secret}\"\n");
+    let cases = [
+        (format!("[files.a]\n{base}subject = \"token\"\n"), "files.a.subject: no file named \"token\""),
+        (format!("[files.a]\n{base}subject = \"a\"\n"), "cannot be its own subject"),
+        (format!("[files.a]\n{base}"), "files.a.subject: set exactly one"),
+        (format!("[files.a]\n{base}subject = \"b\"\n[files.b]\n{base}subject = \"a\"\n"), "chain at most one level"),
+        (format!("[files.a]\n{base}subject_token_file = \"/x\"\nrefresh_token_file = \"/y\"\n"), "files.a.refresh_token_file: not valid for source = \"token-exchange\""),
+        (
+            "[files.a]\nsource = \"token-exchange\"\ntoken_url = \"https://kc/t\"\nclient_id = \"c\"\nsubject_token_file = \"/x\"\n".to_owned(),
+            "files.a.client_secret_file: missing",
+        ),
+    ];
+    for (toml, expected) in cases {
+        let msg = err(d.load(&toml));
+        assert!(
+            msg.contains(expected),
+            "for {toml:?}: expected {expected:?} in {msg:?}"
+        );
+    }
+}
+
+#[test]
+fn entra_direct_builds_token_and_consent_urls() {
+    let d = Dir::new();
+    let state = d.0.path().join("consent-state");
+    let cfg = d
+        .load(&format!(
+            r#"
+            [files.azure-token]
+            source = "entra"
+            tenant = "contoso.onmicrosoft.com"
+            client_id = "11111111-2222-3333-4444-555555555555"
+            scope = "https://storage.azure.com/.default"
+            redirect_uri = "https://domino.example.com/azure/callback"
+            refresh_token_file = "{}/not-yet"
+            login_hint = "alice@contoso.com"
+            consent_state_file = "{}"
+            "#,
+            d.0.path().display(),
+            state.display()
+        ))
+        .unwrap();
+    let SourceConfig::OAuth(o) = &cfg.files[0].source else {
+        panic!()
+    };
+    assert_eq!(
+        o.token_url,
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
+    let Grant::RefreshToken { refresh_token, .. } = &o.grant else {
+        panic!()
+    };
+    assert!(
+        refresh_token.is_none(),
+        "no refresh token before consent is not an error"
+    );
+    let consent = reqwest::Url::parse(o.consent_url.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        consent.path(),
+        "/contoso.onmicrosoft.com/oauth2/v2.0/authorize"
+    );
+    let q: std::collections::HashMap<_, _> = consent.query_pairs().into_owned().collect();
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(
+        q["scope"],
+        "https://storage.azure.com/.default offline_access"
+    );
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["login_hint"], "alice@contoso.com");
+    assert_eq!(
+        q["redirect_uri"],
+        "https://domino.example.com/azure/callback"
+    );
+    // The redirect handler finds state and verifier in the 0600 state file.
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(saved["state"], q["state"].as_str());
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    use base64::Engine as _;
+    let verifier = saved["code_verifier"].as_str().unwrap();
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()),
+    );
+    assert_eq!(q["code_challenge"], challenge);
 }

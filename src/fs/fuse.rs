@@ -145,13 +145,14 @@ impl Filesystem for TokenFs {
             return reply.error(Errno::ENOTDIR);
         }
         let entries = [
-            (ROOT_INO, FileType::Directory, "."),
-            (ROOT_INO, FileType::Directory, ".."),
+            (ROOT_INO, FileType::Directory, ".".to_owned()),
+            (ROOT_INO, FileType::Directory, "..".to_owned()),
         ]
         .into_iter()
         .chain(
             self.files
                 .entries()
+                .into_iter()
                 .map(|(i, n)| (i, FileType::RegularFile, n)),
         );
         for (index, (ino, kind, name)) in entries.enumerate().skip(offset as usize) {

@@ -19,6 +19,8 @@ pub const ROOT_INO: u64 = 1;
 pub const STATUS_INO: u64 = 2;
 const FIRST_TOKEN_INO: u64 = 3;
 pub const STATUS_NAME: &str = ".status";
+/// `<file>.consent-url` exists while `<file>` needs the user's consent.
+pub const CONSENT_SUFFIX: &str = ".consent-url";
 
 /// Who owns the mount's files; only they (and root) may read them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,10 +59,11 @@ pub struct Attr {
 #[derive(Clone)]
 pub enum Content {
     Token(Arc<Token>),
-    Status(Arc<StatusDoc>),
+    /// A rendered document: `.status` or a consent URL.
+    Doc(Arc<Doc>),
 }
 
-pub struct StatusDoc {
+pub struct Doc {
     bytes: Vec<u8>,
     rendered_at: SystemTime,
 }
@@ -69,14 +72,14 @@ impl Content {
     pub fn bytes(&self) -> &[u8] {
         match self {
             Content::Token(t) => t.bytes(),
-            Content::Status(s) => &s.bytes,
+            Content::Doc(d) => &d.bytes,
         }
     }
 
     fn mtime(&self) -> SystemTime {
         match self {
             Content::Token(t) => t.obtained_at,
-            Content::Status(s) => s.rendered_at,
+            Content::Doc(d) => d.rendered_at,
         }
     }
 
@@ -107,37 +110,93 @@ pub enum Now {
     Err(i32),
 }
 
+/// The last rendering of a document, kept while its bytes do not change so
+/// that its mtime (and the kernel's cached pages) stay put.
+struct DocSlot(Mutex<Option<Arc<Doc>>>);
+
+impl DocSlot {
+    fn new() -> DocSlot {
+        DocSlot(Mutex::new(None))
+    }
+
+    fn announce(&self, bytes: Vec<u8>) -> Arc<Doc> {
+        let mut slot = lock(&self.0);
+        match &*slot {
+            Some(doc) if doc.bytes == bytes => doc.clone(),
+            _ => {
+                let doc = Arc::new(Doc {
+                    bytes,
+                    rendered_at: SystemTime::now(),
+                });
+                *slot = Some(doc.clone());
+                doc
+            }
+        }
+    }
+
+    fn last(&self) -> Option<Arc<Doc>> {
+        lock(&self.0).clone()
+    }
+}
+
 struct TokenFile {
     cell: Arc<Cell>,
     announced: Mutex<Option<Arc<Token>>>,
+    consent: DocSlot,
+}
+
+/// Which file an inode is. Token file `i` is `FIRST_TOKEN_INO + 2i`, its
+/// consent-url file the inode after it.
+enum Node<'a> {
+    Root,
+    Status,
+    Token(&'a TokenFile),
+    Consent(&'a TokenFile),
 }
 
 /// The mount's files.
 pub struct Files {
     tokens: Vec<TokenFile>,
-    status: Mutex<Arc<StatusDoc>>,
+    status: DocSlot,
     opts: Options,
     started: SystemTime,
 }
 
 impl Files {
     pub fn new(cells: Vec<Arc<Cell>>, opts: Options) -> Arc<Files> {
-        let started = SystemTime::now();
         Arc::new(Files {
             tokens: cells
                 .into_iter()
                 .map(|cell| TokenFile {
                     cell,
                     announced: Mutex::new(None),
+                    consent: DocSlot::new(),
                 })
                 .collect(),
-            status: Mutex::new(Arc::new(StatusDoc {
-                bytes: Vec::new(),
-                rendered_at: started,
-            })),
+            status: DocSlot::new(),
             opts,
-            started,
+            started: SystemTime::now(),
         })
+    }
+
+    fn token_ino(index: usize) -> u64 {
+        FIRST_TOKEN_INO + 2 * index as u64
+    }
+
+    fn node(&self, ino: u64) -> Option<Node<'_>> {
+        match ino {
+            ROOT_INO => Some(Node::Root),
+            STATUS_INO => Some(Node::Status),
+            _ => {
+                let offset = ino.checked_sub(FIRST_TOKEN_INO)?;
+                let file = self.tokens.get(usize::try_from(offset / 2).ok()?)?;
+                Some(if offset % 2 == 0 {
+                    Node::Token(file)
+                } else {
+                    Node::Consent(file)
+                })
+            }
+        }
     }
 
     /// The inode of a name in the root directory.
@@ -148,20 +207,32 @@ impl Files {
         if name == STATUS_NAME {
             return Some(STATUS_INO);
         }
-        self.tokens
-            .iter()
-            .position(|t| name == t.cell.name())
-            .map(|i| FIRST_TOKEN_INO + i as u64)
+        let name = name.to_str()?;
+        let (base, consent) = match name.strip_suffix(CONSENT_SUFFIX) {
+            Some(base) => (base, true),
+            None => (name, false),
+        };
+        let index = self.tokens.iter().position(|t| t.cell.name() == base)?;
+        if consent && self.tokens[index].cell.consent_url().is_none() {
+            return None;
+        }
+        Some(Self::token_ino(index) + u64::from(consent))
     }
 
-    /// Directory entries of the root, without `.` and `..`.
-    pub fn entries(&self) -> impl Iterator<Item = (u64, &str)> {
-        std::iter::once((STATUS_INO, STATUS_NAME)).chain(
-            self.tokens
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (FIRST_TOKEN_INO + i as u64, t.cell.name())),
-        )
+    /// Directory entries of the root, without `.` and `..`: consent-url files
+    /// only while consent is needed.
+    pub fn entries(&self) -> Vec<(u64, String)> {
+        let mut out = vec![(STATUS_INO, STATUS_NAME.to_owned())];
+        for (i, t) in self.tokens.iter().enumerate() {
+            out.push((Self::token_ino(i), t.cell.name().to_owned()));
+            if t.cell.consent_url().is_some() {
+                out.push((
+                    Self::token_ino(i) + 1,
+                    format!("{}{CONSENT_SUFFIX}", t.cell.name()),
+                ));
+            }
+        }
+        out
     }
 
     /// Cells with their inodes, for invalidation.
@@ -169,26 +240,20 @@ impl Files {
         self.tokens
             .iter()
             .enumerate()
-            .map(|(i, t)| (FIRST_TOKEN_INO + i as u64, &t.cell))
-    }
-
-    fn token_file(&self, ino: u64) -> Option<&TokenFile> {
-        let index = ino.checked_sub(FIRST_TOKEN_INO)?;
-        self.tokens.get(usize::try_from(index).ok()?)
+            .map(|(i, t)| (Self::token_ino(i), &t.cell))
     }
 
     /// The view an attribute request (`lookup`, `getattr`) gets: for a token, the
     /// newest servable one, which becomes the announced content.
     pub fn attr_now(&self, ino: u64) -> Now {
-        match ino {
-            ROOT_INO => Now::Ready(self.root_view()),
-            STATUS_INO => Now::Ready(self.status_view()),
-            _ => match self.token_file(ino) {
-                None => Now::Err(libc::ENOENT),
-                Some(file) => match file.cell.peek() {
-                    Some(token) => Now::Ready(self.announce(ino, file, token)),
-                    None => Now::MustWait,
-                },
+        match self.node(ino) {
+            None => Now::Err(libc::ENOENT),
+            Some(Node::Root) => Now::Ready(self.root_view()),
+            Some(Node::Status) => Now::Ready(self.status_view()),
+            Some(Node::Consent(file)) => self.consent_view(ino, file),
+            Some(Node::Token(file)) => match file.cell.peek() {
+                Some(token) => Now::Ready(self.announce(ino, file, token)),
+                None => Now::MustWait,
             },
         }
     }
@@ -196,32 +261,33 @@ impl Files {
     /// The view a read gets: the announced content while it is servable, so that
     /// the bytes match the size the kernel holds; else the newest servable one.
     pub fn read_now(&self, ino: u64) -> Now {
-        match ino {
-            ROOT_INO => Now::Err(libc::EISDIR),
-            STATUS_INO => {
-                let doc = lock(&self.status).clone();
-                if doc.bytes.is_empty() {
-                    return Now::Ready(self.status_view());
-                }
-                Now::Ready(self.content_view(STATUS_INO, Content::Status(doc), Duration::ZERO))
+        let doc = |slot: &DocSlot| {
+            slot.last()
+                .map(|d| self.content_view(ino, Content::Doc(d), Duration::ZERO))
+        };
+        match self.node(ino) {
+            None => Now::Err(libc::ENOENT),
+            Some(Node::Root) => Now::Err(libc::EISDIR),
+            Some(Node::Status) => doc(&self.status).map_or_else(|| self.attr_now(ino), Now::Ready),
+            Some(Node::Consent(file)) => {
+                doc(&file.consent).map_or_else(|| self.attr_now(ino), Now::Ready)
             }
-            _ => match self.token_file(ino) {
-                None => Now::Err(libc::ENOENT),
-                Some(file) => {
-                    let now = file.cell.now();
-                    let announced = lock(&file.announced).clone();
-                    match announced.filter(|t| t.servable(now)) {
-                        Some(token) => Now::Ready(self.token_view(ino, token, now)),
-                        None => self.attr_now(ino),
-                    }
+            Some(Node::Token(file)) => {
+                let now = file.cell.now();
+                let announced = lock(&file.announced).clone();
+                match announced.filter(|t| t.servable(now)) {
+                    Some(token) => Now::Ready(self.token_view(ino, token, now)),
+                    None => self.attr_now(ino),
                 }
-            },
+            }
         }
     }
 
     /// Wait (up to the read timeout) for the cell of `ino` to have a servable token.
     pub async fn wait(&self, ino: u64) -> Result<View, i32> {
-        let file = self.token_file(ino).ok_or(libc::ENOENT)?;
+        let Some(Node::Token(file)) = self.node(ino) else {
+            return Err(libc::ENOENT);
+        };
         let timeout = self.opts.read_timeout;
         let token = match tokio::time::timeout(timeout, file.cell.get()).await {
             Ok(Ok(token)) => token,
@@ -280,21 +346,24 @@ impl Files {
         }
     }
 
-    /// Re-render `.status`; keep the previous document (and mtime) when nothing
-    /// changed, so the kernel keeps its cached pages and two reads never mix two renders.
+    // Documents get TTL zero: the kernel asks again on every access, and only sees
+    // a new mtime (which drops its cached pages) when the bytes changed.
+
     fn status_view(&self) -> View {
         let cells: Vec<_> = self.tokens.iter().map(|t| t.cell.clone()).collect();
-        let bytes = crate::status::render(&cells);
-        let mut doc = lock(&self.status);
-        if doc.bytes != bytes {
-            *doc = Arc::new(StatusDoc {
-                bytes,
-                rendered_at: SystemTime::now(),
-            });
+        let doc = self.status.announce(crate::status::render(&cells));
+        self.content_view(STATUS_INO, Content::Doc(doc), Duration::ZERO)
+    }
+
+    /// `<file>.consent-url`: the URL and a newline, while consent is needed.
+    fn consent_view(&self, ino: u64, file: &TokenFile) -> Now {
+        match file.cell.consent_url() {
+            Some(url) => {
+                let doc = file.consent.announce(format!("{url}\n").into_bytes());
+                Now::Ready(self.content_view(ino, Content::Doc(doc), Duration::ZERO))
+            }
+            None => Now::Err(libc::ENOENT),
         }
-        // TTL zero: the kernel asks again on every access, and only sees a new
-        // mtime (which drops its cached pages) when the document changed.
-        self.content_view(STATUS_INO, Content::Status(doc.clone()), Duration::ZERO)
     }
 }
 

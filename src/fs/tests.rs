@@ -79,7 +79,7 @@ fn names_and_inodes() {
         None,
         "files are not directories"
     );
-    let names: Vec<_> = files.entries().map(|(_, n)| n.to_owned()).collect();
+    let names: Vec<_> = files.entries().into_iter().map(|(_, n)| n).collect();
     assert_eq!(names, [".status", "token"]);
     let root = ready(files.attr_now(ROOT_INO)).attr;
     assert_eq!(
@@ -182,4 +182,84 @@ async fn status_is_stable_until_something_changes() {
     assert_eq!(c.attr.size, text.len() as u64);
     let read = ready(files.read_now(STATUS_INO));
     assert_eq!(read.content.unwrap().bytes(), text.as_bytes());
+}
+
+/// Needs consent until `granted` is set, then issues a token.
+struct Consent(Arc<ManualClock>, std::sync::atomic::AtomicBool);
+
+#[async_trait::async_trait]
+impl Source for Consent {
+    async fn issue(&self) -> Result<Issued, SourceError> {
+        if !self.1.load(Ordering::SeqCst) {
+            return Err(SourceError::ConsentRequired {
+                url: "http://127.0.0.1:1/link?n=1".into(),
+                expired: false,
+            });
+        }
+        let now = self.0.now();
+        Ok(Issued {
+            token: SecretString::from("azure"),
+            expires_at: now + Duration::from_secs(3600),
+            issued_at: now,
+            claims: LogClaims::default(),
+        })
+    }
+    fn upstream(&self) -> String {
+        "test".into()
+    }
+}
+
+#[tokio::test]
+async fn consent_url_file_exists_only_while_consent_is_needed() {
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_000_000)));
+    let source = Arc::new(Consent(clock.clone(), false.into()));
+    let cell = Cell::new(
+        "azure-token",
+        source.clone(),
+        Policy::default(),
+        clock.clone(),
+        Arc::new(|| 0.5),
+    );
+    let opts = Options {
+        owner: Owner { uid: 1, gid: 1 },
+        read_timeout: Duration::from_secs(10),
+        ttl_cap: Duration::from_secs(600),
+    };
+    let files = Files::new(vec![cell], opts);
+    let consent = OsStr::new("azure-token.consent-url");
+    assert_eq!(
+        files.lookup(ROOT_INO, consent),
+        None,
+        "not before the upstream said so"
+    );
+    assert_eq!(files.wait(3).await.err(), Some(libc::ENOKEY));
+
+    let ino = files
+        .lookup(ROOT_INO, consent)
+        .expect("present while consent is needed");
+    assert_eq!(ino, 4);
+    let names: Vec<_> = files.entries().into_iter().map(|(_, n)| n).collect();
+    assert_eq!(names, [".status", "azure-token", "azure-token.consent-url"]);
+    let view = ready(files.attr_now(ino));
+    assert_eq!(
+        view.content.unwrap().bytes(),
+        b"http://127.0.0.1:1/link?n=1\n"
+    );
+    assert_eq!(
+        view.ttl,
+        Duration::ZERO,
+        "never cached: it must vanish once consent is given"
+    );
+    assert_eq!(ready(files.read_now(ino)).attr.size, 28);
+
+    // Consent given; after the short consent retry delay the next read succeeds.
+    source.1.store(true, Ordering::SeqCst);
+    clock.0.fetch_add(1, Ordering::SeqCst);
+    assert_eq!(
+        files.wait(3).await.unwrap().content.unwrap().bytes(),
+        b"azure"
+    );
+    assert_eq!(files.lookup(ROOT_INO, consent), None);
+    assert!(matches!(files.attr_now(ino), Now::Err(libc::ENOENT)));
+    assert_eq!(files.entries().len(), 2);
 }

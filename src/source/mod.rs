@@ -67,6 +67,49 @@ impl SourceError {
     }
 }
 
+/// Where a token exchange gets its subject token: another file of the mount
+/// (through that file's cell, so a stale subject is never sent; `daemon`
+/// implements it) or a file on disk ([`FileSubject`]).
+#[async_trait::async_trait]
+pub trait Subject: Send + Sync {
+    async fn subject_token(&self) -> Result<SecretString, SourceError>;
+    /// What it is, for errors and `.status` (e.g. `file token`).
+    fn describe(&self) -> String;
+}
+
+/// A subject token read from a file for each exchange, e.g. a Kubernetes
+/// projected service-account token, which the kubelet rewrites in place.
+#[derive(Debug)]
+pub struct FileSubject(pub std::path::PathBuf);
+
+#[async_trait::async_trait]
+impl Subject for FileSubject {
+    async fn subject_token(&self) -> Result<SecretString, SourceError> {
+        let path = self.0.clone();
+        let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(&path)).await;
+        match read {
+            Ok(Ok(text)) if !text.trim().is_empty() => {
+                Ok(SecretString::from(text.trim().to_owned()))
+            }
+            Ok(Ok(_)) => Err(SourceError::Unavailable(format!(
+                "subject token file {} is empty",
+                self.0.display()
+            ))),
+            Ok(Err(e)) => Err(SourceError::Unavailable(format!(
+                "cannot read subject token file {}: {e}",
+                self.0.display()
+            ))),
+            Err(e) => Err(SourceError::Unavailable(format!(
+                "reading the subject token failed: {e}"
+            ))),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("subject token file {}", self.0.display())
+    }
+}
+
 /// One upstream kind. `issue` is called by at most one task at a time per file.
 #[async_trait::async_trait]
 pub trait Source: Send + Sync {

@@ -1,5 +1,6 @@
-//! An OAuth2 token endpoint (Keycloak's, in production and in `--dev`):
-//! `refresh_token` and `client_credentials` grants, client authentication by
+//! An OAuth2 token endpoint: Keycloak's (`refresh_token`, `client_credentials`,
+//! RFC 8693 token exchange incl. Keycloak's internal→external form) and Entra
+//! ID v2's (`refresh_token` with consent errors). Client authentication by
 //! `client_secret` in the form (`client_secret_post`).
 
 use std::path::PathBuf;
@@ -16,21 +17,52 @@ use super::http::{
     self, map_send_error, read_body, redact_url, sanitize_upstream_text, status_error, BuildError,
     HttpSettings,
 };
-use super::{jwt, Issued, Source, SourceError};
+use super::{jwt, Issued, Source, SourceError, Subject};
 use crate::secret_file;
+
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// How the source proves it may get a token.
 #[derive(Debug, Clone)]
 pub enum Grant {
     /// Trade a (possibly offline) refresh token for an access token.
     RefreshToken {
-        refresh_token: SecretString,
+        /// `None` until consent was given (Entra): the file is watched for it.
+        refresh_token: Option<SecretString>,
+        /// Where the refresh token came from; re-read when it changes, so a
+        /// token written there after a new consent is used without a restart.
+        file: Option<PathBuf>,
         /// Where a refresh token rotated by the upstream is saved, so that a
         /// restart does not fall back to one the upstream has revoked.
         rotated_file: Option<PathBuf>,
     },
     /// The client's own token; needs `client_secret`.
     ClientCredentials,
+    /// RFC 8693 token exchange of a subject token.
+    TokenExchange(Exchange),
+}
+
+/// Where an exchange's subject token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectRef {
+    /// Another file of this mount (normally `token`), through its cell.
+    MountFile(String),
+    /// A file on disk, re-read for every exchange.
+    Path(PathBuf),
+}
+
+/// What to exchange and for what.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub subject: SubjectRef,
+    pub subject_token_type: String,
+    /// Keycloak's internal→external exchange: the IdP alias (e.g. `azure`).
+    pub requested_issuer: Option<String>,
+    pub requested_token_type: Option<String>,
+    pub audience: Option<String>,
+    /// Added to Keycloak's `account-link-url` so the browser comes back after consent.
+    pub redirect_uri: Option<String>,
 }
 
 /// One token endpoint and the credentials to use there.
@@ -43,6 +75,9 @@ pub struct OAuthConfig {
     pub grant: Grant,
     /// Sent as `scope` when set.
     pub scope: Option<String>,
+    /// Entra ID: where the user grants consent. When set, `invalid_grant`,
+    /// `interaction_required` and `consent_required` mean "consent needed".
+    pub consent_url: Option<String>,
     pub http: HttpSettings,
 }
 
@@ -60,8 +95,16 @@ struct Inner {
     client_id: String,
     client_secret: Option<SecretString>,
     scope: Option<String>,
+    consent_url: Option<String>,
     http: HttpSettings,
     grant: GrantState,
+}
+
+#[derive(Debug)]
+struct Held {
+    token: Option<SecretString>,
+    /// mtime of `file` when `token` was taken from it (or at start).
+    file_mtime: Option<SystemTime>,
 }
 
 #[derive(Debug)]
@@ -70,10 +113,21 @@ enum GrantState {
         /// Held for the whole exchange: two overlapping refreshes with a
         /// rotating token would have the second send a token the first just
         /// made the upstream revoke.
-        current: tokio::sync::Mutex<SecretString>,
+        held: tokio::sync::Mutex<Held>,
+        file: Option<PathBuf>,
         rotated_file: Option<PathBuf>,
     },
     ClientCredentials,
+    TokenExchange {
+        params: Exchange,
+        subject: Arc<dyn Subject>,
+    },
+}
+
+impl std::fmt::Debug for dyn Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl GrantState {
@@ -81,12 +135,28 @@ impl GrantState {
         match self {
             GrantState::RefreshToken { .. } => "refresh_token",
             GrantState::ClientCredentials => "client_credentials",
+            GrantState::TokenExchange { .. } => TOKEN_EXCHANGE,
         }
     }
 }
 
+fn mtime(path: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 impl OAuthSource {
+    /// A source whose exchange subject, if any, is a file on disk.
     pub fn new(cfg: OAuthConfig) -> Result<Self, BuildError> {
+        Self::build(cfg, None)
+    }
+
+    /// A token-exchange source whose subject token comes from `subject`
+    /// (another file's cell, for [`SubjectRef::MountFile`]).
+    pub fn with_subject(cfg: OAuthConfig, subject: Arc<dyn Subject>) -> Result<Self, BuildError> {
+        Self::build(cfg, Some(subject))
+    }
+
+    fn build(cfg: OAuthConfig, subject: Option<Arc<dyn Subject>>) -> Result<Self, BuildError> {
         let token_url = http::parse_url("token_url", &cfg.token_url)?;
         if cfg.client_id.is_empty() {
             return Err(BuildError::Setting {
@@ -97,27 +167,53 @@ impl OAuthSource {
         let grant = match cfg.grant {
             Grant::RefreshToken {
                 refresh_token,
+                file,
                 rotated_file,
             } => {
-                if refresh_token.expose_secret().is_empty() {
+                if refresh_token.is_none() && file.is_none() {
+                    return Err(BuildError::Setting {
+                        setting: "refresh_token",
+                        reason: "needs a token or a file to watch for one",
+                    });
+                }
+                if refresh_token
+                    .as_ref()
+                    .is_some_and(|t| t.expose_secret().is_empty())
+                {
                     return Err(BuildError::Setting {
                         setting: "refresh_token",
                         reason: "must not be empty",
                     });
                 }
+                let file_mtime = file.as_deref().and_then(mtime);
                 GrantState::RefreshToken {
-                    current: tokio::sync::Mutex::new(refresh_token),
+                    held: tokio::sync::Mutex::new(Held {
+                        token: refresh_token,
+                        file_mtime,
+                    }),
+                    file,
                     rotated_file,
                 }
             }
-            Grant::ClientCredentials => {
-                if cfg.client_secret.is_none() {
-                    return Err(BuildError::Setting {
-                        setting: "client_secret",
-                        reason: "the client_credentials grant needs a client secret",
-                    });
-                }
-                GrantState::ClientCredentials
+            Grant::ClientCredentials | Grant::TokenExchange(_) if cfg.client_secret.is_none() => {
+                return Err(BuildError::Setting {
+                    setting: "client_secret",
+                    reason: "the client_credentials and token-exchange grants need a client secret",
+                });
+            }
+            Grant::ClientCredentials => GrantState::ClientCredentials,
+            Grant::TokenExchange(params) => {
+                let subject = match (subject, &params.subject) {
+                    (Some(subject), _) => subject,
+                    (None, SubjectRef::Path(path)) => Arc::new(super::FileSubject(path.clone())),
+                    (None, SubjectRef::MountFile(_)) => {
+                        return Err(BuildError::Setting {
+                            setting: "subject",
+                            reason: "a subject that is a file of the mount needs that file's cell",
+                        })
+                    }
+                };
+                GrantState::TokenExchange { params, subject }
             }
         };
         let inner = Inner {
@@ -126,6 +222,7 @@ impl OAuthSource {
             client_id: cfg.client_id,
             client_secret: cfg.client_secret,
             scope: cfg.scope,
+            consent_url: cfg.consent_url,
             http: cfg.http,
             grant,
         };
@@ -159,15 +256,9 @@ impl Source for OAuthSource {
 impl Inner {
     /// POST the form and return the parsed 2xx answer, or the error the
     /// status and body call for.
-    async fn exchange(
-        &self,
-        grant: &'static str,
-        refresh_token: Option<&SecretString>,
-    ) -> Result<TokenResponse, SourceError> {
-        let mut form: Vec<(&str, &str)> = vec![("grant_type", grant)];
-        if let Some(rt) = refresh_token {
-            form.push(("refresh_token", rt.expose_secret()));
-        }
+    async fn exchange(&self, mut form: Vec<(&str, &str)>) -> Result<TokenResponse, SourceError> {
+        let grant = self.grant.name();
+        form.insert(0, ("grant_type", grant));
         form.push(("client_id", &self.client_id));
         if let Some(secret) = &self.client_secret {
             form.push(("client_secret", secret.expose_secret()));
@@ -189,7 +280,7 @@ impl Inner {
             // The body only explains the failure; if it cannot be read the
             // status alone decides.
             let body = read_body(resp, &self.http).await.ok();
-            let err = error_from_answer(status, &self.token_url, body.as_deref());
+            let err = self.error_from_answer(status, body.as_deref());
             tracing::debug!(grant, status = status.as_u16(), error = %err, "token request failed");
             return Err(err);
         }
@@ -211,12 +302,7 @@ impl Inner {
     /// Adopt a rotated refresh token: persist it first, so that a crash
     /// right after cannot lose it, then use it. A failed write does not stop
     /// its use, since the upstream may already have revoked the old one.
-    async fn rotate(
-        &self,
-        held: &mut SecretString,
-        new: SecretString,
-        rotated_file: Option<&PathBuf>,
-    ) {
+    async fn rotate(&self, held: &mut Held, new: SecretString, rotated_file: Option<&PathBuf>) {
         if let Some(path) = rotated_file {
             let (p, secret) = (path.clone(), new.clone());
             let written =
@@ -237,24 +323,79 @@ impl Inner {
         } else {
             tracing::debug!("the upstream rotated the refresh token (kept in memory only)");
         }
-        *held = new;
+        held.token = Some(new);
+    }
+
+    /// Take a refresh token written to `file` since we last read it: the
+    /// result of a new consent, newer than anything we hold.
+    async fn reload(&self, held: &mut Held, file: &std::path::Path) {
+        let now = mtime(file);
+        if now.is_none() || now == held.file_mtime {
+            return;
+        }
+        let path = file.to_owned();
+        match tokio::task::spawn_blocking(move || secret_file::read_secret_file(&path)).await {
+            Ok(Ok(token)) => {
+                tracing::info!(file = %file.display(), "using the refresh token written to the file since it was last read");
+                held.token = Some(token);
+                held.file_mtime = now;
+            }
+            Ok(Err(e)) => tracing::warn!("{e}; keeping the refresh token held"),
+            Err(e) => tracing::warn!("re-reading {} failed: {e}", file.display()),
+        }
+    }
+
+    /// The consent error for a missing refresh token (consent never given).
+    fn consent_missing(&self) -> SourceError {
+        match &self.consent_url {
+            Some(url) => SourceError::ConsentRequired {
+                url: url.clone(),
+                expired: false,
+            },
+            None => SourceError::Rejected("no refresh token yet".into()),
+        }
     }
 
     /// One exchange, with the refresh token held locked from request to
     /// rotation.
     async fn issue(&self) -> Result<Issued, SourceError> {
         let answer = match &self.grant {
-            GrantState::ClientCredentials => self.exchange(self.grant.name(), None).await?,
+            GrantState::ClientCredentials => self.exchange(Vec::new()).await?,
+            GrantState::TokenExchange { params: x, subject } => {
+                let subject = subject.subject_token().await?;
+                let mut form = vec![
+                    ("subject_token", subject.expose_secret()),
+                    ("subject_token_type", x.subject_token_type.as_str()),
+                ];
+                for (key, value) in [
+                    ("requested_issuer", &x.requested_issuer),
+                    ("requested_token_type", &x.requested_token_type),
+                    ("audience", &x.audience),
+                ] {
+                    if let Some(v) = value {
+                        form.push((key, v));
+                    }
+                }
+                self.exchange(form).await?
+            }
             GrantState::RefreshToken {
-                current,
+                held,
+                file,
                 rotated_file,
             } => {
-                let mut held = current.lock().await;
-                let mut answer = self.exchange(self.grant.name(), Some(&held)).await?;
+                let mut held = held.lock().await;
+                if let Some(file) = file {
+                    self.reload(&mut held, file).await;
+                }
+                let Some(token) = held.token.clone() else {
+                    return Err(self.consent_missing());
+                };
+                let form = vec![("refresh_token", token.expose_secret())];
+                let mut answer = self.exchange(form).await?;
                 // Before looking at the access token: even an unusable answer
                 // may have rotated (and so revoked) the refresh token we hold.
                 if let Some(new) = answer.refresh_token.take() {
-                    if new.expose_secret() != held.expose_secret() {
+                    if new.expose_secret() != token.expose_secret() {
                         self.rotate(&mut held, new, rotated_file.as_ref()).await;
                     }
                 }
@@ -282,6 +423,82 @@ impl Inner {
             issued_at,
             claims,
         })
+    }
+
+    /// Map a non-2xx answer. The OAuth `error` and `error_description` are not
+    /// secret and say what to do (e.g. `invalid_grant: Session not active`), so
+    /// they are passed on; the rest of the body is not.
+    fn error_from_answer(&self, status: StatusCode, body: Option<&[u8]>) -> SourceError {
+        let parsed = body.and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok());
+        let code = parsed
+            .as_ref()
+            .and_then(|e| e.error.as_deref())
+            .map(|c| sanitize_upstream_text(c.trim()))
+            .filter(|c| !c.is_empty());
+        // Keycloak's internal→external exchange: the user must link the IdP account.
+        if let (Some(code), Some(link)) = (
+            code.as_deref(),
+            parsed.as_ref().and_then(|e| e.account_link_url.as_deref()),
+        ) {
+            if matches!(code, "not_linked" | "token_expired") {
+                return SourceError::ConsentRequired {
+                    url: self.link_url(link),
+                    expired: code == "token_expired",
+                };
+            }
+        }
+        // Entra ID: decide on `error`, never on the AADSTS text.
+        if let (Some(code), Some(url)) = (code.as_deref(), &self.consent_url) {
+            if matches!(
+                code,
+                "invalid_grant" | "interaction_required" | "consent_required"
+            ) {
+                return SourceError::ConsentRequired {
+                    url: url.clone(),
+                    expired: code != "consent_required",
+                };
+            }
+        }
+        if status == StatusCode::FORBIDDEN && matches!(self.grant, GrantState::TokenExchange { .. })
+        {
+            return SourceError::Rejected(format!(
+                "HTTP 403 from {}: client {:?} is not permitted to exchange tokens; \
+                 grant it the token-exchange permission (for the identity provider) in Keycloak",
+                redact_url(&self.token_url),
+                self.client_id
+            ));
+        }
+        let detail = code.map(|code| {
+            match parsed
+                .as_ref()
+                .and_then(|e| e.error_description.as_deref())
+                .map(str::trim)
+            {
+                Some(d) if !d.is_empty() => format!("{code}: {}", sanitize_upstream_text(d)),
+                _ => code,
+            }
+        });
+        match detail {
+            Some(d) if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS => {
+                SourceError::Rejected(d)
+            }
+            d => status_error(status, &self.token_url, d.as_deref()),
+        }
+    }
+
+    /// Keycloak's account-link URL with our `redirect_uri` added.
+    fn link_url(&self, link: &str) -> String {
+        let redirect = match &self.grant {
+            GrantState::TokenExchange { params, .. } => params.redirect_uri.as_deref(),
+            _ => None,
+        };
+        match (Url::parse(link), redirect) {
+            (Ok(mut url), Some(redirect)) => {
+                url.query_pairs_mut().append_pair("redirect_uri", redirect);
+                url.to_string()
+            }
+            _ => link.to_owned(),
+        }
     }
 }
 
@@ -311,6 +528,8 @@ struct RawTokenResponse {
 struct ErrorBody {
     error: Option<String>,
     error_description: Option<String>,
+    #[serde(rename = "account-link-url")]
+    account_link_url: Option<String>,
 }
 
 fn parse_token_response(body: &[u8], status: StatusCode) -> Result<TokenResponse, SourceError> {
@@ -350,480 +569,5 @@ fn lenient_u64(v: &serde_json::Value) -> Option<u64> {
     }
 }
 
-/// Map a non-2xx answer. The OAuth `error` and `error_description` are not
-/// secret and say what to do (e.g. `invalid_grant: Session not active`), so
-/// they are passed on; the rest of the body is not.
-fn error_from_answer(status: StatusCode, url: &Url, body: Option<&[u8]>) -> SourceError {
-    let detail = body
-        .and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok())
-        .and_then(|e| {
-            let code = sanitize_upstream_text(e.error.as_deref()?.trim());
-            if code.is_empty() {
-                return None;
-            }
-            Some(match e.error_description.as_deref().map(str::trim) {
-                Some(d) if !d.is_empty() => format!("{code}: {}", sanitize_upstream_text(d)),
-                _ => code,
-            })
-        });
-    match detail {
-        Some(d) if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS => {
-            SourceError::Rejected(d)
-        }
-        d => status_error(status, url, d.as_deref()),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-    use std::os::unix::fs::PermissionsExt;
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, UNIX_EPOCH};
-
-    use axum::http::{header, StatusCode};
-    use axum::response::{IntoResponse, Redirect, Response};
-    use axum::routing::post;
-    use axum::{Form, Json, Router};
-    use serde_json::json;
-
-    use super::*;
-    use crate::source::http::tests::{dead_url, fast, serve};
-    use crate::source::jwt::tests::make_jwt;
-
-    type Seen = Arc<Mutex<Vec<HashMap<String, String>>>>;
-
-    fn now_secs() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    }
-
-    /// A token endpoint at `/token` answering with `answer(form)`; every form
-    /// it receives is recorded.
-    async fn endpoint<F>(answer: F) -> (String, Seen)
-    where
-        F: Fn(&HashMap<String, String>) -> Response + Clone + Send + Sync + 'static,
-    {
-        let seen: Seen = Arc::default();
-        let rec = seen.clone();
-        let app = Router::new().route(
-            "/token",
-            post(move |Form(f): Form<HashMap<String, String>>| async move {
-                let r = answer(&f);
-                rec.lock().unwrap().push(f);
-                r
-            }),
-        );
-        (format!("{}/token", serve(app).await), seen)
-    }
-
-    fn refresh_cfg(url: &str, rt: &str, rotated_file: Option<PathBuf>) -> OAuthConfig {
-        OAuthConfig {
-            token_url: url.into(),
-            client_id: "tokenfs".into(),
-            client_secret: None,
-            grant: Grant::RefreshToken {
-                refresh_token: rt.into(),
-                rotated_file,
-            },
-            scope: None,
-            http: fast(),
-        }
-    }
-
-    /// Issue once with a plain refresh-token config and expect an error.
-    async fn issue_err(url: &str) -> SourceError {
-        OAuthSource::new(refresh_cfg(url, "rt", None))
-            .unwrap()
-            .issue()
-            .await
-            .unwrap_err()
-    }
-
-    fn json_answer(status: StatusCode, body: serde_json::Value) -> Response {
-        (status, Json(body)).into_response()
-    }
-
-    #[tokio::test]
-    async fn refresh_with_jwt_uses_exp() {
-        let exp = now_secs() + 300;
-        let jwt = make_jwt(&json!({"exp": exp, "iat": exp - 300, "sub": "alice", "jti": "j1"}));
-        let access = jwt.clone();
-        let (url, seen) = endpoint(move |_| {
-            json_answer(
-                StatusCode::OK,
-                json!({
-                    "access_token": access, "expires_in": 9999, "refresh_expires_in": 1800,
-                    "refresh_token": "rt-1", "token_type": "Bearer", "id_token": "idt",
-                    "not-before-policy": 0, "session_state": "s", "scope": "openid", "extra": [1]
-                }),
-            )
-        })
-        .await;
-        let src = OAuthSource::new(refresh_cfg(&url, "rt-1", None)).unwrap();
-        let issued = src.issue().await.unwrap();
-        assert_eq!(issued.token.expose_secret(), jwt);
-        assert_eq!(issued.expires_at, UNIX_EPOCH + Duration::from_secs(exp));
-        assert_eq!(
-            issued.issued_at,
-            UNIX_EPOCH + Duration::from_secs(exp - 300)
-        );
-        assert_eq!(issued.claims.sub.as_deref(), Some("alice"));
-        assert_eq!(issued.claims.jti.as_deref(), Some("j1"));
-
-        let f = &seen.lock().unwrap()[0];
-        assert_eq!(f["grant_type"], "refresh_token");
-        assert_eq!(f["refresh_token"], "rt-1");
-        assert_eq!(f["client_id"], "tokenfs");
-        assert!(!f.contains_key("client_secret") && !f.contains_key("scope"));
-        assert_eq!(src.upstream(), url);
-    }
-
-    #[tokio::test]
-    async fn client_credentials_sends_secret_and_scope_and_uses_expires_in() {
-        let (url, seen) = endpoint(|_| {
-            json_answer(
-                StatusCode::OK,
-                json!({"access_token": "opaque-123", "expires_in": "120", "token_type": "Bearer"}),
-            )
-        })
-        .await;
-        let src = OAuthSource::new(OAuthConfig {
-            client_secret: Some("cl1ent-s3cret".into()),
-            grant: Grant::ClientCredentials,
-            scope: Some("openid profile".into()),
-            ..refresh_cfg(&url, "unused", None)
-        })
-        .unwrap();
-        let before = SystemTime::now();
-        let issued = src.issue().await.unwrap();
-        assert_eq!(issued.token.expose_secret(), "opaque-123");
-        let lifetime = issued.expires_at.duration_since(issued.issued_at).unwrap();
-        assert_eq!(lifetime, Duration::from_secs(120));
-        assert!(issued.issued_at >= before);
-
-        let f = &seen.lock().unwrap()[0];
-        assert_eq!(f["grant_type"], "client_credentials");
-        assert_eq!(f["client_secret"], "cl1ent-s3cret");
-        assert_eq!(f["scope"], "openid profile");
-        assert!(!f.contains_key("refresh_token"));
-        assert!(!format!("{src:?}").contains("cl1ent-s3cret"));
-    }
-
-    #[test]
-    fn bad_settings_are_refused_at_build() {
-        let cfg = refresh_cfg("http://127.0.0.1:1/token", "rt", None);
-        assert!(OAuthSource::new(OAuthConfig {
-            grant: Grant::ClientCredentials,
-            ..cfg.clone()
-        })
-        .is_err());
-        assert!(OAuthSource::new(refresh_cfg("http://127.0.0.1:1/token", "", None)).is_err());
-        assert!(OAuthSource::new(OAuthConfig {
-            token_url: "file:///etc/passwd".into(),
-            ..cfg.clone()
-        })
-        .is_err());
-        let src = OAuthSource::new(OAuthConfig {
-            token_url: "http://u:pw@127.0.0.1:1/token?x=1".into(),
-            ..cfg
-        })
-        .unwrap();
-        assert_eq!(src.upstream(), "http://127.0.0.1:1/token");
-        assert!(!format!("{src:?}").contains("\"rt\""));
-    }
-
-    #[tokio::test]
-    async fn keycloak_errors_are_rejected_with_their_text() {
-        for (status, code, desc) in [
-            (400, "invalid_grant", "Invalid refresh token"),
-            (
-                401,
-                "invalid_client",
-                "Invalid client or Invalid client credentials",
-            ),
-            (400, "unauthorized_client", "Client not allowed"),
-            (400, "invalid_scope", "Invalid scopes: x"),
-        ] {
-            let (url, _) = endpoint(move |_| {
-                json_answer(
-                    StatusCode::from_u16(status).unwrap(),
-                    json!({"error": code, "error_description": desc}),
-                )
-            })
-            .await;
-            let err = issue_err(&url).await;
-            assert_eq!(err, SourceError::Rejected(format!("{code}: {desc}")));
-        }
-    }
-
-    #[tokio::test]
-    async fn bare_401_403_are_rejected_and_5xx_429_unavailable() {
-        for (status, rejected) in [
-            (401, true),
-            (403, true),
-            (404, true),
-            (500, false),
-            (503, false),
-            (429, false),
-        ] {
-            let (url, _) =
-                endpoint(move |_| StatusCode::from_u16(status).unwrap().into_response()).await;
-            let err = issue_err(&url).await;
-            let want = format!("HTTP {status} from {url}");
-            match err {
-                SourceError::Rejected(m) if rejected => assert_eq!(m, want),
-                SourceError::Unavailable(m) if !rejected => assert_eq!(m, want),
-                other => panic!("{status}: {other:?}"),
-            }
-        }
-        // A 503 with an OAuth body stays Unavailable but keeps the text.
-        let (url, _) = endpoint(|_| {
-            json_answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "temporarily_unavailable"}),
-            )
-        })
-        .await;
-        let err = issue_err(&url).await;
-        assert_eq!(
-            err,
-            SourceError::Unavailable(format!("HTTP 503 from {url}: temporarily_unavailable"))
-        );
-    }
-
-    #[tokio::test]
-    async fn garbage_answers_are_malformed() {
-        let answers: Vec<fn() -> Response> = vec![
-            || (StatusCode::OK, "not json").into_response(),
-            || (StatusCode::OK, "").into_response(),
-            || {
-                (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "application/json")],
-                    "\"eyJsecret\"",
-                )
-                    .into_response()
-            },
-            || json_answer(StatusCode::OK, json!({"expires_in": 60})),
-            || {
-                json_answer(
-                    StatusCode::OK,
-                    json!({"access_token": "", "expires_in": 60}),
-                )
-            },
-            || json_answer(StatusCode::OK, json!({"access_token": "opaque-no-expiry"})),
-            || {
-                json_answer(
-                    StatusCode::OK,
-                    json!({"access_token": "two words", "expires_in": 60}),
-                )
-            },
-            || {
-                json_answer(
-                    StatusCode::OK,
-                    json!({"access_token": make_jwt(&json!({"sub": "no-exp"})), "expires_in": 60}),
-                )
-            },
-        ];
-        for (i, answer) in answers.into_iter().enumerate() {
-            let (url, _) = endpoint(move |_| answer()).await;
-            let err = issue_err(&url).await;
-            assert!(
-                matches!(err, SourceError::Malformed(_)),
-                "answer {i}: {err:?}"
-            );
-            assert!(!err.to_string().contains("secret"), "answer {i}: {err}");
-        }
-    }
-
-    #[tokio::test]
-    async fn body_over_cap_is_malformed() {
-        let (url, _) = endpoint(|_| {
-            json_answer(
-                StatusCode::OK,
-                json!({"access_token": "x".repeat(5000), "expires_in": 60}),
-            )
-        })
-        .await;
-        let err = issue_err(&url).await;
-        assert_eq!(
-            err,
-            SourceError::Malformed("response body over 1024 bytes".into())
-        );
-    }
-
-    #[tokio::test]
-    async fn dead_port_is_unavailable() {
-        let url = format!("{}/token", dead_url());
-        let err = issue_err(&url).await;
-        assert!(
-            matches!(&err, SourceError::Unavailable(m) if m.starts_with("cannot connect to 127.0.0.1:")),
-            "{err:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn hang_past_timeout_is_timeout() {
-        let app = Router::new().route(
-            "/token",
-            post(|| async {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                "late"
-            }),
-        );
-        let url = format!("{}/token", serve(app).await);
-        let err = issue_err(&url).await;
-        assert_eq!(err, SourceError::Timeout(Duration::from_millis(300)));
-    }
-
-    #[tokio::test]
-    async fn redirect_is_not_followed() {
-        let followed = Arc::new(Mutex::new(false));
-        let flag = followed.clone();
-        let app = Router::new()
-            .route("/token", post(|| async { Redirect::to("/elsewhere") }))
-            .route(
-                "/elsewhere",
-                post(move || async move {
-                    *flag.lock().unwrap() = true;
-                    Json(json!({"access_token": "stolen", "expires_in": 60}))
-                }),
-            );
-        let url = format!("{}/token", serve(app).await);
-        let err = issue_err(&url).await;
-        assert!(
-            matches!(&err, SourceError::Rejected(m) if m.contains("HTTP 303")),
-            "{err:?}"
-        );
-        assert!(!*followed.lock().unwrap());
-    }
-
-    /// Keycloak with refresh-token rotation: each refresh token works once and
-    /// the answer carries the next one.
-    fn rotating(f: &HashMap<String, String>, valid: &Mutex<String>) -> Response {
-        let mut v = valid.lock().unwrap();
-        if f.get("refresh_token") != Some(&*v) {
-            return json_answer(
-                StatusCode::BAD_REQUEST,
-                json!({"error": "invalid_grant", "error_description": "Invalid refresh token"}),
-            );
-        }
-        let n: u32 = v.trim_start_matches("rt-").parse().unwrap();
-        *v = format!("rt-{}", n + 1);
-        json_answer(
-            StatusCode::OK,
-            json!({"access_token": format!("at-{n}"), "expires_in": 300, "refresh_token": *v}),
-        )
-    }
-
-    #[tokio::test]
-    async fn rotated_refresh_token_is_persisted_then_used() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("refresh_token");
-        std::fs::write(&file, "rt-1").unwrap();
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-
-        let valid = Arc::new(Mutex::new("rt-1".to_string()));
-        let (url, seen) = endpoint(move |f| rotating(f, &valid)).await;
-        let rt = secret_file::read_secret_file(&file).unwrap();
-        let src = OAuthSource::new(OAuthConfig {
-            grant: Grant::RefreshToken {
-                refresh_token: rt,
-                rotated_file: Some(file.clone()),
-            },
-            ..refresh_cfg(&url, "", None)
-        })
-        .unwrap();
-
-        assert_eq!(src.issue().await.unwrap().token.expose_secret(), "at-1");
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "rt-2");
-        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-
-        assert_eq!(src.issue().await.unwrap().token.expose_secret(), "at-2");
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "rt-3");
-        let sent: Vec<_> = seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|f| f["refresh_token"].clone())
-            .collect();
-        assert_eq!(sent, ["rt-1", "rt-2"]);
-        assert!(!format!("{src:?}").contains("rt-3"));
-    }
-
-    #[tokio::test]
-    async fn rotation_completes_when_the_caller_gives_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("refresh_token");
-        let valid = Arc::new(Mutex::new("rt-1".to_string()));
-        let seen: Seen = Arc::default();
-        let rec = seen.clone();
-        let app = Router::new().route(
-            "/token",
-            post(move |Form(f): Form<HashMap<String, String>>| async move {
-                rec.lock().unwrap().push(f.clone());
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                rotating(&f, &valid)
-            }),
-        );
-        let url = format!("{}/token", serve(app).await);
-        let src = OAuthSource::new(refresh_cfg(&url, "rt-1", Some(file.clone()))).unwrap();
-
-        let gave_up = tokio::time::timeout(Duration::from_millis(50), src.issue()).await;
-        assert!(gave_up.is_err());
-        // The exchange goes on without the caller and saves the new token.
-        for _ in 0..50 {
-            if file.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "rt-2");
-        assert_eq!(src.issue().await.unwrap().token.expose_secret(), "at-2");
-        let sent: Vec<_> = seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|f| f["refresh_token"].clone())
-            .collect();
-        assert_eq!(sent, ["rt-1", "rt-2"]);
-    }
-
-    #[tokio::test]
-    async fn rotation_survives_a_failed_write_and_a_bad_access_token() {
-        // The answer rotates the refresh token but has no usable access
-        // token, and the rotated file cannot be written: the new refresh
-        // token must still be used next time.
-        let calls = Arc::new(Mutex::new(0));
-        let (url, seen) = endpoint(move |_| {
-            let mut n = calls.lock().unwrap();
-            *n += 1;
-            if *n == 1 {
-                json_answer(StatusCode::OK, json!({"refresh_token": "rt-new"}))
-            } else {
-                json_answer(
-                    StatusCode::OK,
-                    json!({"access_token": "at", "expires_in": 60}),
-                )
-            }
-        })
-        .await;
-        let dir = tempfile::tempdir().unwrap();
-        let unwritable = dir.path().join("missing-dir").join("refresh_token");
-        let src = OAuthSource::new(refresh_cfg(&url, "rt-old", Some(unwritable.clone()))).unwrap();
-        assert!(matches!(src.issue().await, Err(SourceError::Malformed(_))));
-        assert!(src.issue().await.is_ok());
-        let sent: Vec<_> = seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|f| f["refresh_token"].clone())
-            .collect();
-        assert_eq!(sent, ["rt-old", "rt-new"]);
-        assert!(!unwritable.exists());
-    }
-}
+mod tests;

@@ -1,0 +1,311 @@
+//! Validation of the token-endpoint sources: `oauth2` (Keycloak refresh_token or
+//! client_credentials), `token-exchange` (RFC 8693, incl. Keycloak's
+//! internal→external form) and `entra` (direct Entra ID v2 refresh).
+
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use secrecy::SecretString;
+
+use super::{allow_only, invalid, raw::RawFile, secret, url, ConfigError};
+use crate::secret_file;
+use crate::source::http::HttpSettings;
+use crate::source::oauth::{Exchange, Grant, OAuthConfig, SubjectRef, ACCESS_TOKEN_TYPE};
+
+const ENDPOINT_KEYS: [&str; 4] = ["token_url", "client_id", "client_secret_file", "scope"];
+const REFRESH_KEYS: [&str; 2] = ["refresh_token_file", "rotated_refresh_token_file"];
+
+fn client(name: &str, f: &RawFile) -> Result<(String, Option<SecretString>), ConfigError> {
+    let key = |k: &str| format!("files.{name}.{k}");
+    let client_id = f
+        .client_id
+        .clone()
+        .ok_or_else(|| invalid(key("client_id"), "missing"))?;
+    let secret = f
+        .client_secret_file
+        .as_deref()
+        .map(|p| secret(key("client_secret_file"), p))
+        .transpose()?;
+    Ok((client_id, secret))
+}
+
+fn require_secret(name: &str, secret: &Option<SecretString>, why: &str) -> Result<(), ConfigError> {
+    match secret {
+        Some(_) => Ok(()),
+        None => Err(invalid(
+            format!("files.{name}.client_secret_file"),
+            format!("missing (required by {why})"),
+        )),
+    }
+}
+
+/// The refresh-token grant: a rotated token persisted by an earlier run
+/// supersedes the original. With `may_be_missing` (Entra, before consent) a
+/// missing file is "no token yet" rather than an error.
+fn refresh_grant(name: &str, f: &RawFile, may_be_missing: bool) -> Result<Grant, ConfigError> {
+    let key = |k: &str| format!("files.{name}.{k}");
+    let path = f.refresh_token_file.clone().ok_or_else(|| {
+        invalid(
+            key("refresh_token_file"),
+            "missing (required by the refresh_token grant)",
+        )
+    })?;
+    let refresh_token = match &f.rotated_refresh_token_file {
+        Some(rotated) if rotated.exists() => {
+            Some(secret(key("rotated_refresh_token_file"), rotated)?)
+        }
+        _ if may_be_missing && !path.exists() => None,
+        _ => Some(secret(key("refresh_token_file"), &path)?),
+    };
+    Ok(Grant::RefreshToken {
+        refresh_token,
+        file: Some(path),
+        rotated_file: f.rotated_refresh_token_file.clone(),
+    })
+}
+
+/// `source = "oauth2"`.
+pub(super) fn oauth2(
+    name: &str,
+    f: RawFile,
+    http: HttpSettings,
+) -> Result<OAuthConfig, ConfigError> {
+    let key = |k: &str| format!("files.{name}.{k}");
+    let token_url = url(key("token_url"), f.token_url.clone())?;
+    let (client_id, client_secret) = client(name, &f)?;
+    let grant = match f.grant.as_deref().unwrap_or("refresh_token") {
+        "refresh_token" => {
+            allow_only(
+                name,
+                "oauth2",
+                &f,
+                &[&ENDPOINT_KEYS[..], &REFRESH_KEYS, &["grant"]].concat(),
+            )?;
+            refresh_grant(name, &f, false)?
+        }
+        "client_credentials" => {
+            allow_only(
+                name,
+                "oauth2\" with grant = \"client_credentials",
+                &f,
+                &[&ENDPOINT_KEYS[..], &["grant"]].concat(),
+            )?;
+            require_secret(name, &client_secret, "grant = \"client_credentials\"")?;
+            Grant::ClientCredentials
+        }
+        other => {
+            return Err(invalid(
+                key("grant"),
+                format!("unknown grant {other:?}; use \"refresh_token\" or \"client_credentials\""),
+            ))
+        }
+    };
+    Ok(OAuthConfig {
+        token_url,
+        client_id,
+        client_secret,
+        grant,
+        scope: f.scope,
+        consent_url: None,
+        http,
+    })
+}
+
+/// `source = "token-exchange"`: the subject is another file of the mount
+/// (`subject = "token"`) or a file on disk (`subject_token_file`).
+pub(super) fn exchange(
+    name: &str,
+    f: RawFile,
+    http: HttpSettings,
+) -> Result<OAuthConfig, ConfigError> {
+    let key = |k: &str| format!("files.{name}.{k}");
+    allow_only(
+        name,
+        "token-exchange",
+        &f,
+        &[
+            &ENDPOINT_KEYS[..],
+            &[
+                "subject",
+                "subject_token_file",
+                "subject_token_type",
+                "requested_issuer",
+                "requested_token_type",
+                "audience",
+                "redirect_uri",
+            ],
+        ]
+        .concat(),
+    )?;
+    let token_url = url(key("token_url"), f.token_url.clone())?;
+    let (client_id, client_secret) = client(name, &f)?;
+    require_secret(name, &client_secret, "source = \"token-exchange\"")?;
+    let subject = match (f.subject, f.subject_token_file) {
+        (Some(file), None) if file == name => {
+            return Err(invalid(key("subject"), "a file cannot be its own subject"))
+        }
+        (Some(file), None) => SubjectRef::MountFile(file),
+        (None, Some(path)) => SubjectRef::Path(path),
+        _ => {
+            return Err(invalid(
+                key("subject"),
+                "set exactly one of subject (a file of this mount, e.g. \"token\") or subject_token_file (a path)",
+            ))
+        }
+    };
+    let redirect_uri = f
+        .redirect_uri
+        .map(|u| url(key("redirect_uri"), Some(u)))
+        .transpose()?;
+    Ok(OAuthConfig {
+        token_url,
+        client_id,
+        client_secret,
+        grant: Grant::TokenExchange(Exchange {
+            subject,
+            subject_token_type: f
+                .subject_token_type
+                .unwrap_or_else(|| ACCESS_TOKEN_TYPE.into()),
+            requested_issuer: f.requested_issuer,
+            requested_token_type: f.requested_token_type,
+            audience: f.audience,
+            redirect_uri,
+        }),
+        scope: f.scope,
+        consent_url: None,
+        http,
+    })
+}
+
+/// `source = "entra"`: the daemon holds the user's Entra refresh token and
+/// calls the v2.0 token endpoint itself.
+pub(super) fn entra(
+    name: &str,
+    f: RawFile,
+    http: HttpSettings,
+) -> Result<OAuthConfig, ConfigError> {
+    let key = |k: &str| format!("files.{name}.{k}");
+    allow_only(
+        name,
+        "entra",
+        &f,
+        &[
+            "client_id",
+            "client_secret_file",
+            "scope",
+            "refresh_token_file",
+            "rotated_refresh_token_file",
+            "tenant",
+            "authority",
+            "redirect_uri",
+            "login_hint",
+            "consent_state_file",
+        ],
+    )?;
+    let tenant = f
+        .tenant
+        .clone()
+        .ok_or_else(|| invalid(key("tenant"), "missing (the directory id or domain)"))?;
+    if tenant.is_empty()
+        || !tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+    {
+        return Err(invalid(
+            key("tenant"),
+            "must be a tenant id or domain (letters, digits, - . _)",
+        ));
+    }
+    let authority = url(
+        key("authority"),
+        Some(
+            f.authority
+                .clone()
+                .unwrap_or_else(|| "https://login.microsoftonline.com".into()),
+        ),
+    )?;
+    let authority = authority.trim_end_matches('/');
+    let scope = f.scope.clone().ok_or_else(|| {
+        invalid(
+            key("scope"),
+            "missing (e.g. \"https://storage.azure.com/.default\")",
+        )
+    })?;
+    let redirect_uri = url(key("redirect_uri"), f.redirect_uri.clone())?;
+    let (client_id, client_secret) = client(name, &f)?;
+    let grant = refresh_grant(name, &f, true)?;
+    let consent_url = authorize_url(
+        &format!("{authority}/{tenant}/oauth2/v2.0/authorize"),
+        &client_id,
+        &redirect_uri,
+        &scope,
+        f.login_hint.as_deref(),
+        f.consent_state_file.clone(),
+        name,
+    )?;
+    Ok(OAuthConfig {
+        token_url: format!("{authority}/{tenant}/oauth2/v2.0/token"),
+        client_id,
+        client_secret,
+        grant,
+        scope: Some(scope),
+        consent_url: Some(consent_url),
+        http,
+    })
+}
+
+fn random_b64(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    aws_lc_rs::rand::fill(&mut buf).expect("system randomness");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// The Entra authorize URL the user opens to consent: authorization code flow
+/// with `offline_access`, `state` and PKCE S256. Whatever receives
+/// `redirect_uri` redeems the code; it finds `state` and the PKCE verifier in
+/// `consent_state_file` (0600) and writes the refresh token to `refresh_token_file`.
+fn authorize_url(
+    base: &str,
+    client_id: &str,
+    redirect_uri: &str,
+    scope: &str,
+    login_hint: Option<&str>,
+    state_file: Option<PathBuf>,
+    name: &str,
+) -> Result<String, ConfigError> {
+    let state = random_b64(16);
+    let verifier = random_b64(32);
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()),
+    );
+    let scope = if scope.split_whitespace().any(|s| s == "offline_access") {
+        scope.to_owned()
+    } else {
+        format!("{scope} offline_access")
+    };
+    let mut url = reqwest::Url::parse(base)
+        .map_err(|e| invalid(format!("files.{name}.authority"), e.to_string()))?;
+    url.query_pairs_mut()
+        .append_pair("client_id", client_id)
+        .append_pair("response_type", "code")
+        .append_pair("redirect_uri", redirect_uri)
+        .append_pair("response_mode", "query")
+        .append_pair("scope", &scope)
+        .append_pair("state", &state)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    if let Some(hint) = login_hint {
+        url.query_pairs_mut().append_pair("login_hint", hint);
+    }
+    if let Some(path) = state_file {
+        let doc = serde_json::json!({
+            "state": state,
+            "code_verifier": verifier,
+            "redirect_uri": redirect_uri,
+            "client_id": client_id,
+        });
+        secret_file::write_secret_file(&path, &SecretString::from(doc.to_string()))
+            .map_err(|e| invalid(format!("files.{name}.consent_state_file"), e.to_string()))?;
+    }
+    Ok(url.to_string())
+}
