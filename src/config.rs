@@ -38,13 +38,12 @@ pub struct FileConfig {
 impl FileConfig {
     /// The file of this mount whose token this one exchanges, if any.
     pub fn mount_subject(&self) -> Option<&str> {
-        match &self.source {
-            SourceConfig::OAuth(OAuthConfig {
-                grant:
-                    Grant::TokenExchange(Exchange {
-                        subject: SubjectRef::MountFile(name),
-                        ..
-                    }),
+        let SourceConfig::OAuth(c) = &self.source else {
+            return None;
+        };
+        match &c.grant {
+            Grant::TokenExchange(Exchange {
+                subject: SubjectRef::MountFile(name),
                 ..
             }) => Some(name),
             _ => None,
@@ -54,7 +53,7 @@ impl FileConfig {
 
 #[derive(Debug)]
 pub enum SourceConfig {
-    OAuth(OAuthConfig),
+    OAuth(Box<OAuthConfig>),
     Get(GetConfig),
 }
 
@@ -191,9 +190,9 @@ fn validate_file(name: String, f: raw::RawFile) -> Result<FileConfig, ConfigErro
         ));
     }
     let source = match f.source.as_deref() {
-        Some("oauth2") => SourceConfig::OAuth(oauth::oauth2(&name, f, http)?),
-        Some("token-exchange") => SourceConfig::OAuth(oauth::exchange(&name, f, http)?),
-        Some("entra") => SourceConfig::OAuth(oauth::entra(&name, f, http)?),
+        Some("oauth2") => SourceConfig::OAuth(Box::new(oauth::oauth2(&name, f, http)?)),
+        Some("token-exchange") => SourceConfig::OAuth(Box::new(oauth::exchange(&name, f, http)?)),
+        Some("entra") => SourceConfig::OAuth(Box::new(oauth::entra(&name, f, http)?)),
         Some("http") => SourceConfig::Get(get(&name, f, http)?),
         Some(other) => {
             return Err(invalid(

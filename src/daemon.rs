@@ -154,9 +154,9 @@ fn build_cells(files: Vec<FileConfig>) -> Result<Vec<Arc<Cell>>> {
         });
         let source: Arc<dyn Source> = match (file.source, subject) {
             (SourceConfig::OAuth(c), Some(cell)) => {
-                Arc::new(OAuthSource::with_subject(c, Arc::new(CellSubject(cell)))?)
+                Arc::new(OAuthSource::with_subject(*c, Arc::new(CellSubject(cell)))?)
             }
-            (SourceConfig::OAuth(c), None) => Arc::new(OAuthSource::new(c)?),
+            (SourceConfig::OAuth(c), None) => Arc::new(OAuthSource::new(*c)?),
             (SourceConfig::Get(c), _) => Arc::new(GetSource::new(c)?),
         };
         let cell = Cell::new(

@@ -41,7 +41,7 @@ pub async fn start(user: &str, lifetime: Duration) -> Result<(Config, RunningIss
         files: vec![FileConfig {
             name: "token".into(),
             policy,
-            source: SourceConfig::OAuth(OAuthConfig {
+            source: SourceConfig::OAuth(Box::new(OAuthConfig {
                 token_url: running.token_url(),
                 client_id: CLIENT_ID.into(),
                 client_secret: Some(client_secret),
@@ -53,7 +53,7 @@ pub async fn start(user: &str, lifetime: Duration) -> Result<(Config, RunningIss
                 scope: None,
                 consent_url: None,
                 http: HttpSettings::default(),
-            }),
+            })),
         }],
     };
     Ok((config, running))
