@@ -55,6 +55,10 @@ pub struct MountArgs {
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration, requires = "dev")]
     pub dev_lifetime: Duration,
 
+    /// With --dev: lifetime of the Azure tokens (`azure-token`) the embedded issuer issues.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, requires = "dev")]
+    pub dev_azure_lifetime: Duration,
+
     /// With --dev: the user the embedded issuer issues tokens for [default: $USER].
     #[arg(long, requires = "dev")]
     pub dev_user: Option<String>,

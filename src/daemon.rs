@@ -33,7 +33,11 @@ pub fn run(args: MountArgs) -> Result<()> {
     // In --dev the issuer serves from this process until `_dev_issuer` drops at exit.
     let (config, _dev_issuer) = if args.dev {
         let user = args.dev_user.clone().unwrap_or_else(default_user);
-        let (config, issuer) = rt.block_on(crate::dev::start(&user, args.dev_lifetime))?;
+        let lifetimes = crate::dev::Lifetimes {
+            platform: args.dev_lifetime,
+            azure: args.dev_azure_lifetime,
+        };
+        let (config, issuer) = rt.block_on(crate::dev::start(&user, lifetimes))?;
         (config, Some(issuer))
     } else {
         let path = args

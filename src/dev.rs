@@ -1,5 +1,7 @@
-//! `mount --dev`: start the embedded issuer on a loopback port and configure
-//! `token` against it through the production code path (refresh_token grant over HTTP).
+//! `mount --dev`: start the embedded issuer on a loopback port and configure the
+//! files against it through the production code paths, over HTTP: `token` with the
+//! refresh_token grant, `azure-token` with Keycloak's internal→external token
+//! exchange of `token` (the user starts unlinked, so it first needs consent).
 
 use std::time::Duration;
 
@@ -10,15 +12,25 @@ use crate::cell::Policy;
 use crate::config::{Config, FileConfig, SourceConfig};
 use crate::issuer::{Issuer, IssuerConfig, RunningIssuer};
 use crate::source::http::HttpSettings;
-use crate::source::oauth::{Grant, OAuthConfig};
+use crate::source::oauth::{Exchange, Grant, OAuthConfig, SubjectRef, ACCESS_TOKEN_TYPE};
 
 const CLIENT_ID: &str = "tokenfs-dev";
 
+/// Token lifetimes of the embedded issuer.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    pub platform: Duration,
+    pub azure: Duration,
+}
+
 /// Start the issuer on the current runtime; it serves until the returned handle is dropped.
-pub async fn start(user: &str, lifetime: Duration) -> Result<(Config, RunningIssuer)> {
+pub async fn start(user: &str, lifetimes: Lifetimes) -> Result<(Config, RunningIssuer)> {
+    let defaults = IssuerConfig::default();
+    let alias = defaults.idp_alias.clone();
     let issuer = Issuer::new(IssuerConfig {
-        lifetime,
-        ..IssuerConfig::default()
+        lifetime: lifetimes.platform,
+        azure_lifetime: lifetimes.azure,
+        ..defaults
     })
     .context("cannot start the embedded issuer")?;
     let client_secret = SecretString::from(random_secret());
@@ -31,30 +43,46 @@ pub async fn start(user: &str, lifetime: Duration) -> Result<(Config, RunningIss
     tracing::warn!(
         realm = %running.realm_url(),
         userinfo = %running.userinfo_url(),
+        consent_admin = %running.consent_admin_url(),
         user,
         "--dev: serving tokens from the embedded development issuer; never use this in production"
     );
-    let policy = Policy::default();
+    let endpoint = |grant| {
+        Box::new(OAuthConfig {
+            token_url: running.token_url(),
+            client_id: CLIENT_ID.into(),
+            client_secret: Some(client_secret.clone()),
+            grant,
+            scope: None,
+            consent_url: None,
+            http: HttpSettings::default(),
+        })
+    };
+    let token = FileConfig {
+        name: "token".into(),
+        policy: Policy::default(),
+        source: SourceConfig::OAuth(endpoint(Grant::RefreshToken {
+            refresh_token: Some(refresh_token),
+            file: None,
+            rotated_file: None,
+        })),
+    };
+    let azure = FileConfig {
+        name: "azure-token".into(),
+        policy: Policy::default(),
+        source: SourceConfig::OAuth(endpoint(Grant::TokenExchange(Exchange {
+            subject: SubjectRef::MountFile("token".into()),
+            subject_token_type: ACCESS_TOKEN_TYPE.into(),
+            requested_issuer: Some(alias),
+            requested_token_type: None,
+            audience: None,
+            redirect_uri: None,
+        }))),
+    };
     let config = Config {
         owner: None,
         read_timeout: Duration::from_secs(10),
-        files: vec![FileConfig {
-            name: "token".into(),
-            policy,
-            source: SourceConfig::OAuth(Box::new(OAuthConfig {
-                token_url: running.token_url(),
-                client_id: CLIENT_ID.into(),
-                client_secret: Some(client_secret),
-                grant: Grant::RefreshToken {
-                    refresh_token: Some(refresh_token),
-                    file: None,
-                    rotated_file: None,
-                },
-                scope: None,
-                consent_url: None,
-                http: HttpSettings::default(),
-            })),
-        }],
+        files: vec![token, azure],
     };
     Ok((config, running))
 }

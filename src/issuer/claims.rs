@@ -99,9 +99,15 @@ pub(crate) fn unix_now() -> u64 {
 /// A UUID-shaped id derived from the username, so a user keeps the same `sub` across
 /// issuer restarts (consumers key state on `sub`, as they would with Keycloak).
 pub(crate) fn subject_id(username: &str) -> String {
+    name_uuid("user", username)
+}
+
+/// A stable, UUID-shaped id for `name` in the namespace `kind`: different kinds give
+/// unrelated ids for one user, as Keycloak's `sub` and Entra's `oid` are unrelated.
+pub(crate) fn name_uuid(kind: &str, name: &str) -> String {
     let hash = digest(
         &SHA256,
-        format!("tokenfs-dev-issuer:user:{username}").as_bytes(),
+        format!("tokenfs-dev-issuer:{kind}:{name}").as_bytes(),
     );
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&hash.as_ref()[..16]);

@@ -3,18 +3,31 @@
 //! It serves the endpoints tokenfs talks to in production (discovery, JWKS, token,
 //! userinfo) with Keycloak's paths and answer shapes, so `--dev` exercises the same
 //! code path as a real deployment: the daemon reaches the issuer only over HTTP.
-//! Everything lives in memory and the signing key is regenerated at every start.
+//!
+//! It also plays the Azure half of the consent flow: Keycloak's internal→external
+//! token exchange to an identity provider (`exchange`), the account-link page that
+//! stands in for the user's consent (`link`), and a minimal Entra ID v2 tenant with
+//! its own signing key (`entra`, `azure`), plus `/dev/…` admin endpoints that revoke
+//! consent so a client's consent handling can be driven from a test or a shell.
+//!
+//! Everything lives in memory and the signing keys are regenerated at every start.
 //! It has no users database, no login, no persistence: never run it in production.
 
+mod azure;
 mod claims;
 mod cli;
+mod entra;
+mod exchange;
 mod keys;
+mod link;
 mod routes;
 mod store;
 mod token;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_azure;
 
 use std::future::IntoFuture as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -26,7 +39,12 @@ use secrecy::SecretString;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use cli::{run_dev_issuer, DevIssuerArgs};
+pub use cli::{run_dev_issuer, AzureArgs, DevIssuerArgs};
+pub use link::LinkState;
+
+/// The dev tenant id when none is configured: UUID-shaped like a real one, and
+/// obviously fake.
+pub const DEFAULT_TENANT: &str = "00000000-0000-4000-8000-00000000d0d0";
 
 /// How long [`RunningIssuer::shutdown`] lets in-flight requests finish before
 /// cutting them off; a dev tool must never hang a test run or a Ctrl-C.
@@ -42,8 +60,18 @@ pub struct IssuerConfig {
     /// Return a new refresh token on every refresh and revoke the presented one,
     /// like Keycloak's "Revoke Refresh Token" realm setting.
     pub rotate_refresh_tokens: bool,
-    /// Artificial latency of the token endpoint, to make refresh races observable.
+    /// Artificial latency of the token endpoints (realm and Entra), to make refresh
+    /// races observable.
     pub token_delay: Duration,
+    /// Alias of the Azure identity provider in the realm: the `requested_issuer` of
+    /// the token exchange and the `{alias}` in `/broker/{alias}/link`.
+    pub idp_alias: String,
+    /// Entra tenant id: the `{tenant}` in the Entra URLs and the `tid` of Azure tokens.
+    pub tenant: String,
+    /// Lifetime of the Azure access tokens; whole seconds, at least 1 s.
+    pub azure_lifetime: Duration,
+    /// `aud` of the Azure access tokens: the resource they are for.
+    pub azure_resource: String,
 }
 
 impl Default for IssuerConfig {
@@ -53,6 +81,10 @@ impl Default for IssuerConfig {
             lifetime: Duration::from_secs(300),
             rotate_refresh_tokens: false,
             token_delay: Duration::ZERO,
+            idp_alias: "azure".to_owned(),
+            tenant: DEFAULT_TENANT.to_owned(),
+            azure_lifetime: Duration::from_secs(3600),
+            azure_resource: "https://storage.azure.com".to_owned(),
         }
     }
 }
@@ -62,7 +94,13 @@ impl Default for IssuerConfig {
 struct Inner {
     cfg: IssuerConfig,
     key: keys::SigningKey,
+    /// The Entra tenant's key: a second key, so a consumer that verified an Azure
+    /// token against the realm JWKS (or the other way round) fails as it would in
+    /// production.
+    azure_key: keys::SigningKey,
     store: store::Store,
+    links: link::Links,
+    entra: entra::EntraStore,
     stats: store::Stats,
 }
 
@@ -74,21 +112,38 @@ pub struct Issuer {
 }
 
 impl Issuer {
-    /// Creates the realm and generates its RSA-2048 signing key (tens of milliseconds).
+    /// Creates the realm and generates its two RSA-2048 signing keys, the realm's and
+    /// the Entra tenant's (tens of milliseconds each).
     pub fn new(cfg: IssuerConfig) -> anyhow::Result<Issuer> {
-        validate_realm(&cfg.realm)?;
+        validate_name("realm name", &cfg.realm)?;
+        validate_name("identity provider alias", &cfg.idp_alias)?;
+        validate_name("tenant", &cfg.tenant)?;
+        for (what, lifetime) in [("token", cfg.lifetime), ("Azure token", cfg.azure_lifetime)] {
+            anyhow::ensure!(
+                lifetime >= Duration::from_secs(1),
+                "{what} lifetime must be at least 1s (JWT times are whole seconds), got {lifetime:?}"
+            );
+        }
         anyhow::ensure!(
-            cfg.lifetime >= Duration::from_secs(1),
-            "token lifetime must be at least 1s (JWT times are whole seconds), got {:?}",
-            cfg.lifetime
+            !cfg.azure_resource.is_empty(),
+            "the Azure resource (token audience) must not be empty"
         );
         let key = keys::SigningKey::generate()?;
-        tracing::debug!(realm = %cfg.realm, kid = key.kid(), "dev issuer key generated");
+        let azure_key = keys::SigningKey::generate()?;
+        tracing::debug!(
+            realm = %cfg.realm,
+            kid = key.kid(),
+            azure_kid = azure_key.kid(),
+            "dev issuer keys generated"
+        );
         Ok(Issuer {
             inner: Arc::new(Inner {
                 cfg,
                 key,
+                azure_key,
                 store: store::Store::default(),
+                links: link::Links::default(),
+                entra: entra::EntraStore::default(),
                 stats: store::Stats::default(),
             }),
         })
@@ -101,7 +156,9 @@ impl Issuer {
             .await
             .with_context(|| format!("dev issuer: cannot listen on {addr}"))?;
         let addr = listener.local_addr()?;
-        let realm_url = format!("http://{}/realms/{}", url_addr(addr), self.inner.cfg.realm);
+        let base_url = format!("http://{}", url_addr(addr));
+        let realm_url = format!("{base_url}/realms/{}", self.inner.cfg.realm);
+        let tenant = self.inner.cfg.tenant.clone();
         let app = routes::router(self.inner, realm_url.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         // A dropped sender resolves `stopped` as well, so dropping the handle stops
@@ -113,7 +170,9 @@ impl Issuer {
         tracing::info!(%addr, "dev issuer listening");
         Ok(RunningIssuer {
             addr,
+            base_url,
             realm_url,
+            tenant,
             stop,
             task,
         })
@@ -130,18 +189,43 @@ impl Issuer {
     pub fn mint_offline_token(&self, username: &str, client_id: &str) -> SecretString {
         self.inner.store.mint(username, client_id)
     }
+
+    /// Sets whether `username` has consented to (is linked with) the identity provider
+    /// `alias`, as the link page and `POST /dev/consent` do. `Linked` is a fresh link:
+    /// the next exchange gets a newly minted Azure token. `Revoked` makes the exchange
+    /// answer `token_expired`, `Unlinked` `not_linked`. Any alias is stored; only the
+    /// configured one is ever asked for.
+    pub fn set_link(&self, username: &str, alias: &str, state: LinkState) {
+        self.inner.links.set(username, alias, state, None);
+    }
+
+    /// Allows or forbids `client_id` the token exchange (403 `access_denied` when
+    /// forbidden). Confidential clients are allowed unless forbidden here; the setting
+    /// is kept apart from the client, so it may be made before or after `add_client`.
+    pub fn set_exchange_permitted(&self, client_id: &str, permitted: bool) {
+        self.inner
+            .store
+            .set_exchange_permitted(client_id, permitted);
+    }
+
+    /// An Entra refresh token for `username`, valid at the Entra token endpoint with
+    /// any client id. Stands in for the authorization-code flow a user would complete
+    /// once to give tokenfs its refresh token.
+    pub fn mint_entra_refresh_token(&self, username: &str) -> SecretString {
+        self.inner.entra.mint(username)
+    }
 }
 
-/// Keycloak realm names end up in URL paths and JWT `iss`; restricting them to
-/// unreserved URL characters means they never need escaping anywhere.
-fn validate_realm(realm: &str) -> anyhow::Result<()> {
-    let ok = !realm.is_empty()
-        && realm
+/// Realm names, aliases and tenant ids end up in URL paths and JWT claims; restricting
+/// them to unreserved URL characters means they never need escaping anywhere.
+fn validate_name(what: &str, name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
     anyhow::ensure!(
         ok,
-        "realm name {realm:?} must be non-empty and use only letters, digits, '-', '_', '.', '~'"
+        "{what} {name:?} must be non-empty and use only letters, digits, '-', '_', '.', '~'"
     );
     Ok(())
 }
@@ -162,7 +246,9 @@ fn url_addr(addr: SocketAddr) -> SocketAddr {
 pub struct RunningIssuer {
     /// The bound address (with the real port when port 0 was asked for).
     pub addr: SocketAddr,
+    base_url: String,
     realm_url: String,
+    tenant: String,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -189,10 +275,48 @@ impl RunningIssuer {
         format!("{}/.well-known/openid-configuration", self.realm_url)
     }
 
-    /// `/dev/stats`: `{"token_requests", "refresh_token", "client_credentials", "errors"}`,
-    /// token-endpoint requests counted on arrival, per grant, and failed ones.
+    /// `/dev/stats`: `{"token_requests", "refresh_token", "client_credentials",
+    /// "token_exchange", "errors", "entra"}`: realm token-endpoint requests counted on
+    /// arrival, per grant, and failed ones; `entra` counts Entra token-endpoint requests.
     pub fn stats_url(&self) -> String {
-        format!("http://{}/dev/stats", url_addr(self.addr))
+        format!("{}/dev/stats", self.base_url)
+    }
+
+    /// `http://HOST:PORT`, the root of every URL this issuer serves.
+    pub fn base_url(&self) -> String {
+        self.base_url.clone()
+    }
+
+    /// The Entra tenant id: `tid` of Azure tokens and `{tenant}` in the Entra URLs.
+    pub fn tenant(&self) -> String {
+        self.tenant.clone()
+    }
+
+    /// `http://HOST:PORT/{tenant}/oauth2/v2.0/token`: the Entra-style refresh endpoint.
+    pub fn entra_token_url(&self) -> String {
+        format!("{}/{}/oauth2/v2.0/token", self.base_url, self.tenant)
+    }
+
+    /// `http://HOST:PORT/{tenant}/oauth2/v2.0/authorize`: the dev consent page that makes
+    /// a user's Entra refresh tokens work again.
+    pub fn entra_authorize_url(&self) -> String {
+        format!("{}/{}/oauth2/v2.0/authorize", self.base_url, self.tenant)
+    }
+
+    /// `http://HOST:PORT/{tenant}/discovery/v2.0/keys`: the JWKS of Azure tokens.
+    pub fn azure_jwks_url(&self) -> String {
+        format!("{}/{}/discovery/v2.0/keys", self.base_url, self.tenant)
+    }
+
+    /// `http://HOST:PORT/dev/consent`: `POST ?user=U&alias=A&state=linked|revoked|unlinked`.
+    pub fn consent_admin_url(&self) -> String {
+        format!("{}/dev/consent", self.base_url)
+    }
+
+    /// `http://HOST:PORT/dev/entra`: `POST ?user=U&state=ok|invalid_grant|
+    /// interaction_required|consent_required`.
+    pub fn entra_admin_url(&self) -> String {
+        format!("{}/dev/entra", self.base_url)
     }
 
     /// Stops accepting connections and waits (up to 5 s) for in-flight requests.

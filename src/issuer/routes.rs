@@ -1,8 +1,10 @@
-//! The HTTP surface: Keycloak 17+ paths (no `/auth` prefix), plus `/dev/stats`.
+//! The HTTP surface: Keycloak 17+ paths (no `/auth` prefix), Entra ID v2 paths under
+//! `/{tenant}/…`, and the dev-only admin endpoints under `/dev/`.
 //!
 //! `/dev/stats` answers `{"token_requests", "refresh_token", "client_credentials",
-//! "errors"}`: requests to the token endpoint (counted on arrival, so an in-flight
-//! request under `token_delay` already shows), per grant, and failed ones.
+//! "token_exchange", "errors", "entra"}`: requests to the realm token endpoint (counted
+//! on arrival, so an in-flight request under `token_delay` already shows), per grant,
+//! and failed ones; `entra` counts requests to the Entra token endpoint.
 
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use super::claims::AccessClaims;
-use super::{token, Inner};
+use super::{entra, exchange, link, token, Inner};
 
 /// What every handler sees: the realm, and the URL it is reachable at through this binding.
 #[derive(Clone)]
@@ -37,16 +39,25 @@ pub(crate) fn router(inner: Arc<Inner>, realm_url: String) -> Router {
         .route(&format!("{oidc}/certs"), get(certs))
         .route(&format!("{oidc}/token"), post(token::token))
         .route(&format!("{oidc}/userinfo"), get(userinfo).post(userinfo))
+        .route("/realms/{realm}/broker/{alias}/link", get(link::link_page))
+        // Static segments win over `{tenant}`, so these never shadow `/realms` or `/dev`.
+        .route("/{tenant}/discovery/v2.0/keys", get(entra::keys))
+        .route("/{tenant}/oauth2/v2.0/token", post(entra::token))
+        .route("/{tenant}/oauth2/v2.0/authorize", get(entra::authorize))
         .route("/dev/stats", get(stats))
+        .route("/dev/consent", post(link::consent_admin))
+        .route("/dev/entra", post(entra::state_admin))
         .with_state(state)
 }
 
-/// An error body in the OAuth/Keycloak shape: `{"error", "error_description"}`.
+/// An error body in the OAuth/Keycloak shape: `{"error", "error_description"}`, plus
+/// `account-link-url` for the token exchange's consent errors.
 #[derive(Debug)]
 pub(crate) struct OAuthError {
     pub status: StatusCode,
     pub error: &'static str,
     pub description: &'static str,
+    pub account_link_url: Option<String>,
 }
 
 impl OAuthError {
@@ -59,14 +70,23 @@ impl OAuthError {
             status,
             error,
             description,
+            account_link_url: None,
         }
+    }
+
+    pub(crate) fn with_account_link_url(mut self, url: String) -> Self {
+        self.account_link_url = Some(url);
+        self
     }
 }
 
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
-        let body =
+        let mut body =
             serde_json::json!({ "error": self.error, "error_description": self.description });
+        if let Some(url) = self.account_link_url {
+            body["account-link-url"] = url.into();
+        }
         (self.status, Json(body)).into_response()
     }
 }
@@ -92,7 +112,7 @@ async fn discovery(State(st): State<AppState>, Path(realm): Path<String>) -> Res
         "token_endpoint": format!("{oidc}/token"),
         "jwks_uri": format!("{oidc}/certs"),
         "userinfo_endpoint": format!("{oidc}/userinfo"),
-        "grant_types_supported": ["refresh_token", "client_credentials"],
+        "grant_types_supported": ["refresh_token", "client_credentials", exchange::GRANT_TYPE],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],

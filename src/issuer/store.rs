@@ -1,6 +1,6 @@
 //! In-memory realm state: registered clients, offline sessions, request counters.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -33,12 +33,15 @@ pub(crate) enum RefreshError {
 
 /// Offline sessions are keyed by the SHA-256 of their token, so the raw token is not
 /// kept in memory longer than the request that carries it.
-type TokenHash = [u8; 32];
+pub(crate) type TokenHash = [u8; 32];
 
 #[derive(Default)]
 pub(crate) struct Store {
     clients: Mutex<HashMap<String, Client>>,
     sessions: Mutex<HashMap<TokenHash, Session>>,
+    /// Clients refused the token exchange; Keycloak's fine-grained "token-exchange"
+    /// permission reduced to a deny list, since the dev realm allows it by default.
+    exchange_denied: Mutex<HashSet<String>>,
 }
 
 /// Shows sizes only: the maps hold client secrets.
@@ -47,17 +50,18 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("clients", &lock(&self.clients).len())
             .field("sessions", &lock(&self.sessions).len())
+            .field("exchange_denied", &lock(&self.exchange_denied).len())
             .finish()
     }
 }
 
 // A panic while holding a lock leaves the maps consistent (every update is a single
 // insert/remove), so recovering from poisoning is safe and keeps the issuer serving.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn token_hash(token: &str) -> TokenHash {
+pub(crate) fn token_hash(token: &str) -> TokenHash {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
     out
@@ -93,6 +97,19 @@ impl Store {
             }
             (Some(_), None) => None,
         }
+    }
+
+    pub(crate) fn set_exchange_permitted(&self, client_id: &str, permitted: bool) {
+        let mut denied = lock(&self.exchange_denied);
+        if permitted {
+            denied.remove(client_id);
+        } else {
+            denied.insert(client_id.to_owned());
+        }
+    }
+
+    pub(crate) fn exchange_permitted(&self, client_id: &str) -> bool {
+        !lock(&self.exchange_denied).contains(client_id)
     }
 
     pub(crate) fn mint(&self, username: &str, client_id: &str) -> SecretString {
@@ -141,7 +158,11 @@ pub(crate) struct Stats {
     pub token_requests: AtomicU64,
     pub refresh_token: AtomicU64,
     pub client_credentials: AtomicU64,
+    pub token_exchange: AtomicU64,
     pub errors: AtomicU64,
+    /// Requests to the Entra token endpoint; not part of `token_requests`, which
+    /// counts the realm's token endpoint only.
+    pub entra: AtomicU64,
 }
 
 impl Stats {
@@ -154,7 +175,9 @@ impl Stats {
             "token_requests": self.token_requests.load(Ordering::Relaxed),
             "refresh_token": self.refresh_token.load(Ordering::Relaxed),
             "client_credentials": self.client_credentials.load(Ordering::Relaxed),
+            "token_exchange": self.token_exchange.load(Ordering::Relaxed),
             "errors": self.errors.load(Ordering::Relaxed),
+            "entra": self.entra.load(Ordering::Relaxed),
         })
     }
 }

@@ -10,13 +10,13 @@ use serde_json::Value;
 
 use super::{Issuer, IssuerConfig, RunningIssuer};
 
-struct Fixture {
-    issuer: Issuer,
-    running: RunningIssuer,
-    http: reqwest::Client,
+pub(super) struct Fixture {
+    pub issuer: Issuer,
+    pub running: RunningIssuer,
+    pub http: reqwest::Client,
 }
 
-async fn start(cfg: IssuerConfig) -> Fixture {
+pub(super) async fn start(cfg: IssuerConfig) -> Fixture {
     let issuer = Issuer::new(cfg).unwrap();
     issuer.add_client("pub", None);
     issuer.add_client("conf", Some(SecretString::from("s3cret")));
@@ -33,7 +33,7 @@ async fn start(cfg: IssuerConfig) -> Fixture {
 }
 
 impl Fixture {
-    async fn post_token(&self, form: &[(&str, &str)]) -> (StatusCode, Value) {
+    pub async fn post_token(&self, form: &[(&str, &str)]) -> (StatusCode, Value) {
         let resp = self
             .http
             .post(self.running.token_url())
@@ -44,7 +44,7 @@ impl Fixture {
         (resp.status(), resp.json().await.unwrap())
     }
 
-    async fn refresh(&self, client: &str, token: &str) -> (StatusCode, Value) {
+    pub async fn refresh(&self, client: &str, token: &str) -> (StatusCode, Value) {
         self.post_token(&[
             ("grant_type", "refresh_token"),
             ("client_id", client),
@@ -61,7 +61,7 @@ impl Fixture {
         (resp.status(), resp.json().await.unwrap())
     }
 
-    async fn get_json(&self, url: &str) -> Value {
+    pub async fn get_json(&self, url: &str) -> Value {
         self.http
             .get(url)
             .send()
@@ -369,7 +369,10 @@ async fn stats_count_token_requests_per_grant() {
     let stats = f.get_json(&f.running.stats_url()).await;
     assert_eq!(
         stats,
-        serde_json::json!({"token_requests": 4, "refresh_token": 2, "client_credentials": 1, "errors": 2})
+        serde_json::json!({
+            "token_requests": 4, "refresh_token": 2, "client_credentials": 1,
+            "token_exchange": 0, "errors": 2, "entra": 0
+        })
     );
     f.running.shutdown().await;
 }

@@ -1,5 +1,6 @@
 //! The token endpoint: client authentication and the `refresh_token` and
-//! `client_credentials` grants, with Keycloak's answers and error codes.
+//! `client_credentials` grants, with Keycloak's answers and error codes. The
+//! token-exchange grant shares the endpoint and lives in `exchange`.
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, State};
@@ -12,10 +13,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::claims::{AccessClaims, Principal};
+use super::exchange;
 use super::routes::{unknown_realm, AppState, OAuthError};
 use super::store::{RefreshError, Stats};
 
-const INVALID_CLIENT: OAuthError = OAuthError::new(
+pub(crate) const INVALID_CLIENT: OAuthError = OAuthError::new(
     StatusCode::UNAUTHORIZED,
     "invalid_client",
     "Invalid client or Invalid client credentials",
@@ -31,6 +33,10 @@ pub(crate) struct TokenForm {
     client_secret: Option<SecretString>,
     #[serde(default, deserialize_with = "secret")]
     refresh_token: Option<SecretString>,
+    #[serde(default, deserialize_with = "secret")]
+    pub(crate) subject_token: Option<SecretString>,
+    pub(crate) subject_token_type: Option<String>,
+    pub(crate) requested_issuer: Option<String>,
 }
 
 fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
@@ -66,6 +72,7 @@ pub(crate) async fn token(
     match grant.as_deref() {
         Some("refresh_token") => Stats::bump(&stats.refresh_token),
         Some("client_credentials") => Stats::bump(&stats.client_credentials),
+        Some(exchange::GRANT_TYPE) => Stats::bump(&stats.token_exchange),
         _ => {}
     }
     let delay = st.inner.cfg.token_delay;
@@ -90,7 +97,13 @@ pub(crate) async fn token(
             .into_response();
         }
     };
-    match grant_token(&st, &headers, &form) {
+    let outcome = if grant.as_deref() == Some(exchange::GRANT_TYPE) {
+        exchange::exchange(&st, &headers, &form)
+    } else {
+        grant_token(&st, &headers, &form)
+            .map(|(client_id, answer)| (client_id, Json(answer).into_response()))
+    };
+    match outcome {
         Ok((client_id, answer)) => {
             tracing::debug!(client_id, grant = grant.as_deref(), "token issued");
             // RFC 6749 §5.1: token answers must not be cached.
@@ -98,7 +111,7 @@ pub(crate) async fn token(
                 (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
                 (header::PRAGMA, HeaderValue::from_static("no-cache")),
             ];
-            (no_store, Json(answer)).into_response()
+            (no_store, answer).into_response()
         }
         Err(err) => {
             Stats::bump(&stats.errors);
@@ -195,6 +208,16 @@ fn client_credentials_grant(
     access_token(st, &principal, client_id, None)
 }
 
+/// Signing failed: a bug or a broken crypto library, never the client's fault.
+pub(crate) fn signing_failed(e: &anyhow::Error) -> OAuthError {
+    tracing::error!(error = %e, "dev issuer could not sign a token");
+    OAuthError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "Signing failed",
+    )
+}
+
 fn access_token(
     st: &AppState,
     principal: &Principal,
@@ -203,14 +226,11 @@ fn access_token(
 ) -> Result<TokenResponse, OAuthError> {
     let lifetime = st.inner.cfg.lifetime;
     let claims = AccessClaims::new(&st.realm_url, principal, client_id, session_id, lifetime);
-    let access_token = st.inner.key.sign_jwt(&claims).map_err(|e| {
-        tracing::error!(error = %e, "dev issuer could not sign a token");
-        OAuthError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "Signing failed",
-        )
-    })?;
+    let access_token = st
+        .inner
+        .key
+        .sign_jwt(&claims)
+        .map_err(|e| signing_failed(&e))?;
     Ok(TokenResponse {
         access_token,
         expires_in: claims.exp - claims.iat,
@@ -224,7 +244,7 @@ fn access_token(
 }
 
 /// The client's id and secret, from HTTP Basic (RFC 6749 §2.3.1) or the form.
-fn client_credentials(
+pub(crate) fn client_credentials(
     headers: &HeaderMap,
     form: &TokenForm,
 ) -> Result<(String, Option<SecretString>), OAuthError> {
