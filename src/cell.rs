@@ -145,7 +145,10 @@ impl CellError {
 struct Failure {
     error: CellError,
     at: SystemTime,
+    /// Before this, reads get `error` without asking the upstream.
     retry_at: SystemTime,
+    /// When refresh-ahead asks again.
+    background_at: SystemTime,
     consecutive: u32,
 }
 
@@ -206,7 +209,7 @@ impl State {
         }
         let token = self.current.as_ref()?;
         Some(match &self.failure {
-            Some(f) => f.retry_at,
+            Some(f) => f.background_at,
             None => token.refresh_at,
         })
     }
@@ -249,17 +252,21 @@ impl State {
             Err(error) => {
                 self.failures += 1;
                 let consecutive = self.failure.as_ref().map_or(1, |f| f.consecutive + 1);
-                // Waiting on a person, not on a struggling upstream: ask again soon, so
-                // the first read after consent succeeds, but never more than once a backoff_min.
-                let delay = match error {
-                    CellError::Source(SourceError::ConsentRequired { .. }) => policy.backoff_min,
-                    _ => backoff(policy, consecutive, u),
+                let background_at = now + backoff(policy, consecutive, u);
+                // Waiting on a person, not on a struggling upstream: let reads ask again
+                // soon, so the first read after consent succeeds; refresh-ahead keeps
+                // backing off so nobody consenting does not mean a request a second.
+                let retry_at = match error {
+                    CellError::Source(SourceError::ConsentRequired { .. }) => {
+                        now + policy.backoff_min
+                    }
+                    _ => background_at,
                 };
-                let retry_at = now + delay;
                 self.failure = Some(Failure {
                     error: error.clone(),
                     at: now,
                     retry_at,
+                    background_at,
                     consecutive,
                 });
             }

@@ -491,3 +491,30 @@ async fn keep_fresh_retries_with_backoff_and_recovers() {
     assert_eq!(status.generation, 2);
     assert!(cell.peek().unwrap().servable(clock.now()));
 }
+
+#[test]
+fn consent_lets_reads_retry_soon_but_refresh_ahead_backs_off() {
+    let consent = || SourceError::ConsentRequired {
+        url: "http://127.0.0.1/link".into(),
+        expired: true,
+    };
+    let mut st = State::default();
+    fetch(&mut st, at(0), Ok(issued(at(0), LIFETIME, "a"))).unwrap();
+    let mut now = at(271);
+    for n in 1..=6u32 {
+        assert!(matches!(st.on_read(now, false), Next::Fetch));
+        st.finish(Err(consent()), now, &policy(), 0.0).unwrap_err();
+        let f = st.failure.as_ref().unwrap();
+        assert_eq!(
+            f.retry_at,
+            now + Duration::from_secs(1),
+            "reads: one second"
+        );
+        assert_eq!(
+            st.next_refresh(),
+            Some(now + backoff(&policy(), n, 0.0)),
+            "background: backoff"
+        );
+        now = f.retry_at;
+    }
+}

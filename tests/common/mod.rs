@@ -375,42 +375,25 @@ impl ApiProxy {
     pub fn start() -> ApiProxy {
         use axum::{extract::State, http::HeaderMap, routing::get, Router};
         let state = Arc::new(Mutex::new(ProxyState::default()));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let shared = state.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let app = Router::new()
-                    .route(
-                        "/access-token",
-                        get(|State(s): State<Arc<Mutex<ProxyState>>>, headers: HeaderMap| async move {
-                            let token = unsigned_jwt(300);
-                            let mut s = s.lock().unwrap();
-                            s.requests += 1;
-                            s.last_token = token.clone();
-                            s.last_api_key = headers
-                                .get("x-domino-api-key")
-                                .map(|v| v.to_str().unwrap().to_owned())
-                                .unwrap_or_default();
-                            format!("{token}\n")
-                        }),
-                    )
-                    .with_state(shared);
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .unwrap();
-            });
-        });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let app = Router::new()
+            .route(
+                "/access-token",
+                get(
+                    |State(s): State<Arc<Mutex<ProxyState>>>, headers: HeaderMap| async move {
+                        let token = unsigned_jwt(300);
+                        let mut s = s.lock().unwrap();
+                        s.requests += 1;
+                        s.last_token = token.clone();
+                        s.last_api_key = headers
+                            .get("x-domino-api-key")
+                            .map(|v| v.to_str().unwrap().to_owned())
+                            .unwrap_or_default();
+                        format!("{token}\n")
+                    },
+                ),
+            )
+            .with_state(state.clone());
+        let (addr, stop) = serve_in_background(app);
         ApiProxy {
             url: format!("http://{addr}"),
             state,
@@ -485,16 +468,7 @@ impl FakeEntra {
             current: initial.to_owned(),
             ..EntraState::default()
         }));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let shared = state.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let app = Router::new()
+        let app = Router::new()
                     .route(
                         "/{tenant}/oauth2/v2.0/token",
                         post(
@@ -543,18 +517,8 @@ impl FakeEntra {
                             },
                         ),
                     )
-                    .with_state(shared);
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .unwrap();
-            });
-        });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+                    .with_state(state.clone());
+        let (addr, stop) = serve_in_background(app);
         FakeEntra {
             authority: format!("http://{addr}"),
             state,
@@ -606,4 +570,31 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Serve `app` on an ephemeral loopback port from a thread of its own; it stops
+/// when the returned sender is dropped.
+fn serve_in_background(
+    app: axum::Router,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+    });
+    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    (addr, stop)
 }
