@@ -216,6 +216,24 @@ impl Filesystem for TokenFs {
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
         reply.error(Errno::ENOSYS);
     }
+
+    // Python's open() asks isatty (TCGETS) on every file, and the kernel forwards
+    // every ioctl to the daemon (it does not remember ENOSYS for ioctls): answer
+    // "not a tty" at once and without the default implementation's warning.
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
 }
 
 /// Tell the kernel to drop a file's cached pages and attributes whenever its cell
