@@ -51,6 +51,11 @@ pub struct MountArgs {
     #[arg(long)]
     pub dev: bool,
 
+    /// Serve every read from the daemon instead of the kernel's page cache (slower;
+    /// the automatic fallback when the kernel lacks the needed FUSE capabilities).
+    #[arg(long)]
+    pub direct_io: bool,
+
     /// With --dev: lifetime of the tokens the embedded issuer issues.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration, requires = "dev")]
     pub dev_lifetime: Duration,

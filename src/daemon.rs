@@ -69,7 +69,7 @@ pub fn run(args: MountArgs) -> Result<()> {
         },
     );
 
-    let fs = TokenFs::new(files.clone(), rt.handle().clone());
+    let fs = TokenFs::new(files.clone(), rt.handle().clone(), args.direct_io);
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
         MountOption::RO,

@@ -216,3 +216,49 @@ fn a_held_descriptor_reread_with_pread_sees_the_refreshed_token() {
     verify_jwt(std::str::from_utf8(&second).unwrap(), &certs);
     assert!(left(&second) > 2.5);
 }
+
+#[test]
+fn the_direct_io_fallback_serves_whole_fresh_tokens() {
+    if !fuse_available("the_direct_io_fallback_serves_whole_fresh_tokens") {
+        return;
+    }
+    let issuer = DevIssuer::start(&["--lifetime", "10s"]);
+    let tmp = tempdir();
+    let config = issuer.config(tmp.path(), "", "min_valid = \"3s\"");
+    let mount = Mount::start(&["--config", config.to_str().unwrap(), "--direct-io"]);
+    let certs = format!("{}/protocol/openid-connect/certs", issuer.realm_url);
+    let first = mount.read("token").unwrap();
+    assert_eq!(
+        std::fs::metadata(mount.path("token")).unwrap().len(),
+        first.len() as u64
+    );
+    // Byte-at-a-time reads on one open file stay within one token, across a refresh.
+    let mut held = std::fs::File::open(mount.path("token")).unwrap();
+    let second = eventually(Duration::from_secs(20), "a refresh", || {
+        Some(mount.read("token").unwrap()).filter(|t| *t != first)
+    });
+    verify_jwt(std::str::from_utf8(&second).unwrap(), &certs);
+    let mut slow = Vec::new();
+    let mut byte = [0u8; 1];
+    while std::io::Read::read(&mut held, &mut byte).unwrap() == 1 {
+        slow.push(byte[0]);
+    }
+    assert_eq!(
+        slow, first,
+        "the open file kept the token it was opened with"
+    );
+    // Held past its token's deadline, a descriptor re-read from the start gets a
+    // servable token, never the expired one.
+    let mut late = std::fs::File::open(mount.path("token")).unwrap();
+    let pinned = mount.read("token").unwrap();
+    let deadline = left(&pinned) - 3.0;
+    std::thread::sleep(Duration::from_secs_f64(deadline.max(0.0) + 0.5));
+    let mut again = Vec::new();
+    std::io::Read::read_to_end(&mut late, &mut again).unwrap();
+    assert!(left(&again) > 2.5, "a token with {:.1}s left", left(&again));
+    verify_jwt(std::str::from_utf8(&again).unwrap(), &certs);
+    assert!(mount
+        .proc
+        .stderr()
+        .contains("read path: direct I/O (--direct-io)"));
+}

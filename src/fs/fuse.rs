@@ -2,9 +2,10 @@
 //! answer from the fast path when a token is ready, else answer from a tokio
 //! task once the cell has one (replies are `Send`).
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use fuser::{
@@ -13,23 +14,40 @@ use fuser::{
     ReplyEntry, ReplyOpen, Request,
 };
 
-use super::{Attr, Files, Kind, Now, View, ROOT_INO};
+use super::{Attr, Content, Files, Kind, Now, View, ROOT_INO};
 
 /// The mounted filesystem.
 pub struct TokenFs {
     files: Arc<Files>,
     rt: tokio::runtime::Handle,
+    /// Serve every read from the daemon even if the kernel could cache.
+    force_direct_io: bool,
     /// Whether the kernel serves opens and warm reads itself (design.md §4).
     fast_path: AtomicBool,
+    /// Direct I/O only: the content each open file reads, pinned at open, so that
+    /// one open file never mixes two tokens.
+    handles: Arc<Mutex<HashMap<u64, Content>>>,
+    next_handle: AtomicU64,
 }
 
 impl TokenFs {
-    pub fn new(files: Arc<Files>, rt: tokio::runtime::Handle) -> TokenFs {
+    pub fn new(files: Arc<Files>, rt: tokio::runtime::Handle, force_direct_io: bool) -> TokenFs {
         TokenFs {
             files,
             rt,
+            force_direct_io,
             fast_path: AtomicBool::new(false),
+            handles: Arc::default(),
+            next_handle: AtomicU64::new(1),
         }
+    }
+
+    fn pinned(&self, fh: FileHandle) -> Option<Content> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
     }
 
     /// Answer `reply` with a view of `ino`: now if ready, else once the cell has a token.
@@ -75,10 +93,12 @@ impl Filesystem for TokenFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Both or neither: without auto-inval-data a cached page could outlive its token.
         let wanted = InitFlags::FUSE_NO_OPEN_SUPPORT | InitFlags::FUSE_AUTO_INVAL_DATA;
-        let fast = config.add_capabilities(wanted).is_ok();
+        let fast = !self.force_direct_io && config.add_capabilities(wanted).is_ok();
         self.fast_path.store(fast, Ordering::SeqCst);
         if fast {
             tracing::info!("read path: kernel page cache (no-open, auto-inval-data, TTL bounded by token deadlines)");
+        } else if self.force_direct_io {
+            tracing::info!("read path: direct I/O (--direct-io); every read reaches the daemon");
         } else {
             tracing::warn!("read path: direct I/O (kernel lacks FUSE_NO_OPEN_SUPPORT or FUSE_AUTO_INVAL_DATA); every read reaches the daemon");
         }
@@ -102,32 +122,82 @@ impl Filesystem for TokenFs {
         });
     }
 
-    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         if self.fast_path.load(Ordering::Relaxed) {
             // ENOSYS under FUSE_NO_OPEN_SUPPORT: the kernel stops sending opens and
             // keeps the page cache across them.
-            reply.error(Errno::ENOSYS);
-        } else {
-            reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
+            return reply.error(Errno::ENOSYS);
         }
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let handles = self.handles.clone();
+        self.with_view(self.files.read_now(ino.0), ino.0, move |view| match view {
+            Ok(View {
+                content: Some(content),
+                ..
+            }) => {
+                handles
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(fh, content);
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+            }
+            Ok(_) => reply.error(Errno::EISDIR),
+            Err(errno) => reply.error(Errno::from_i32(errno)),
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
     }
 
     fn read(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // A descriptor held past its token's deadline starts over with the current
+        // token, from the beginning only: mid-file that would tear it.
+        match self.pinned(fh) {
+            Some(Content::Token(t)) if !t.servable(SystemTime::now()) && offset > 0 => {
+                return reply.error(Errno::EIO);
+            }
+            Some(Content::Token(t)) if !t.servable(SystemTime::now()) => {}
+            Some(content) => return reply.data(content.slice(offset, size)),
+            None => {}
+        }
+        let handles = self.handles.clone();
         self.with_view(self.files.read_now(ino.0), ino.0, move |view| match view {
             Ok(View {
                 content: Some(content),
                 ..
-            }) => reply.data(content.slice(offset, size)),
+            }) => {
+                if fh.0 != 0 {
+                    let mut pins = handles.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(pin) = pins.get_mut(&fh.0) {
+                        *pin = content.clone();
+                    }
+                }
+                reply.data(content.slice(offset, size))
+            }
             Ok(_) => reply.error(Errno::EISDIR),
             Err(errno) => reply.error(Errno::from_i32(errno)),
         });
