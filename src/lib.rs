@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod dev;
 pub mod fs;
+pub mod harden;
 pub mod issuer;
 pub mod secret_file;
 pub mod source;

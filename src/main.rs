@@ -10,6 +10,10 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = tokenfs::harden::harden() {
+        eprintln!("tokenfs: error: cannot harden the process (no core dumps, not dumpable): {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Mount(args) => tokenfs::daemon::run(args),
         Command::DevIssuer(args) => tokio::runtime::Builder::new_multi_thread()
