@@ -598,3 +598,258 @@ fn serve_in_background(
     let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     (addr, stop)
 }
+
+/// How the fault-injecting token endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A good token (unsigned JWT) of this lifetime, in seconds.
+    Ok(u64),
+    /// Nothing listens: connections are refused.
+    Refuse,
+    /// This HTTP status with an HTML body, with or without `Retry-After: 1`.
+    Status(u16, bool),
+    /// Accepts and never answers.
+    Hang,
+    /// Answers one byte every 300 ms.
+    Drip,
+    InvalidJson,
+    EmptyBody,
+    /// A 70 KB body, over the 64 KiB cap.
+    Oversize,
+    /// JSON without `access_token`.
+    MissingFields,
+    /// An opaque token and no `expires_in`.
+    NonJwt,
+    /// A JWT that expired a minute ago.
+    ExpiredJwt,
+    /// A JWT with 2 s left (below any sane min_valid).
+    ShortJwt,
+    /// HTTP 400 `invalid_grant`.
+    InvalidGrant,
+}
+
+struct FaultState {
+    fault: Fault,
+    requests: u64,
+}
+
+/// A token endpoint on loopback that answers with a chosen fault. Hand-written
+/// HTTP/1.1 on std sockets, so it can refuse, hang or drip at will.
+pub struct FaultyUpstream {
+    pub url: String,
+    addr: std::net::SocketAddr,
+    state: Arc<Mutex<FaultState>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FaultyUpstream {
+    pub fn start(fault: Fault) -> FaultyUpstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(FaultState { fault, requests: 0 }));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let up = FaultyUpstream {
+            url: format!("http://{addr}/realms/R/protocol/openid-connect/token"),
+            addr,
+            state,
+            stop,
+        };
+        up.serve(listener);
+        up
+    }
+
+    fn serve(&self, listener: std::net::TcpListener) {
+        let (state, stop, addr) = (self.state.clone(), self.stop.clone(), self.addr);
+        std::thread::spawn(move || {
+            listener.set_nonblocking(true).unwrap();
+            let mut listener = Some(listener);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let refusing = state.lock().unwrap().fault == Fault::Refuse;
+                match (&listener, refusing) {
+                    // Close the socket to refuse; bind the same port again to heal.
+                    (Some(_), true) => listener = None,
+                    (None, false) => {
+                        let l = std::net::TcpListener::bind(addr).unwrap();
+                        l.set_nonblocking(true).unwrap();
+                        listener = Some(l);
+                    }
+                    _ => {}
+                }
+                match listener.as_ref().map(|l| l.accept()) {
+                    Some(Ok((conn, _))) => {
+                        let (state, stop) = (state.clone(), stop.clone());
+                        std::thread::spawn(move || answer(conn, &state, &stop));
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+    }
+
+    pub fn set(&self, fault: Fault) {
+        self.state.lock().unwrap().fault = fault;
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.state.lock().unwrap().requests
+    }
+
+    /// A config for `token` against this endpoint, with short timeouts.
+    pub fn config(&self, dir: &Path, extra: &str) -> PathBuf {
+        let secret = dir.join("secret");
+        write_file(&secret, "s", 0o600);
+        let offline = dir.join("offline");
+        write_file(&offline, "offline-token", 0o600);
+        let path = dir.join("config.toml");
+        write_file(
+            &path,
+            &format!(
+                "[mount]\nread_timeout = \"2s\"\n\n[files.token]\nsource = \"oauth2\"\ntoken_url = \"{}\"\n\
+                 client_id = \"c\"\nclient_secret_file = \"{}\"\nrefresh_token_file = \"{}\"\n\
+                 timeout = \"4s\"\nconnect_timeout = \"1s\"\n{extra}\n",
+                self.url,
+                secret.display(),
+                offline.display()
+            ),
+            0o600,
+        );
+        path
+    }
+}
+
+impl Drop for FaultyUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn answer(
+    mut conn: std::net::TcpStream,
+    state: &Mutex<FaultState>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::Write;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Read the request head and its body (the form), then answer.
+    let mut req = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let Ok(n) = conn.read(&mut buf) else { return };
+        if n == 0 {
+            return;
+        }
+        req.extend_from_slice(&buf[..n]);
+        if let Some(head_end) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&req[..head_end]).to_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if req.len() >= head_end + 4 + len {
+                break;
+            }
+        }
+    }
+    let fault = {
+        let mut s = state.lock().unwrap();
+        s.requests += 1;
+        s.fault
+    };
+    let now = now_secs() as u64;
+    let json = |v: serde_json::Value| v.to_string();
+    let (status, extra_header, body): (u16, &str, String) = match fault {
+        Fault::Ok(lifetime) => (
+            200,
+            "",
+            json(
+                serde_json::json!({"access_token": unsigned_jwt(lifetime), "expires_in": lifetime, "token_type": "Bearer"}),
+            ),
+        ),
+        Fault::Refuse => return,
+        Fault::Status(code, retry_after) => (
+            code,
+            if retry_after {
+                "Retry-After: 1\r\n"
+            } else {
+                ""
+            },
+            "<html>down</html>".into(),
+        ),
+        Fault::Hang => {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return;
+        }
+        Fault::Drip => {
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n");
+            for _ in 0..100 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) || conn.write_all(b" ").is_err()
+                {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            return;
+        }
+        Fault::InvalidJson => (200, "", "{\"access_token\": \"abc".into()),
+        Fault::EmptyBody => (200, "", String::new()),
+        Fault::Oversize => (
+            200,
+            "",
+            format!("{{\"access_token\":\"{}\"}}", "x".repeat(70_000)),
+        ),
+        Fault::MissingFields => (
+            200,
+            "",
+            json(serde_json::json!({"token_type": "Bearer", "expires_in": 300})),
+        ),
+        Fault::NonJwt => (
+            200,
+            "",
+            json(
+                serde_json::json!({"access_token": "opaque-token-without-expiry", "token_type": "Bearer"}),
+            ),
+        ),
+        Fault::ExpiredJwt => (
+            200,
+            "",
+            json(
+                serde_json::json!({"access_token": jwt_with(now - 120, now - 60), "expires_in": 60}),
+            ),
+        ),
+        Fault::ShortJwt => (
+            200,
+            "",
+            json(serde_json::json!({"access_token": jwt_with(now - 10, now + 2), "expires_in": 2})),
+        ),
+        Fault::InvalidGrant => (
+            400,
+            "",
+            json(
+                serde_json::json!({"error": "invalid_grant", "error_description": "Invalid refresh token"}),
+            ),
+        ),
+    };
+    let reason = if status == 200 { "OK" } else { "Error" };
+    let _ = conn.write_all(
+        format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{extra_header}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+}
+
+/// An unsigned JWT with the given `iat` and `exp`.
+pub fn jwt_with(iat: u64, exp: u64) -> String {
+    use base64::Engine as _;
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let header = serde_json::json!({"alg": "RS256", "typ": "JWT"});
+    let claims = serde_json::json!({"sub": "alice", "iat": iat, "exp": exp, "jti": format!("{:x}", rand::random::<u64>())});
+    format!("{}.{}.c2ln", b64(&header), b64(&claims))
+}
