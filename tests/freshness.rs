@@ -81,10 +81,11 @@ fn tight_read_loops_across_refreshes_never_get_a_stale_torn_or_missized_token() 
         "the token changed across refreshes: {} tokens",
         tokens.len()
     );
-    assert_eq!(
-        tokens.len() as u64,
-        requests,
-        "every token obtained was seen, none twice"
+    // Every token obtained was seen, except perhaps one that landed as the readers stopped.
+    assert!(
+        (0..=1).contains(&(requests - tokens.len() as u64)),
+        "{} tokens seen for {requests} requests",
+        tokens.len()
     );
     assert!(reads > 1000 * requests);
 }

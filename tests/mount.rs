@@ -166,10 +166,12 @@ fn reads_across_expiry_stay_valid_and_ask_the_upstream_once_per_lifetime() {
         requests as f64 <= lifetimes / 0.75 + 2.0,
         "{requests} requests for {lifetimes:.1} lifetimes"
     );
-    assert_eq!(
-        tokens.len() as u64,
-        requests,
-        "every request produced a token that readers saw"
+    // Every request produced a token readers saw, except perhaps one that landed
+    // as the loop ended.
+    assert!(
+        (0..=1).contains(&(requests - tokens.len() as u64)),
+        "{} tokens seen for {requests} requests",
+        tokens.len()
     );
     assert!(
         reads > 50 * requests,
