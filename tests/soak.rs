@@ -113,7 +113,12 @@ fn soak_with_a_flapping_upstream() {
     let served: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
     up.set(Fault::Ok(10));
     let rss_end = rss_kib(pid);
-    let fds_end = fds(pid);
+    // A refresh may be on the wire right now: give it a moment to close its socket.
+    let fds_end = eventually(
+        Duration::from_secs(10),
+        "descriptors back to the start",
+        || Some(fds(pid)).filter(|&n| n <= fds_start),
+    );
     let errors = errors.lock().unwrap().clone();
     eprintln!(
         "soak {secs}s: {served} reads served, errors by errno {errors:?}, {} upstream requests, \
