@@ -152,6 +152,35 @@ pub fn write_secret_file(path: &Path, secret: &SecretString) -> Result<(), Secre
         .map_err(write_err)
 }
 
+/// Remove temp files a killed run of [`write_secret_file`] left beside `path`:
+/// each holds a live secret. Called at start, before anything writes `path`.
+pub fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.tmp.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed a temp file left by an interrupted write")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), "cannot remove a leftover temp file: {e}")
+                }
+            }
+        }
+    }
+}
+
 /// Create `.<name>.tmp.<random>` in `dir` with O_EXCL, so an existing file or a
 /// symlink planted at that name is never written through.
 fn create_temp(dir: &Path, file_name: &std::ffi::OsStr) -> io::Result<(PathBuf, File)> {
@@ -313,5 +342,26 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("nope/refresh_token"), "{msg}");
         assert!(!msg.contains("s3cr3t"));
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("rotated");
+        for name in [
+            ".rotated.tmp.0123456789abcdef",
+            ".rotated.tmp.x",
+            ".other.tmp.1",
+            "rotated",
+        ] {
+            std::fs::write(dir.path().join(name), "s").unwrap();
+        }
+        remove_stale_temps(&target);
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".other.tmp.1", "rotated"]);
     }
 }

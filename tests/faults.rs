@@ -167,3 +167,74 @@ fn fault_matrix() {
         );
     }
 }
+
+#[test]
+fn kill_9_at_any_point_never_corrupts_the_persisted_refresh_token() {
+    if !fuse_available("kill_9_at_any_point_never_corrupts_the_persisted_refresh_token") {
+        return;
+    }
+    // Rotation on every refresh, refreshes about every second: kill -9 lands at
+    // all points of the request / persist cycle.
+    let issuer = DevIssuer::start(&["--rotate-refresh-tokens", "--lifetime", "3s"]);
+    let tmp = tempdir();
+    let rotated = tmp.path().join("rotated");
+    let config = issuer.config(
+        tmp.path(),
+        "",
+        &format!(
+            "min_valid = \"1s\"\nrotated_refresh_token_file = \"{}\"",
+            rotated.display()
+        ),
+    );
+    let strays = || -> Vec<String> {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(".rotated.tmp."))
+            .collect()
+    };
+    let (mut restarts, mut lost) = (0, 0);
+    for round in 0..9u64 {
+        let mut mount = Mount::start(&["--config", config.to_str().unwrap()]);
+        // A kill between creating and renaming the temp file leaves it; the next
+        // start removes it (it holds a live secret).
+        assert!(
+            strays().is_empty(),
+            "temp files left after a restart: {:?}",
+            strays()
+        );
+        if let Err(e) = mount.read("token") {
+            // Only possible if the previous kill fell between the upstream
+            // rotating the token and our rename: report it.
+            assert_eq!(e.raw_os_error(), Some(libc::EIO));
+            lost += 1;
+            break;
+        }
+        if round == 8 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(700 + 137 * round));
+        mount.proc.signal(libc::SIGKILL);
+        mount
+            .proc
+            .wait_exit(Duration::from_secs(10))
+            .expect("killed");
+        restarts += 1;
+        // Whatever the moment, the file is whole: one token, 0600.
+        let persisted = std::fs::read_to_string(&rotated).unwrap();
+        assert!(
+            !persisted.is_empty() && !persisted.contains(char::is_whitespace),
+            "{persisted:?}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&rotated).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    eprintln!("{restarts} kill -9 / restart cycles; {lost} lost the refresh token");
+    assert_eq!(
+        lost, 0,
+        "a restart after kill -9 could not use the persisted refresh token"
+    );
+}

@@ -50,6 +50,9 @@ fn refresh_grant(name: &str, f: &RawFile, may_be_missing: bool) -> Result<Grant,
             "missing (required by the refresh_token grant)",
         )
     })?;
+    if let Some(rotated) = &f.rotated_refresh_token_file {
+        secret_file::remove_stale_temps(rotated);
+    }
     let refresh_token = match &f.rotated_refresh_token_file {
         Some(rotated) if rotated.exists() => {
             Some(secret(key("rotated_refresh_token_file"), rotated)?)
