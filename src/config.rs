@@ -4,6 +4,7 @@
 
 mod oauth;
 mod raw;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use crate::secret_file;
 use crate::source::get::GetConfig;
 use crate::source::http::HttpSettings;
 use crate::source::oauth::{Exchange, Grant, OAuthConfig, SubjectRef};
+use crate::source::verify::VerifyConfig;
 
 pub use raw::RawConfig;
 
@@ -33,6 +35,8 @@ pub struct FileConfig {
     pub name: String,
     pub policy: Policy,
     pub source: SourceConfig,
+    /// Verify each token before serving it (`[files.NAME.verify]`).
+    pub verify: Option<VerifyConfig>,
 }
 
 impl FileConfig {
@@ -159,7 +163,7 @@ fn validate_name(name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn validate_file(name: String, f: raw::RawFile) -> Result<FileConfig, ConfigError> {
+fn validate_file(name: String, mut f: raw::RawFile) -> Result<FileConfig, ConfigError> {
     validate_name(&name)?;
     let key = |k: &str| format!("files.{name}.{k}");
     let defaults = Policy::default();
@@ -189,6 +193,11 @@ fn validate_file(name: String, f: raw::RawFile) -> Result<FileConfig, ConfigErro
             "must be between 1024 and 16777216 bytes",
         ));
     }
+    let verify = f
+        .verify
+        .take()
+        .map(|v| verify::verify(&name, v, http.clone()))
+        .transpose()?;
     let source = match f.source.as_deref() {
         Some("oauth2") => SourceConfig::OAuth(Box::new(oauth::oauth2(&name, f, http)?)),
         Some("token-exchange") => SourceConfig::OAuth(Box::new(oauth::exchange(&name, f, http)?)),
@@ -211,6 +220,7 @@ fn validate_file(name: String, f: raw::RawFile) -> Result<FileConfig, ConfigErro
         name,
         policy,
         source,
+        verify,
     })
 }
 

@@ -17,6 +17,7 @@ use crate::fs::fuse::{invalidate_on_change, TokenFs};
 use crate::fs::{Files, Options, Owner};
 use crate::source::get::GetSource;
 use crate::source::oauth::OAuthSource;
+use crate::source::verify::VerifyingSource;
 use crate::source::{Source, SourceError, Subject};
 use secrecy::SecretString;
 
@@ -166,6 +167,12 @@ fn build_cells(files: Vec<FileConfig>) -> Result<Vec<Arc<Cell>>> {
             }
             (SourceConfig::OAuth(c), None) => Arc::new(OAuthSource::new(*c)?),
             (SourceConfig::Get(c), _) => Arc::new(GetSource::new(c)?),
+        };
+        let source: Arc<dyn Source> = match file.verify {
+            Some(v) => Arc::new(
+                VerifyingSource::new(source, v).with_context(|| format!("files.{name}.verify"))?,
+            ),
+            None => source,
         };
         let cell = Cell::new(
             &name,

@@ -2,6 +2,7 @@
 //! files against it through the production code paths, over HTTP: `token` with the
 //! refresh_token grant, `azure-token` with Keycloak's internal→external token
 //! exchange of `token` (the user starts unlinked, so it first needs consent).
+//! `token` is verified against the issuer's JWKS before it is served.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use crate::config::{Config, FileConfig, SourceConfig};
 use crate::issuer::{Issuer, IssuerConfig, RunningIssuer};
 use crate::source::http::HttpSettings;
 use crate::source::oauth::{Exchange, Grant, OAuthConfig, SubjectRef, ACCESS_TOKEN_TYPE};
+use crate::source::verify::{JwksLocation, VerifyConfig, DEFAULT_LEEWAY};
 
 const CLIENT_ID: &str = "tokenfs-dev";
 
@@ -66,6 +68,16 @@ pub async fn start(user: &str, lifetimes: Lifetimes) -> Result<(Config, RunningI
             file: None,
             rotated_file: None,
         })),
+        // Verified as the README's production example does, so --dev runs the
+        // same checks (JWKS fetch, signature, iss) a deployment would.
+        verify: Some(VerifyConfig {
+            jwks: JwksLocation::Url(running.jwks_url()),
+            issuer: running.realm_url(),
+            audience: None,
+            algorithms: vec![jsonwebtoken::Algorithm::RS256],
+            leeway: DEFAULT_LEEWAY,
+            http: HttpSettings::default(),
+        }),
     };
     let azure = FileConfig {
         name: "azure-token".into(),
@@ -78,6 +90,7 @@ pub async fn start(user: &str, lifetimes: Lifetimes) -> Result<(Config, RunningI
             audience: None,
             redirect_uri: None,
         }))),
+        verify: None,
     };
     let config = Config {
         owner: None,

@@ -62,6 +62,21 @@ pub struct RawFile {
     pub timeout: Option<Duration>,
     pub max_body: Option<usize>,
     pub ca_file: Option<PathBuf>,
+    /// `[files.NAME.verify]`: check each token before serving it (any source).
+    pub verify: Option<RawVerify>,
+}
+
+/// `[files.NAME.verify]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    pub jwks_url: Option<String>,
+    pub discovery_url: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub algorithms: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub leeway: Option<Duration>,
 }
 
 /// A header value given inline, or read from a 0600 file when it is a secret.

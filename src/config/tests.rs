@@ -319,3 +319,124 @@ fn entra_direct_builds_token_and_consent_urls() {
     );
     assert_eq!(q["code_challenge"], challenge);
 }
+
+/// A `[files.token]` of the http source (no secret files needed) plus `verify`.
+fn with_verify(verify: &str) -> String {
+    format!(
+        "[files.token]\nsource = \"http\"\nurl = \"http://127.0.0.1:8899/access-token\"\n\
+         [files.token.verify]\n{verify}\n"
+    )
+}
+
+const CERTS: &str = "https://keycloak.example.com/realms/DominoRealm/protocol/openid-connect/certs";
+const REALM: &str = "https://keycloak.example.com/realms/DominoRealm";
+
+#[test]
+fn verify_table_with_defaults_and_all_keys() {
+    use crate::source::verify::JwksLocation;
+    use jsonwebtoken::Algorithm;
+    let d = Dir::new();
+    let cfg = d
+        .load(&with_verify(&format!(
+            "jwks_url = \"{CERTS}\"\nissuer = \"{REALM}\""
+        )))
+        .unwrap();
+    let v = cfg.files[0].verify.as_ref().expect("verify configured");
+    assert_eq!(v.jwks, JwksLocation::Url(CERTS.into()));
+    assert_eq!(v.issuer, REALM);
+    assert_eq!(v.audience, None);
+    assert_eq!(v.algorithms, [Algorithm::RS256]);
+    assert_eq!(v.leeway, Duration::from_secs(30));
+
+    let cfg = d
+        .load(&with_verify(&format!(
+            "discovery_url = \"{REALM}/.well-known/openid-configuration\"\nissuer = \"{REALM}\"\n\
+             audience = \"account\"\nalgorithms = [\"RS256\", \"PS256\", \"ES256\", \"EdDSA\", \"RS256\"]\n\
+             leeway = \"5s\""
+        )))
+        .unwrap();
+    let v = cfg.files[0].verify.as_ref().unwrap();
+    assert_eq!(
+        v.jwks,
+        JwksLocation::Discovery(format!("{REALM}/.well-known/openid-configuration"))
+    );
+    assert_eq!(v.audience.as_deref(), Some("account"));
+    assert_eq!(
+        v.algorithms,
+        [
+            Algorithm::RS256,
+            Algorithm::PS256,
+            Algorithm::ES256,
+            Algorithm::EdDSA
+        ]
+    );
+    assert_eq!(v.leeway, Duration::from_secs(5));
+
+    // Without the table, nothing is verified.
+    let cfg = d
+        .load("[files.token]\nsource = \"http\"\nurl = \"http://127.0.0.1:8899/t\"\n")
+        .unwrap();
+    assert!(cfg.files[0].verify.is_none());
+}
+
+#[test]
+fn verify_mistakes_are_named() {
+    let d = Dir::new();
+    let base = format!("jwks_url = \"{CERTS}\"\nissuer = \"{REALM}\"");
+    for (verify, want) in [
+        (
+            format!("{base}\nalgorithms = [\"HS256\"]"),
+            "config: files.token.verify.algorithms: \"HS256\" is not allowed (HMAC",
+        ),
+        (
+            format!("{base}\nalgorithms = [\"RS256\", \"none\"]"),
+            "config: files.token.verify.algorithms: \"none\" is not allowed (unsigned",
+        ),
+        (
+            format!("{base}\nalgorithms = [\"RS999\"]"),
+            "config: files.token.verify.algorithms: \"RS999\" is not allowed (unknown",
+        ),
+        (
+            format!("{base}\nalgorithms = []"),
+            "config: files.token.verify.algorithms: must name at least one",
+        ),
+        (
+            format!("issuer = \"{REALM}\""),
+            "config: files.token.verify.jwks_url: set exactly one of",
+        ),
+        (
+            format!("{base}\ndiscovery_url = \"{REALM}/.well-known/openid-configuration\""),
+            "config: files.token.verify.jwks_url: set exactly one of",
+        ),
+        (
+            format!("jwks_url = \"{CERTS}\""),
+            "config: files.token.verify.issuer: missing",
+        ),
+        (
+            format!("jwks_url = \"{CERTS}\"\nissuer = \"\""),
+            "config: files.token.verify.issuer: must not be empty",
+        ),
+        (
+            format!("jwks_url = \"file:///etc/jwks.json\"\nissuer = \"{REALM}\""),
+            "config: files.token.verify.jwks_url: must be an http:// or https:// URL",
+        ),
+        (
+            format!("discovery_url = \"not a url\"\nissuer = \"{REALM}\""),
+            "config: files.token.verify.discovery_url: not a URL",
+        ),
+        (
+            format!("{base}\nleeway = \"10m\""),
+            "config: files.token.verify.leeway: must be at most 5m",
+        ),
+        (
+            format!("{base}\naudience = \"\""),
+            "config: files.token.verify.audience: must not be empty",
+        ),
+    ] {
+        let e = err(d.load(&with_verify(&verify)));
+        assert!(e.starts_with(want), "{verify}\n=> {e}");
+    }
+    // Unknown keys inside the table are refused by name.
+    let e = err(d.load(&with_verify(&format!("{base}\nalgorithm = \"RS256\""))));
+    assert!(e.contains("unknown field `algorithm`"), "{e}");
+}

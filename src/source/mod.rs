@@ -5,6 +5,7 @@ pub mod get;
 pub mod http;
 pub mod jwt;
 pub mod oauth;
+pub mod verify;
 
 use std::time::SystemTime;
 
@@ -51,15 +52,21 @@ pub enum SourceError {
     /// The upstream answered with something that is not a usable token.
     #[error("upstream answered garbage: {0}")]
     Malformed(String),
+    /// The upstream issued a token that fails the configured verification
+    /// (signature, issuer, audience, times): never served, as a consumer
+    /// would refuse it too. The text never carries the token.
+    #[error("upstream issued a token that fails verification: {0}")]
+    Invalid(String),
 }
 
 impl SourceError {
     /// The errno a reader sees when no valid token is cached (design.md §2).
     pub fn errno(&self) -> i32 {
         match self {
-            SourceError::Unavailable(_) | SourceError::Rejected(_) | SourceError::Malformed(_) => {
-                libc::EIO
-            }
+            SourceError::Unavailable(_)
+            | SourceError::Rejected(_)
+            | SourceError::Malformed(_)
+            | SourceError::Invalid(_) => libc::EIO,
             SourceError::Timeout(_) => libc::ETIMEDOUT,
             SourceError::ConsentRequired { expired: false, .. } => libc::ENOKEY,
             SourceError::ConsentRequired { expired: true, .. } => libc::EKEYEXPIRED,
