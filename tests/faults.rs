@@ -117,6 +117,11 @@ fn fault_matrix() {
         Fault::ExpiredJwt,
         Fault::ShortJwt,
         Fault::InvalidGrant,
+        Fault::BadSignature,
+        Fault::UnknownKid,
+        Fault::AlgNone,
+        Fault::IssuedInFuture,
+        Fault::NotYetValid,
     ];
     let outcomes: Vec<Outcome> = std::thread::scope(|s| {
         let runs: Vec<_> = faults.iter().map(|&f| s.spawn(move || run(f))).collect();

@@ -42,7 +42,7 @@ fn soak_with_a_flapping_upstream() {
     for name in &FILES[1..] {
         config += &format!(
             "\n{}",
-            token_table.replace("[files.token]", &format!("[files.{name}]"))
+            token_table.replace("[files.token", &format!("[files.{name}"))
         );
     }
     let config_path = tmp.path().join("soak.toml");

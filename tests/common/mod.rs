@@ -626,11 +626,92 @@ pub enum Fault {
     ShortJwt,
     /// HTTP 400 `invalid_grant`.
     InvalidGrant,
+    /// A good token whose payload was altered after signing.
+    BadSignature,
+    /// Signed by a key the JWKS does not hold.
+    UnknownKid,
+    /// `alg: none`, no signature.
+    AlgNone,
+    /// `iat` ten minutes in the future (beyond any leeway).
+    IssuedInFuture,
+    /// `nbf` ten minutes in the future.
+    NotYetValid,
+}
+
+/// RS256 signing for the fault upstream's tokens, with its JWKS.
+struct Signer {
+    key: aws_lc_rs::rsa::KeyPair,
+    other: aws_lc_rs::rsa::KeyPair,
+}
+
+/// The `iss` of every token the fault upstream issues.
+pub const FAULT_ISSUER: &str = "http://fault.test/realms/R";
+
+impl Signer {
+    fn new() -> Signer {
+        let gen = || aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        Signer {
+            key: gen(),
+            other: gen(),
+        }
+    }
+
+    fn jwks(&self) -> String {
+        use aws_lc_rs::signature::KeyPair as _;
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let public = self.key.public_key();
+        serde_json::json!({"keys": [{
+            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": "k1",
+            "n": b64(public.modulus().big_endian_without_leading_zero()),
+            "e": b64(public.exponent().big_endian_without_leading_zero()),
+        }]})
+        .to_string()
+    }
+
+    /// A JWT with these claims (plus `iss`), shaped by `fault`.
+    fn token(&self, fault: Fault, mut claims: serde_json::Value) -> String {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        claims["iss"] = FAULT_ISSUER.into();
+        let (alg, kid, key) = match fault {
+            Fault::AlgNone => ("none", "k1", None),
+            Fault::UnknownKid => ("RS256", "k-unknown", Some(&self.other)),
+            _ => ("RS256", "k1", Some(&self.key)),
+        };
+        let header = serde_json::json!({"alg": alg, "typ": "JWT", "kid": kid});
+        let signing_input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let signature = key.map_or_else(String::new, |key| {
+            let mut sig = vec![0u8; key.public_modulus_len()];
+            key.sign(
+                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                signing_input.as_bytes(),
+                &mut sig,
+            )
+            .unwrap();
+            b64(&sig)
+        });
+        if fault == Fault::BadSignature {
+            claims["sub"] = "mallory".into();
+            return format!(
+                "{}.{}.{signature}",
+                b64(header.to_string().as_bytes()),
+                b64(claims.to_string().as_bytes())
+            );
+        }
+        format!("{signing_input}.{signature}")
+    }
 }
 
 struct FaultState {
     fault: Fault,
     requests: u64,
+    signer: Arc<Signer>,
 }
 
 /// A token endpoint on loopback that answers with a chosen fault. Hand-written
@@ -646,7 +727,11 @@ impl FaultyUpstream {
     pub fn start(fault: Fault) -> FaultyUpstream {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(FaultState { fault, requests: 0 }));
+        let state = Arc::new(Mutex::new(FaultState {
+            fault,
+            requests: 0,
+            signer: Arc::new(Signer::new()),
+        }));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let up = FaultyUpstream {
             url: format!("http://{addr}/realms/R/protocol/openid-connect/token"),
@@ -706,10 +791,12 @@ impl FaultyUpstream {
             &format!(
                 "[mount]\nread_timeout = \"2s\"\n\n[files.token]\nsource = \"oauth2\"\ntoken_url = \"{}\"\n\
                  client_id = \"c\"\nclient_secret_file = \"{}\"\nrefresh_token_file = \"{}\"\n\
-                 timeout = \"4s\"\nconnect_timeout = \"1s\"\n{extra}\n",
+                 timeout = \"4s\"\nconnect_timeout = \"1s\"\n{extra}\n\n\
+                 [files.token.verify]\njwks_url = \"http://{}/jwks\"\nissuer = \"{FAULT_ISSUER}\"\n",
                 self.url,
                 secret.display(),
-                offline.display()
+                offline.display(),
+                self.addr
             ),
             0o600,
         );
@@ -751,10 +838,28 @@ fn answer(
             }
         }
     }
-    let fault = {
+    if req.starts_with(b"GET /jwks") {
+        let jwks = state.lock().unwrap().signer.jwks();
+        let _ = conn.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{jwks}",
+                jwks.len()
+            )
+            .as_bytes(),
+        );
+        return;
+    }
+    let (fault, signer) = {
         let mut s = state.lock().unwrap();
         s.requests += 1;
-        s.fault
+        (s.fault, s.signer.clone())
+    };
+    let jti = || format!("{:x}", rand::random::<u64>());
+    let signed = |fault: Fault, iat: u64, exp: u64, nbf: u64| {
+        signer.token(
+            fault,
+            serde_json::json!({"sub": "alice", "iat": iat, "nbf": nbf, "exp": exp, "jti": jti()}),
+        )
     };
     let now = now_secs() as u64;
     let json = |v: serde_json::Value| v.to_string();
@@ -763,7 +868,7 @@ fn answer(
             200,
             "",
             json(
-                serde_json::json!({"access_token": unsigned_jwt(lifetime), "expires_in": lifetime, "token_type": "Bearer"}),
+                serde_json::json!({"access_token": signed(fault, now_secs() as u64, now_secs() as u64 + lifetime, now_secs() as u64), "expires_in": lifetime, "token_type": "Bearer"}),
             ),
         ),
         Fault::Refuse => return,
@@ -817,13 +922,36 @@ fn answer(
             200,
             "",
             json(
-                serde_json::json!({"access_token": jwt_with(now - 120, now - 60), "expires_in": 60}),
+                serde_json::json!({"access_token": signed(fault, now - 120, now - 60, now - 120), "expires_in": 60}),
             ),
         ),
         Fault::ShortJwt => (
             200,
             "",
-            json(serde_json::json!({"access_token": jwt_with(now - 10, now + 2), "expires_in": 2})),
+            json(
+                serde_json::json!({"access_token": signed(fault, now - 10, now + 2, now - 10), "expires_in": 2}),
+            ),
+        ),
+        Fault::BadSignature | Fault::UnknownKid | Fault::AlgNone => (
+            200,
+            "",
+            json(
+                serde_json::json!({"access_token": signed(fault, now, now + 60, now), "expires_in": 60}),
+            ),
+        ),
+        Fault::IssuedInFuture => (
+            200,
+            "",
+            json(
+                serde_json::json!({"access_token": signed(fault, now + 600, now + 660, now), "expires_in": 60}),
+            ),
+        ),
+        Fault::NotYetValid => (
+            200,
+            "",
+            json(
+                serde_json::json!({"access_token": signed(fault, now, now + 660, now + 600), "expires_in": 660}),
+            ),
         ),
         Fault::InvalidGrant => (
             400,
@@ -841,15 +969,4 @@ fn answer(
         )
         .as_bytes(),
     );
-}
-
-/// An unsigned JWT with the given `iat` and `exp`.
-pub fn jwt_with(iat: u64, exp: u64) -> String {
-    use base64::Engine as _;
-    let b64 = |v: &serde_json::Value| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
-    };
-    let header = serde_json::json!({"alg": "RS256", "typ": "JWT"});
-    let claims = serde_json::json!({"sub": "alice", "iat": iat, "exp": exp, "jti": format!("{:x}", rand::random::<u64>())});
-    format!("{}.{}.c2ln", b64(&header), b64(&claims))
 }
