@@ -80,46 +80,53 @@ impl Source for GetSource {
             return Err(err);
         }
         let body = read_body(resp, &self.http).await?;
-        let text = match String::from_utf8(body) {
-            Ok(text) => text,
-            Err(e) => {
-                e.into_bytes().zeroize();
-                return Err(SourceError::Malformed(
-                    "the response body is not UTF-8 text".into(),
-                ));
-            }
-        };
-        let text = SecretString::from(text);
-        // A trailing newline is common in plain-text answers; readers must
-        // get the bare token.
-        let token = text.expose_secret().trim_ascii();
-        let (expires_at, issued_at, claims) =
-            jwt::expiry(token, None, SystemTime::now()).map_err(|e| match e {
-                SourceError::Malformed(m) => SourceError::Malformed(format!(
-                    "{m} (a GET source needs a JWT with an exp claim as the body)"
-                )),
-                other => other,
-            })?;
+        let issued = issued_from_body(body, SystemTime::now())?;
         tracing::debug!(
             status = status.as_u16(),
-            sub = claims.sub.as_deref(),
-            jti = claims.jti.as_deref(),
-            exp = expires_at
+            sub = issued.claims.sub.as_deref(),
+            jti = issued.claims.jti.as_deref(),
+            exp = issued
+                .expires_at
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             "issued a token"
         );
-        Ok(Issued {
-            token: SecretString::from(token),
-            expires_at,
-            issued_at,
-            claims,
-        })
+        Ok(issued)
     }
 
     fn upstream(&self) -> String {
         redact_url(&self.url)
     }
+}
+
+/// The token in a 2xx body: UTF-8 text holding a JWT with an `exp` claim,
+/// surrounding whitespace trimmed. Pure, so the fuzz tests reach it.
+pub(crate) fn issued_from_body(body: Vec<u8>, now: SystemTime) -> Result<Issued, SourceError> {
+    let text = match String::from_utf8(body) {
+        Ok(text) => text,
+        Err(e) => {
+            e.into_bytes().zeroize();
+            return Err(SourceError::Malformed(
+                "the response body is not UTF-8 text".into(),
+            ));
+        }
+    };
+    let text = SecretString::from(text);
+    // A trailing newline is common in plain-text answers; readers must
+    // get the bare token.
+    let token = text.expose_secret().trim_ascii();
+    let (expires_at, issued_at, claims) = jwt::expiry(token, None, now).map_err(|e| match e {
+        SourceError::Malformed(m) => SourceError::Malformed(format!(
+            "{m} (a GET source needs a JWT with an exp claim as the body)"
+        )),
+        other => other,
+    })?;
+    Ok(Issued {
+        token: SecretString::from(token),
+        expires_at,
+        issued_at,
+        claims,
+    })
 }
 
 #[cfg(test)]

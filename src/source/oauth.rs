@@ -403,115 +403,144 @@ impl Inner {
             }
         };
         let grant = self.grant.name();
-        let token = answer.access_token.ok_or_else(|| {
-            SourceError::Malformed("the token endpoint's answer has no access_token".into())
-        })?;
-        let (expires_at, issued_at, claims) =
-            jwt::expiry(token.expose_secret(), answer.expires_in, SystemTime::now())?;
+        let issued = issued_from_answer(answer, SystemTime::now())?;
         tracing::debug!(
             grant,
-            sub = claims.sub.as_deref(),
-            jti = claims.jti.as_deref(),
-            exp = expires_at
+            sub = issued.claims.sub.as_deref(),
+            jti = issued.claims.jti.as_deref(),
+            exp = issued
+                .expires_at
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             "issued a token"
         );
-        Ok(Issued {
-            token,
-            expires_at,
-            issued_at,
-            claims,
-        })
+        Ok(issued)
     }
 
-    /// Map a non-2xx answer. The OAuth `error` and `error_description` are not
-    /// secret and say what to do (e.g. `invalid_grant: Session not active`), so
-    /// they are passed on; the rest of the body is not.
+    /// Map a non-2xx answer; see [`error_from_body`].
     fn error_from_answer(&self, status: StatusCode, body: Option<&[u8]>) -> SourceError {
-        let parsed = body.and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok());
-        let code = parsed
-            .as_ref()
-            .and_then(|e| e.error.as_deref())
-            .map(|c| sanitize_upstream_text(c.trim()))
-            .filter(|c| !c.is_empty());
-        // Keycloak's internal→external exchange: the user must link the IdP account.
-        if let (Some(code), Some(link)) = (
-            code.as_deref(),
-            parsed.as_ref().and_then(|e| e.account_link_url.as_deref()),
-        ) {
-            if matches!(code, "not_linked" | "token_expired") {
-                return SourceError::ConsentRequired {
-                    url: self.link_url(link),
-                    expired: code == "token_expired",
-                };
-            }
-        }
-        // Entra ID: decide on `error`, never on the AADSTS text.
-        if let (Some(code), Some(url)) = (code.as_deref(), &self.consent_url) {
-            if matches!(
-                code,
-                "invalid_grant" | "interaction_required" | "consent_required"
-            ) {
-                return SourceError::ConsentRequired {
-                    url: url.clone(),
-                    expired: code != "consent_required",
-                };
-            }
-        }
-        if status == StatusCode::FORBIDDEN && matches!(self.grant, GrantState::TokenExchange { .. })
-        {
-            return SourceError::Rejected(format!(
-                "HTTP 403 from {}: client {:?} is not permitted to exchange tokens; \
-                 grant it the token-exchange permission (for the identity provider) in Keycloak",
-                redact_url(&self.token_url),
-                self.client_id
-            ));
-        }
-        let detail = code.map(|code| {
-            match parsed
-                .as_ref()
-                .and_then(|e| e.error_description.as_deref())
-                .map(str::trim)
-            {
-                Some(d) if !d.is_empty() => format!("{code}: {}", sanitize_upstream_text(d)),
-                _ => code,
-            }
-        });
-        match detail {
-            Some(d) if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS => {
-                SourceError::Rejected(d)
-            }
-            d => status_error(status, &self.token_url, d.as_deref()),
-        }
-    }
-
-    /// Keycloak's account-link URL with our `redirect_uri` added.
-    fn link_url(&self, link: &str) -> String {
-        let redirect = match &self.grant {
-            GrantState::TokenExchange { params, .. } => params.redirect_uri.as_deref(),
-            _ => None,
+        let (token_exchange, redirect_uri) = match &self.grant {
+            GrantState::TokenExchange { params, .. } => (true, params.redirect_uri.as_deref()),
+            _ => (false, None),
         };
-        match (Url::parse(link), redirect) {
-            (Ok(mut url), Some(redirect)) => {
-                url.query_pairs_mut().append_pair("redirect_uri", redirect);
-                url.to_string()
-            }
-            _ => link.to_owned(),
+        let ctx = ErrorContext {
+            token_url: &self.token_url,
+            client_id: &self.client_id,
+            consent_url: self.consent_url.as_deref(),
+            token_exchange,
+            redirect_uri,
+        };
+        error_from_body(&ctx, status, body)
+    }
+}
+
+/// What the mapping of an error answer needs to know about the source. Kept
+/// apart from [`Inner`] so the mapping is a pure function the fuzz tests reach.
+pub(crate) struct ErrorContext<'a> {
+    pub token_url: &'a Url,
+    pub client_id: &'a str,
+    /// Entra: see [`OAuthConfig::consent_url`].
+    pub consent_url: Option<&'a str>,
+    /// The grant is a token exchange (a 403 then means a missing permission).
+    pub token_exchange: bool,
+    /// The exchange's `redirect_uri`, added to Keycloak's `account-link-url`.
+    pub redirect_uri: Option<&'a str>,
+}
+
+/// Map a non-2xx answer. The OAuth `error` and `error_description` are not
+/// secret and say what to do (e.g. `invalid_grant: Session not active`), so
+/// they are passed on; the rest of the body is not.
+pub(crate) fn error_from_body(
+    ctx: &ErrorContext<'_>,
+    status: StatusCode,
+    body: Option<&[u8]>,
+) -> SourceError {
+    let parsed = body
+        .filter(|b| is_json_object(b))
+        .and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok());
+    let code = parsed
+        .as_ref()
+        .and_then(|e| e.error.as_deref())
+        .map(|c| sanitize_upstream_text(c.trim()))
+        .filter(|c| !c.is_empty());
+    // Keycloak's internal→external exchange: the user must link the IdP account.
+    if let (Some(code), Some(link)) = (
+        code.as_deref(),
+        parsed.as_ref().and_then(|e| e.account_link_url.as_deref()),
+    ) {
+        if let (true, Some(url)) = (
+            matches!(code, "not_linked" | "token_expired"),
+            link_url(link, ctx.redirect_uri),
+        ) {
+            return SourceError::ConsentRequired {
+                url,
+                expired: code == "token_expired",
+            };
         }
     }
+    // Entra ID: decide on `error`, never on the AADSTS text.
+    if let (Some(code), Some(url)) = (code.as_deref(), ctx.consent_url) {
+        if matches!(
+            code,
+            "invalid_grant" | "interaction_required" | "consent_required"
+        ) {
+            return SourceError::ConsentRequired {
+                url: url.to_owned(),
+                expired: code != "consent_required",
+            };
+        }
+    }
+    if status == StatusCode::FORBIDDEN && ctx.token_exchange {
+        return SourceError::Rejected(format!(
+            "HTTP 403 from {}: client {:?} is not permitted to exchange tokens; \
+             grant it the token-exchange permission (for the identity provider) in Keycloak",
+            redact_url(ctx.token_url),
+            ctx.client_id
+        ));
+    }
+    let detail = code.map(|code| {
+        match parsed
+            .as_ref()
+            .and_then(|e| e.error_description.as_deref())
+            .map(str::trim)
+        {
+            Some(d) if !d.is_empty() => format!("{code}: {}", sanitize_upstream_text(d)),
+            _ => code,
+        }
+    });
+    match detail {
+        Some(d) if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS => {
+            SourceError::Rejected(d)
+        }
+        d => status_error(status, ctx.token_url, d.as_deref()),
+    }
+}
+
+/// Keycloak's account-link URL with our `redirect_uri` added; `None` if it
+/// is not an http(s) URL, which no user could open. The URL is served as the
+/// `.consent-url` file and logged, so it is re-serialized rather than passed
+/// on as sent: that percent-encodes or drops control characters (an
+/// unparsed link used to carry them through; found by `tests/fuzz.rs`).
+fn link_url(link: &str, redirect: Option<&str>) -> Option<String> {
+    let mut url = Url::parse(link)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))?;
+    if let Some(redirect) = redirect {
+        url.query_pairs_mut().append_pair("redirect_uri", redirect);
+    }
+    Some(url.to_string())
 }
 
 /// The fields of a token response that matter here. Keycloak also sends
 /// `id_token`, `not-before-policy` and `session_state`; they are ignored, as
 /// is anything unknown, so the `id_token` is never held.
-struct TokenResponse {
-    access_token: Option<SecretString>,
-    expires_in: Option<u64>,
-    refresh_token: Option<SecretString>,
-    refresh_expires_in: Option<u64>,
-    token_type: Option<String>,
-    scope: Option<String>,
+pub(crate) struct TokenResponse {
+    pub access_token: Option<SecretString>,
+    pub expires_in: Option<u64>,
+    pub refresh_token: Option<SecretString>,
+    pub refresh_expires_in: Option<u64>,
+    pub token_type: Option<String>,
+    pub scope: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -532,7 +561,10 @@ struct ErrorBody {
     account_link_url: Option<String>,
 }
 
-fn parse_token_response(body: &[u8], status: StatusCode) -> Result<TokenResponse, SourceError> {
+pub(crate) fn parse_token_response(
+    body: &[u8],
+    status: StatusCode,
+) -> Result<TokenResponse, SourceError> {
     if body.is_empty() {
         return Err(SourceError::Malformed(format!(
             "the token endpoint answered HTTP {} with an empty body",
@@ -549,6 +581,12 @@ fn parse_token_response(body: &[u8], status: StatusCode) -> Result<TokenResponse
             e.column()
         ))
     })?;
+    if !is_json_object(body) {
+        return Err(SourceError::Malformed(format!(
+            "the token endpoint answered HTTP {} with JSON that is not an object",
+            status.as_u16()
+        )));
+    }
     let secret = |s: Option<String>| s.filter(|s| !s.is_empty()).map(SecretString::from);
     Ok(TokenResponse {
         access_token: secret(raw.access_token),
@@ -557,6 +595,38 @@ fn parse_token_response(body: &[u8], status: StatusCode) -> Result<TokenResponse
         refresh_expires_in: raw.refresh_expires_in.as_ref().and_then(lenient_u64),
         token_type: raw.token_type,
         scope: raw.scope,
+    })
+}
+
+/// Whether `body` (already known to be JSON, or about to be parsed) is a
+/// JSON object, as RFC 6749 §5.1 and §5.2 require of token and error
+/// answers. Needed because serde's derived `Deserialize` also takes a JSON
+/// array as the fields in order, so `["tok",300]` would pass for an answer
+/// (found by `tests/fuzz.rs`).
+fn is_json_object(body: &[u8]) -> bool {
+    // JSON's whitespace (RFC 8259 §2), which serde_json skips too.
+    body.iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|b| *b == b'{')
+}
+
+/// The token a 2xx answer carries, once the refresh token was taken out of
+/// it: an access token is required, and its expiry must be known and later
+/// than its issue (see [`jwt::expiry`]).
+pub(crate) fn issued_from_answer(
+    answer: TokenResponse,
+    now: SystemTime,
+) -> Result<Issued, SourceError> {
+    let token = answer.access_token.ok_or_else(|| {
+        SourceError::Malformed("the token endpoint's answer has no access_token".into())
+    })?;
+    let (expires_at, issued_at, claims) =
+        jwt::expiry(token.expose_secret(), answer.expires_in, now)?;
+    Ok(Issued {
+        token,
+        expires_at,
+        issued_at,
+        claims,
     })
 }
 
