@@ -19,6 +19,8 @@ pub const ROOT_INO: u64 = 1;
 pub const STATUS_INO: u64 = 2;
 const FIRST_TOKEN_INO: u64 = 3;
 pub const STATUS_NAME: &str = ".status";
+/// Kept between a token's deadline and the end of the TTL the kernel gets for it.
+const TTL_MARGIN: Duration = Duration::from_secs(1);
 /// `<file>.consent-url` exists while `<file>` needs the user's consent.
 pub const CONSENT_SUFFIX: &str = ".consent-url";
 
@@ -311,8 +313,13 @@ impl Files {
 
     fn token_view(&self, ino: u64, token: Arc<Token>, now: SystemTime) -> View {
         // The kernel may serve cached pages and attributes until the TTL ends, even
-        // if this daemon dies: never let that reach past the token's deadline.
-        let ttl = token.time_left(now).min(self.opts.ttl_cap);
+        // if this daemon dies: never let that reach past the token's deadline. The
+        // kernel starts the TTL when the reply arrives, not when it was computed, and
+        // rounds it up to a clock tick: keep a margin for both.
+        let ttl = token
+            .time_left(now)
+            .saturating_sub(TTL_MARGIN)
+            .min(self.opts.ttl_cap);
         self.content_view(ino, Content::Token(token), ttl)
     }
 

@@ -117,8 +117,8 @@ async fn empty_cell_must_wait_then_attrs_match_content() {
     );
     assert_eq!(
         view.ttl,
-        Duration::from_secs(270),
-        "TTL ends at the token's deadline"
+        Duration::from_secs(269),
+        "TTL ends a margin before the token's deadline"
     );
     assert_eq!(content.slice(2, 3), b"ken");
     assert_eq!(content.slice(5, 100), b"-x");
@@ -130,7 +130,7 @@ async fn ttl_is_capped_and_shrinks_towards_the_deadline() {
     let (files, _, clock) = files();
     files.wait(3).await.unwrap();
     clock.0.fetch_add(200, Ordering::SeqCst);
-    assert_eq!(ready(files.attr_now(3)).ttl, Duration::from_secs(70));
+    assert_eq!(ready(files.attr_now(3)).ttl, Duration::from_secs(69));
     clock.0.fetch_add(70, Ordering::SeqCst);
     assert!(
         matches!(files.attr_now(3), Now::MustWait),
