@@ -93,6 +93,7 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        refuse_readable_inline_headers(path, &raw)?;
         Config::validate(raw)
     }
 
@@ -143,6 +144,34 @@ impl Config {
             read_timeout,
             files,
         })
+    }
+}
+
+/// Inline header values (e.g. an API key) are secrets held in the config itself:
+/// then the config must be as private as a secret file.
+fn refuse_readable_inline_headers(path: &Path, raw: &RawConfig) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let inline = raw.files.iter().find_map(|(name, f)| {
+        let headers = f.headers.as_ref()?;
+        let (header, _) = headers
+            .iter()
+            .find(|(_, v)| matches!(v, raw::HeaderValue::Plain(_)))?;
+        Some(format!("files.{name}.headers.{header}"))
+    });
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode())
+        .unwrap_or(0);
+    match inline {
+        Some(key) if mode & 0o077 != 0 => Err(invalid(
+            key,
+            format!(
+                "an inline header value in a config readable by group or others (mode {:04o}); \
+                 run: chmod 600 {}, or move the value to {{ file = \"/path\" }}",
+                mode & 0o7777,
+                path.display()
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -518,3 +518,70 @@ fn consent_lets_reads_retry_soon_but_refresh_ahead_backs_off() {
         now = f.retry_at;
     }
 }
+
+/// A wall clock that a test can move freely, e.g. jump by an hour.
+struct JumpyClock(Mutex<SystemTime>);
+
+impl Clock for JumpyClock {
+    fn now(&self) -> SystemTime {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// Issues tokens valid for `LIFETIME` from the (possibly jumped) wall clock.
+struct WallSource(Arc<JumpyClock>, AtomicUsize);
+
+#[async_trait::async_trait]
+impl Source for WallSource {
+    async fn issue(&self) -> Result<Issued, SourceError> {
+        let n = self.1.fetch_add(1, Ordering::SeqCst);
+        Ok(issued(self.0.now(), LIFETIME, &n.to_string()))
+    }
+    fn upstream(&self) -> String {
+        "wall".into()
+    }
+}
+
+#[tokio::test]
+async fn a_wall_clock_jump_forward_never_serves_an_expired_token() {
+    let clock = Arc::new(JumpyClock(Mutex::new(at(0))));
+    let source = Arc::new(WallSource(clock.clone(), AtomicUsize::new(0)));
+    let cell = Cell::new(
+        "token",
+        source.clone(),
+        policy(),
+        clock.clone(),
+        Arc::new(|| 0.5),
+    );
+    let first = cell.get().await.unwrap();
+    // The host clock jumps an hour ahead (e.g. NTP after a suspend): by the wall
+    // clock the token is expired, so it is not served; a read fetches a new one.
+    *clock.0.lock().unwrap() = at(3600);
+    assert!(cell.peek().is_none(), "judged on wall time: expired");
+    let second = cell.get().await.unwrap();
+    assert_ne!(second.generation, first.generation);
+    assert!(second.servable(clock.now()));
+    assert_eq!(source.1.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_wall_clock_jump_back_keeps_serving_and_refresh_ahead_still_happens() {
+    let clock = Arc::new(JumpyClock(Mutex::new(at(3600))));
+    let source = Arc::new(WallSource(clock.clone(), AtomicUsize::new(0)));
+    let cell = Cell::new(
+        "token",
+        source.clone(),
+        policy(),
+        clock.clone(),
+        Arc::new(|| 0.5),
+    );
+    let token = cell.get().await.unwrap();
+    // Back by ten minutes: the token's deadline is further away by the wall clock
+    // (the upstream judges `exp` by its own clock, so it is still accepted).
+    *clock.0.lock().unwrap() = at(3000);
+    assert!(Arc::ptr_eq(&cell.peek().unwrap(), &token));
+    // Refresh-ahead is due again once the wall clock reaches refresh_at.
+    let mut st = cell.lock();
+    assert!(!st.try_start_refresh(at(3000)));
+    assert!(st.try_start_refresh(token.refresh_at));
+}

@@ -440,3 +440,18 @@ fn verify_mistakes_are_named() {
     let e = err(d.load(&with_verify(&format!("{base}\nalgorithm = \"RS256\""))));
     assert!(e.contains("unknown field `algorithm`"), "{e}");
 }
+
+#[test]
+fn inline_header_values_need_a_private_config() {
+    let d = Dir::new();
+    let toml = "[files.token]\nsource = \"http\"\nurl = \"http://127.0.0.1:1/t\"\nheaders = { X-Api-Key = \"k3y\" }\n";
+    let path = d.file("config.toml", toml, 0o644);
+    let msg = Config::load(Path::new(&path)).unwrap_err().to_string();
+    assert!(
+        msg.contains("files.token.headers.X-Api-Key") && msg.contains("chmod 600"),
+        "{msg}"
+    );
+    assert!(!msg.contains("k3y"), "{msg}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(Config::load(Path::new(&path)).is_ok());
+}
