@@ -542,9 +542,8 @@ impl Source for WallSource {
     }
 }
 
-#[tokio::test]
-async fn a_wall_clock_jump_forward_never_serves_an_expired_token() {
-    let clock = Arc::new(JumpyClock(Mutex::new(at(0))));
+fn jumpy_cell(start: SystemTime) -> (Arc<Cell>, Arc<WallSource>, Arc<JumpyClock>) {
+    let clock = Arc::new(JumpyClock(Mutex::new(start)));
     let source = Arc::new(WallSource(clock.clone(), AtomicUsize::new(0)));
     let cell = Cell::new(
         "token",
@@ -553,6 +552,12 @@ async fn a_wall_clock_jump_forward_never_serves_an_expired_token() {
         clock.clone(),
         Arc::new(|| 0.5),
     );
+    (cell, source, clock)
+}
+
+#[tokio::test]
+async fn a_wall_clock_jump_forward_never_serves_an_expired_token() {
+    let (cell, source, clock) = jumpy_cell(at(0));
     let first = cell.get().await.unwrap();
     // The host clock jumps an hour ahead (e.g. NTP after a suspend): by the wall
     // clock the token is expired, so it is not served; a read fetches a new one.
@@ -566,15 +571,7 @@ async fn a_wall_clock_jump_forward_never_serves_an_expired_token() {
 
 #[tokio::test]
 async fn a_wall_clock_jump_back_keeps_serving_and_refresh_ahead_still_happens() {
-    let clock = Arc::new(JumpyClock(Mutex::new(at(3600))));
-    let source = Arc::new(WallSource(clock.clone(), AtomicUsize::new(0)));
-    let cell = Cell::new(
-        "token",
-        source.clone(),
-        policy(),
-        clock.clone(),
-        Arc::new(|| 0.5),
-    );
+    let (cell, _, clock) = jumpy_cell(at(3600));
     let token = cell.get().await.unwrap();
     // Back by ten minutes: the token's deadline is further away by the wall clock
     // (the upstream judges `exp` by its own clock, so it is still accepted).

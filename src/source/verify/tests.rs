@@ -600,11 +600,7 @@ async fn tokens_from_the_embedded_issuer_verify_by_jwks_url_and_by_discovery() {
         issuer: format!("{}x", running.realm_url()),
         ..cfg(JwksLocation::Url(running.jwks_url()))
     };
-    let err = VerifyingSource::new(source.clone(), wrong_iss)
-        .unwrap()
-        .issue()
-        .await
-        .unwrap_err();
+    let err = rejected(&source, wrong_iss).await;
     assert!(
         matches!(&err, SourceError::Invalid(m) if m.contains("iss is")),
         "{err}"
@@ -614,11 +610,7 @@ async fn tokens_from_the_embedded_issuer_verify_by_jwks_url_and_by_discovery() {
         audience: Some("storage".into()),
         ..cfg(JwksLocation::Url(running.jwks_url()))
     };
-    let err = VerifyingSource::new(source.clone(), wrong_aud)
-        .unwrap()
-        .issue()
-        .await
-        .unwrap_err();
+    let err = rejected(&source, wrong_aud).await;
     assert_eq!(
         err,
         SourceError::Invalid(VerifyError::WrongAudience("storage".into()).to_string())
@@ -628,11 +620,7 @@ async fn tokens_from_the_embedded_issuer_verify_by_jwks_url_and_by_discovery() {
         algorithms: vec![Algorithm::ES256],
         ..cfg(JwksLocation::Url(running.jwks_url()))
     };
-    let err = VerifyingSource::new(source.clone(), only_es)
-        .unwrap()
-        .issue()
-        .await
-        .unwrap_err();
+    let err = rejected(&source, only_es).await;
     assert!(
         matches!(&err, SourceError::Invalid(m) if m.contains("RS256")),
         "{err}"
@@ -643,11 +631,7 @@ async fn tokens_from_the_embedded_issuer_verify_by_jwks_url_and_by_discovery() {
         audience: None,
         ..cfg(JwksLocation::Url(running.azure_jwks_url()))
     };
-    let err = VerifyingSource::new(source.clone(), azure_keys)
-        .unwrap()
-        .issue()
-        .await
-        .unwrap_err();
+    let err = rejected(&source, azure_keys).await;
     assert!(
         matches!(&err, SourceError::Invalid(m) if m.contains("kid")),
         "{err}"
@@ -658,15 +642,20 @@ async fn tokens_from_the_embedded_issuer_verify_by_jwks_url_and_by_discovery() {
         issuer: "https://elsewhere.example".into(),
         ..cfg(JwksLocation::Discovery(running.discovery_url()))
     };
-    let err = VerifyingSource::new(source.clone(), other)
-        .unwrap()
-        .issue()
-        .await
-        .unwrap_err();
+    let err = rejected(&source, other).await;
     assert!(
         matches!(&err, SourceError::Unavailable(m) if m.contains("issuer")),
         "{err}"
     );
 
     running.shutdown().await;
+}
+
+/// Issue through a verifier with `cfg`, expecting a refusal.
+async fn rejected(source: &Arc<dyn Source>, cfg: VerifyConfig) -> SourceError {
+    VerifyingSource::new(source.clone(), cfg)
+        .unwrap()
+        .issue()
+        .await
+        .unwrap_err()
 }
