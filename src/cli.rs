@@ -32,6 +32,16 @@ pub enum Command {
     /// Mount the filesystem and serve tokens (stays in the foreground; SIGTERM or
     /// SIGINT unmounts and exits 0).
     Mount(MountArgs),
+    /// Show the state of every file of a running mount (from its `.status`). Exit
+    /// code: 0 all files fresh or degraded (or not read yet), 1 some file failed,
+    /// expired or needs consent, 2 not mounted or `.status` unreadable.
+    Status(StatusArgs),
+    /// Validate a config and obtain one token per file, without mounting. Prints
+    /// sub/exp/jti per file (never a token). Exit code 0 if every file worked, else 1.
+    /// Note: with refresh-token rotation this uses (and persists) the rotated token.
+    Check(CheckArgs),
+    /// Unmount a tokenfs (lazily if a reader holds a file open); its daemon then exits.
+    Unmount(StatusArgs),
     /// Run the embedded Keycloak-compatible issuer alone. For development and tests only.
     DevIssuer(crate::issuer::DevIssuerArgs),
 }
@@ -67,4 +77,22 @@ pub struct MountArgs {
     /// With --dev: the user the embedded issuer issues tokens for [default: $USER].
     #[arg(long, requires = "dev")]
     pub dev_user: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The tokenfs mountpoint.
+    #[arg(default_value = DEFAULT_MOUNTPOINT, env = "TOKENFS_MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Config file (TOML) [default: /etc/tokenfs/config.toml].
+    #[arg(long, env = "TOKENFS_CONFIG", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+
+    /// How long to wait for each file's upstream.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }

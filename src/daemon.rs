@@ -15,6 +15,7 @@ use crate::cli::{MountArgs, DEFAULT_CONFIG};
 use crate::config::{Config, FileConfig, SourceConfig};
 use crate::fs::fuse::{invalidate_on_change, TokenFs};
 use crate::fs::{Files, Options, Owner};
+use crate::notify::Notify;
 use crate::source::get::GetSource;
 use crate::source::oauth::OAuthSource;
 use crate::source::verify::VerifyingSource;
@@ -26,6 +27,9 @@ const TTL_CAP: Duration = Duration::from_secs(600);
 
 pub fn run(args: MountArgs) -> Result<()> {
     limit_malloc_arenas();
+    crate::mountpoint::check_privileges()?;
+    // Before anything else starts: a second daemon stops here, a stale mount is detached.
+    let mountpoint = crate::mountpoint::prepare(&args.mountpoint)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Blocking work is rare and short (cache invalidations, secret-file writes):
@@ -53,7 +57,6 @@ pub fn run(args: MountArgs) -> Result<()> {
             .with_context(|| format!("invalid configuration in {}", path.display()))?;
         (config, None)
     };
-    let mountpoint = prepare_mountpoint(&args.mountpoint)?;
     let owner = match config.owner {
         Some(owner) => owner,
         None => owner_of_parent(&mountpoint)?,
@@ -94,9 +97,10 @@ pub fn run(args: MountArgs) -> Result<()> {
     let notifier = session.notifier();
     let mut unmounter = session.unmount_callable();
 
-    for cell in &cells {
-        rt.spawn(cell.clone().keep_fresh());
-    }
+    let refreshers: Vec<_> = cells
+        .iter()
+        .map(|cell| rt.spawn(cell.clone().keep_fresh()))
+        .collect();
     rt.spawn(invalidate_on_change(files.clone(), notifier));
 
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
@@ -116,6 +120,26 @@ pub fn run(args: MountArgs) -> Result<()> {
         files = ?names,
         "mounted"
     );
+    let notify = Notify::from_env();
+    if notify.enabled() {
+        // Ready means the mount answers: ask it, as a reader would.
+        let status = mountpoint.join(crate::fs::STATUS_NAME);
+        match crate::mountpoint::probe_status(&mountpoint) {
+            crate::mountpoint::Probe::Alive => {}
+            other => bail!(
+                "mounted, but {} does not answer ({other:?}); not signalling readiness",
+                status.display()
+            ),
+        }
+        notify.send_or_warn(&format!(
+            "READY=1\nSTATUS=serving {} file(s) on {}",
+            cells.len(),
+            mountpoint.display()
+        ));
+        if let Some(every) = notify.watchdog_interval() {
+            rt.spawn(watchdog(notify.clone(), every, refreshers));
+        }
+    }
 
     let external_unmount = rt.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
@@ -126,6 +150,7 @@ pub fn run(args: MountArgs) -> Result<()> {
             _ = ended_rx => true,
         })
     })?;
+    notify.send_or_warn("STOPPING=1");
     if external_unmount {
         tracing::warn!(mountpoint = %mountpoint.display(), "the filesystem was unmounted from outside; exiting");
     } else if let Err(e) = unmounter.unmount() {
@@ -133,7 +158,7 @@ pub fn run(args: MountArgs) -> Result<()> {
         // connection when this process exits and closes /dev/fuse, and the holder's
         // later reads fail with ENOTCONN instead of returning a token nobody refreshes.
         tracing::warn!("unmount failed ({e}); detaching lazily");
-        lazy_unmount(&mountpoint)?;
+        crate::mountpoint::umount(&mountpoint, libc::MNT_DETACH)?;
         tracing::info!("unmounted (detached); bye");
         return Ok(());
     }
@@ -148,7 +173,7 @@ pub fn run(args: MountArgs) -> Result<()> {
 
 /// One cell per file, in config order. A token exchange whose subject is
 /// another file of the mount gets that file's cell (built first) as subject.
-fn build_cells(files: Vec<FileConfig>) -> Result<Vec<Arc<Cell>>> {
+pub(crate) fn build_cells(files: Vec<FileConfig>) -> Result<Vec<Arc<Cell>>> {
     let mut built: Vec<(String, Arc<Cell>)> = Vec::new();
     let (exchanges, plain): (Vec<_>, Vec<_>) = files
         .into_iter()
@@ -186,6 +211,21 @@ fn build_cells(files: Vec<FileConfig>) -> Result<Vec<Arc<Cell>>> {
     }
     order.sort_by_key(|(index, _)| *index);
     Ok(order.into_iter().map(|(_, cell)| cell).collect())
+}
+
+/// `WATCHDOG=1` every `every`, only while the runtime runs this task on time and
+/// every file's refresh loop is still alive; otherwise systemd restarts the daemon.
+async fn watchdog(notify: Notify, every: Duration, refreshers: Vec<tokio::task::JoinHandle<()>>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if refreshers.iter().any(|r| r.is_finished()) {
+            tracing::error!("a refresh loop ended; no longer pinging the watchdog");
+            return;
+        }
+        notify.send_or_warn("WATCHDOG=1");
+    }
 }
 
 /// A subject token taken through another file's cell, so a stale one is never sent.
@@ -226,33 +266,6 @@ fn default_user() -> String {
         .unwrap_or_else(|| "dev-user".into())
 }
 
-/// The mountpoint as an absolute path to a directory, created if missing.
-fn prepare_mountpoint(path: &Path) -> Result<PathBuf> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => bail!("mountpoint {} is not a directory", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir(path).with_context(|| {
-                format!(
-                    "mountpoint {} does not exist and cannot be created",
-                    path.display()
-                )
-            })?;
-        }
-        Err(e) => {
-            return Err(e).with_context(|| {
-                format!(
-                    "cannot use mountpoint {} (a dead tokenfs there shows as \
-                     'Transport endpoint is not connected': run umount -l {0})",
-                    path.display()
-                )
-            })
-        }
-    }
-    path.canonicalize()
-        .with_context(|| format!("cannot resolve mountpoint {}", path.display()))
-}
-
 /// On the platform the mountpoint's parent is the user's home: its owner owns the files.
 fn owner_of_parent(mountpoint: &Path) -> Result<Owner> {
     let parent = mountpoint.parent().unwrap_or(Path::new("/"));
@@ -262,16 +275,4 @@ fn owner_of_parent(mountpoint: &Path) -> Result<Owner> {
         uid: meta.uid(),
         gid: meta.gid(),
     })
-}
-
-fn lazy_unmount(mountpoint: &Path) -> Result<()> {
-    let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
-        .context("mountpoint path contains a NUL byte")?;
-    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
-    let rc = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("cannot unmount {}", mountpoint.display()));
-    }
-    Ok(())
 }

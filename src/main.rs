@@ -15,16 +15,21 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     let result = match cli.command {
-        Command::Mount(args) => tokenfs::daemon::run(args),
+        Command::Mount(args) => tokenfs::daemon::run(args).map(|()| 0),
+        // Its own exit codes (0/1/2) and messages.
+        Command::Status(args) => return std::process::ExitCode::from(tokenfs::ops::status(args)),
+        Command::Check(args) => tokenfs::ops::check(args),
+        Command::Unmount(args) => tokenfs::ops::unmount(args).map_err(anyhow::Error::from),
         Command::DevIssuer(args) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(tokenfs::issuer::run_dev_issuer(args))),
+            .and_then(|rt| rt.block_on(tokenfs::issuer::run_dev_issuer(args)))
+            .map(|()| 0),
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("tokenfs: error: {e:#}");
             std::process::ExitCode::FAILURE

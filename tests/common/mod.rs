@@ -126,7 +126,7 @@ pub fn is_mounted(path: &Path) -> bool {
         .any(|line| line.split(' ').nth(4) == Some(target.as_str()))
 }
 
-fn detach(path: &Path) {
+pub fn detach(path: &Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
 }

@@ -1,0 +1,220 @@
+//! Operator commands: `status` (a running mount's health), `check` (a config
+//! and its upstreams, without mounting) and `unmount`. Each returns the
+//! process's exit code; none ever prints a token.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+
+use crate::cli::{CheckArgs, StatusArgs};
+use crate::config::Config;
+use crate::mountpoint::{self, MountpointError, Probe, Unmounted};
+
+/// Exit codes of `status`.
+pub const HEALTHY: u8 = 0;
+pub const UNHEALTHY: u8 = 1;
+pub const UNREACHABLE: u8 = 2;
+
+/// States in which a file serves (or will serve on first read) a valid token.
+fn healthy(state: &str, last_error: Option<&str>) -> bool {
+    match state {
+        "fresh" | "degraded" => true,
+        // Lazy: not read yet, or the first request is in flight, and nothing failed.
+        "empty" | "fetching" => last_error.is_none(),
+        _ => false,
+    }
+}
+
+/// `tokenfs status [MOUNTPOINT]`.
+pub fn status(args: StatusArgs) -> u8 {
+    let path = match mountpoint::absolute(&args.mountpoint) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("tokenfs: error: {e}");
+            return UNREACHABLE;
+        }
+    };
+    if !mountpoint::tokenfs_mounted(&path) {
+        eprintln!(
+            "tokenfs: error: tokenfs is not mounted on {}: start it with `tokenfs mount {0}`",
+            path.display()
+        );
+        return UNREACHABLE;
+    }
+    let problem = match mountpoint::probe_status(&path) {
+        Probe::Alive => None,
+        Probe::Dead => Some("its daemon is dead (stale mount): restart it; `tokenfs mount` detaches the stale mount".to_owned()),
+        Probe::Hung => Some("it does not answer (is its daemon stopped?)".to_owned()),
+        Probe::Error(e) => Some(format!("cannot read .status: {e}")),
+    };
+    if let Some(problem) = problem {
+        eprintln!("tokenfs: error: {}: {problem}", path.display());
+        return UNREACHABLE;
+    }
+    let doc = std::fs::read(path.join(crate::fs::STATUS_NAME))
+        .map_err(anyhow::Error::from)
+        .and_then(|b| Ok(serde_json::from_slice::<serde_json::Value>(&b)?));
+    let doc = match doc {
+        Ok(doc) => doc,
+        Err(e) => {
+            eprintln!(
+                "tokenfs: error: cannot read {}/.status: {e}",
+                path.display()
+            );
+            return UNREACHABLE;
+        }
+    };
+    let (table, code) = render_status(&doc, SystemTime::now());
+    print!("{table}");
+    code
+}
+
+/// The human table of a `.status` document, and the exit code it means.
+pub fn render_status(doc: &serde_json::Value, now: SystemTime) -> (String, u8) {
+    let files = doc["files"].as_array().cloned().unwrap_or_default();
+    let mut rows = vec![[
+        "FILE".to_owned(),
+        "STATE".to_owned(),
+        "EXPIRES IN".to_owned(),
+        "LAST ERROR".to_owned(),
+    ]];
+    let mut code = HEALTHY;
+    for f in &files {
+        let state = f["state"].as_str().unwrap_or("unknown");
+        let error = f["last_error"].as_str();
+        if !healthy(state, error) {
+            code = UNHEALTHY;
+        }
+        let expires_in = f["expires_at"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .map(|t| match t.duration_since(now) {
+                Ok(left) => {
+                    humantime::format_duration(Duration::from_secs(left.as_secs())).to_string()
+                }
+                Err(_) => "expired".to_owned(),
+            })
+            .unwrap_or_else(|| "-".to_owned());
+        rows.push([
+            f["name"].as_str().unwrap_or("?").to_owned(),
+            state.to_owned(),
+            expires_in,
+            error.unwrap_or("-").to_owned(),
+        ]);
+    }
+    let mut widths = [0usize; 3];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let _ = writeln!(
+            out,
+            "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        );
+    }
+    (out, code)
+}
+
+/// `tokenfs check --config FILE`: 0 if every file got a token, else 1.
+pub fn check(args: CheckArgs) -> Result<u8> {
+    let config = Config::load(&args.config)
+        .with_context(|| format!("invalid configuration in {}", args.config.display()))?;
+    println!("config {}: OK", args.config.display());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let _enter = rt.enter();
+    let cells = crate::daemon::build_cells(config.files)?;
+    let mut code = 0;
+    // Through the cell, as a read would: one request per file (an exchange's
+    // subject file answers from its cell), and the same min_valid rule.
+    for cell in &cells {
+        let outcome = rt.block_on(tokio::time::timeout(args.timeout, cell.get()));
+        let line = match outcome {
+            Ok(Ok(token)) => {
+                let exp = humantime::format_rfc3339_seconds(token.expires_at);
+                let left = token
+                    .expires_at
+                    .duration_since(SystemTime::now())
+                    .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())))
+                    .map(|d| d.to_string())
+                    .unwrap_or_default();
+                format!(
+                    "OK     sub={} exp={exp} (in {left}) jti={}",
+                    token.claims.sub.as_deref().unwrap_or("-"),
+                    token.claims.jti.as_deref().unwrap_or("-"),
+                )
+            }
+            Ok(Err(e)) => {
+                code = 1;
+                format!("FAILED {e}")
+            }
+            Err(_) => {
+                code = 1;
+                format!(
+                    "FAILED no answer within {}",
+                    humantime::format_duration(args.timeout)
+                )
+            }
+        };
+        println!("{:<16} {line}  [{}]", cell.name(), cell.upstream());
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(code)
+}
+
+/// `tokenfs unmount [MOUNTPOINT]`.
+pub fn unmount(args: StatusArgs) -> Result<u8, MountpointError> {
+    let path: PathBuf = mountpoint::absolute(&args.mountpoint)?;
+    match mountpoint::unmount(&path)? {
+        Unmounted::Clean => println!("unmounted {}", path.display()),
+        Unmounted::Lazily => println!(
+            "{} is busy (a reader holds a file open): detached it; the kernel ends it \
+             when the last file is closed",
+            path.display()
+        ),
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_and_exit_code_follow_the_states() {
+        let now = humantime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
+        let doc = serde_json::json!({"files": [
+            {"name": "token", "state": "fresh", "expires_at": "2026-01-01T00:05:00Z"},
+            {"name": "azure-token", "state": "empty"},
+        ]});
+        let (table, code) = render_status(&doc, now);
+        assert_eq!(code, HEALTHY);
+        assert!(table.contains("token        fresh  5m"), "{table}");
+        let doc = serde_json::json!({"files": [
+            {"name": "token", "state": "degraded", "last_error": "upstream unavailable: x"},
+            {"name": "azure-token", "state": "consent_required", "last_error": "consent required"},
+        ]});
+        let (table, code) = render_status(&doc, now);
+        assert_eq!(code, UNHEALTHY);
+        assert!(table.contains("consent required"), "{table}");
+        let doc = serde_json::json!({"files": [
+            {"name": "token", "state": "empty", "last_error": "upstream unavailable: x"},
+        ]});
+        assert_eq!(render_status(&doc, now).1, UNHEALTHY);
+    }
+}
