@@ -20,12 +20,12 @@ const CAP_SYS_ADMIN: u32 = 21;
 pub enum MountpointError {
     #[error(
         "/dev/fuse does not exist: add the device (docker run --device /dev/fuse; \
-         Kubernetes: a hostPath volume or device plugin for /dev/fuse)"
+         Kubernetes: a FUSE device plugin resource, or a privileged container)"
     )]
     NoFuseDevice,
     #[error(
         "cannot open /dev/fuse ({0}): allow the device (systemd: DeviceAllow=/dev/fuse rw; \
-         docker: --device /dev/fuse)"
+         docker: --device /dev/fuse; Kubernetes: a FUSE device plugin resource)"
     )]
     FuseDeviceDenied(std::io::Error),
     #[error(

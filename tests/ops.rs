@@ -316,3 +316,42 @@ fn readiness_is_signalled_only_once_the_mount_answers() {
     let status = proc.wait_exit(Duration::from_secs(10)).expect("exits");
     assert!(status.success(), "{}", proc.stderr());
 }
+
+/// The example config parses and validates (secrets files aside).
+#[test]
+fn the_example_config_validates_up_to_its_secret_files() {
+    let out = run(&["check", "--config", "systemd/config.example.toml"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    // It gets as far as the secret files, which do not exist here.
+    assert!(err.contains("/etc/tokenfs/"), "{err}");
+}
+
+/// `systemd-analyze verify` accepts the unit without a warning (skipped without
+/// systemd-analyze; `.ci/run` runs it too).
+#[test]
+fn the_systemd_unit_verifies() {
+    let Ok(which) = Command::new("sh")
+        .args(["-c", "command -v systemd-analyze"])
+        .output()
+    else {
+        return;
+    };
+    if !which.status.success() {
+        eprintln!("SKIPPED the_systemd_unit_verifies: no systemd-analyze");
+        return;
+    }
+    let unit = std::fs::read_to_string("systemd/tokenfs.service").unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/tokenfs mount --config /etc/tokenfs/config.toml"));
+    let tmp = tempdir();
+    let copy = tmp.path().join("tokenfs.service");
+    // verify checks that ExecStart exists: point it at the binary under test.
+    std::fs::write(&copy, unit.replace("/usr/bin/tokenfs", BIN)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success() && all.trim().is_empty(), "{all}");
+}
