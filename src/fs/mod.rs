@@ -17,8 +17,11 @@ use crate::cell::{Cell, CellError, Token};
 
 pub const ROOT_INO: u64 = 1;
 pub const STATUS_INO: u64 = 2;
-const FIRST_TOKEN_INO: u64 = 3;
+pub const METRICS_INO: u64 = 3;
+const FIRST_TOKEN_INO: u64 = 4;
 pub const STATUS_NAME: &str = ".status";
+/// Prometheus text metrics (see [`crate::metrics`]).
+pub const METRICS_NAME: &str = ".metrics";
 /// Kept between a token's deadline and the end of the TTL the kernel gets for it.
 const TTL_MARGIN: Duration = Duration::from_secs(1);
 /// `<file>.consent-url` exists while `<file>` needs the user's consent.
@@ -152,6 +155,7 @@ struct TokenFile {
 enum Node<'a> {
     Root,
     Status,
+    Metrics,
     Token(&'a TokenFile),
     Consent(&'a TokenFile),
 }
@@ -160,6 +164,7 @@ enum Node<'a> {
 pub struct Files {
     tokens: Vec<TokenFile>,
     status: DocSlot,
+    metrics: DocSlot,
     opts: Options,
     started: SystemTime,
 }
@@ -176,6 +181,7 @@ impl Files {
                 })
                 .collect(),
             status: DocSlot::new(),
+            metrics: DocSlot::new(),
             opts,
             started: SystemTime::now(),
         })
@@ -189,6 +195,7 @@ impl Files {
         match ino {
             ROOT_INO => Some(Node::Root),
             STATUS_INO => Some(Node::Status),
+            METRICS_INO => Some(Node::Metrics),
             _ => {
                 let offset = ino.checked_sub(FIRST_TOKEN_INO)?;
                 let file = self.tokens.get(usize::try_from(offset / 2).ok()?)?;
@@ -209,6 +216,9 @@ impl Files {
         if name == STATUS_NAME {
             return Some(STATUS_INO);
         }
+        if name == METRICS_NAME {
+            return Some(METRICS_INO);
+        }
         let name = name.to_str()?;
         let (base, consent) = match name.strip_suffix(CONSENT_SUFFIX) {
             Some(base) => (base, true),
@@ -224,7 +234,10 @@ impl Files {
     /// Directory entries of the root, without `.` and `..`: consent-url files
     /// only while consent is needed.
     pub fn entries(&self) -> Vec<(u64, String)> {
-        let mut out = vec![(STATUS_INO, STATUS_NAME.to_owned())];
+        let mut out = vec![
+            (STATUS_INO, STATUS_NAME.to_owned()),
+            (METRICS_INO, METRICS_NAME.to_owned()),
+        ];
         for (i, t) in self.tokens.iter().enumerate() {
             out.push((Self::token_ino(i), t.cell.name().to_owned()));
             if t.cell.consent_url().is_some() {
@@ -252,6 +265,7 @@ impl Files {
             None => Now::Err(libc::ENOENT),
             Some(Node::Root) => Now::Ready(self.root_view()),
             Some(Node::Status) => Now::Ready(self.status_view()),
+            Some(Node::Metrics) => Now::Ready(self.metrics_view()),
             Some(Node::Consent(file)) => self.consent_view(ino, file),
             Some(Node::Token(file)) => match file.cell.peek() {
                 Some(token) => Now::Ready(self.announce(ino, file, token)),
@@ -271,6 +285,9 @@ impl Files {
             None => Now::Err(libc::ENOENT),
             Some(Node::Root) => Now::Err(libc::EISDIR),
             Some(Node::Status) => doc(&self.status).map_or_else(|| self.attr_now(ino), Now::Ready),
+            Some(Node::Metrics) => {
+                doc(&self.metrics).map_or_else(|| self.attr_now(ino), Now::Ready)
+            }
             Some(Node::Consent(file)) => {
                 doc(&file.consent).map_or_else(|| self.attr_now(ino), Now::Ready)
             }
@@ -360,6 +377,16 @@ impl Files {
         let cells: Vec<_> = self.tokens.iter().map(|t| t.cell.clone()).collect();
         let doc = self.status.announce(crate::status::render(&cells));
         self.content_view(STATUS_INO, Content::Doc(doc), Duration::ZERO)
+    }
+
+    fn metrics_view(&self) -> View {
+        let cells: Vec<_> = self.tokens.iter().map(|t| t.cell.clone()).collect();
+        let now = self
+            .tokens
+            .first()
+            .map_or_else(SystemTime::now, |t| t.cell.now());
+        let doc = self.metrics.announce(crate::metrics::render(&cells, now));
+        self.content_view(METRICS_INO, Content::Doc(doc), Duration::ZERO)
     }
 
     /// `<file>.consent-url`: the URL and a newline, while consent is needed.

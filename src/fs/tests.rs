@@ -68,19 +68,19 @@ fn ready(now: Now) -> View {
 #[test]
 fn names_and_inodes() {
     let (files, _, _) = files();
-    assert_eq!(files.lookup(ROOT_INO, OsStr::new("token")), Some(3));
+    assert_eq!(files.lookup(ROOT_INO, OsStr::new("token")), Some(4));
     assert_eq!(
         files.lookup(ROOT_INO, OsStr::new(".status")),
         Some(STATUS_INO)
     );
     assert_eq!(files.lookup(ROOT_INO, OsStr::new("nope")), None);
     assert_eq!(
-        files.lookup(3, OsStr::new("token")),
+        files.lookup(4, OsStr::new("token")),
         None,
         "files are not directories"
     );
     let names: Vec<_> = files.entries().into_iter().map(|(_, n)| n).collect();
-    assert_eq!(names, [".status", "token"]);
+    assert_eq!(names, [".status", ".metrics", "token"]);
     let root = ready(files.attr_now(ROOT_INO)).attr;
     assert_eq!(
         (root.kind, root.perm, root.owner.uid),
@@ -93,10 +93,10 @@ fn names_and_inodes() {
 async fn empty_cell_must_wait_then_attrs_match_content() {
     let (files, _, clock) = files();
     assert!(
-        matches!(files.attr_now(3), Now::MustWait),
+        matches!(files.attr_now(4), Now::MustWait),
         "issue happens on first access"
     );
-    let view = files.wait(3).await.unwrap();
+    let view = files.wait(4).await.unwrap();
     let content = view.content.clone().unwrap();
     assert_eq!(content.bytes(), b"token-x");
     assert_eq!(view.attr.size, 7);
@@ -128,12 +128,12 @@ async fn empty_cell_must_wait_then_attrs_match_content() {
 #[tokio::test]
 async fn ttl_is_capped_and_shrinks_towards_the_deadline() {
     let (files, _, clock) = files();
-    files.wait(3).await.unwrap();
+    files.wait(4).await.unwrap();
     clock.0.fetch_add(200, Ordering::SeqCst);
-    assert_eq!(ready(files.attr_now(3)).ttl, Duration::from_secs(69));
+    assert_eq!(ready(files.attr_now(4)).ttl, Duration::from_secs(69));
     clock.0.fetch_add(70, Ordering::SeqCst);
     assert!(
-        matches!(files.attr_now(3), Now::MustWait),
+        matches!(files.attr_now(4), Now::MustWait),
         "past the deadline nothing is served"
     );
 }
@@ -141,7 +141,7 @@ async fn ttl_is_capped_and_shrinks_towards_the_deadline() {
 #[tokio::test]
 async fn reads_serve_the_announced_token_until_attributes_are_asked_again() {
     let (files, cell, clock) = files();
-    files.wait(3).await.unwrap();
+    files.wait(4).await.unwrap();
     // A refresh lands: the cell has a longer token, but the kernel still holds the old size.
     clock.0.fetch_add(240, Ordering::SeqCst);
     assert!(cell.lock().try_start_refresh(clock.now()));
@@ -150,17 +150,17 @@ async fn reads_serve_the_announced_token_until_attributes_are_asked_again() {
         .finish(issued, clock.now(), &Policy::default(), 0.5)
         .unwrap();
     assert_eq!(cell.peek().unwrap().bytes(), b"token-xx");
-    let read = ready(files.read_now(3));
+    let read = ready(files.read_now(4));
     assert_eq!(
         read.content.unwrap().bytes(),
         b"token-x",
         "read matches the announced size"
     );
     // The next getattr (after the invalidation) announces the new one, and reads follow.
-    let attr = ready(files.attr_now(3));
+    let attr = ready(files.attr_now(4));
     assert_eq!(attr.attr.size, 8);
     assert_eq!(
-        ready(files.read_now(3)).content.unwrap().bytes(),
+        ready(files.read_now(4)).content.unwrap().bytes(),
         b"token-xx"
     );
 }
@@ -174,7 +174,7 @@ async fn status_is_stable_until_something_changes() {
     assert_eq!(a.ttl, Duration::ZERO);
     let text = String::from_utf8(a.content.unwrap().bytes().to_vec()).unwrap();
     assert!(text.contains("\"state\": \"empty\""), "{text}");
-    files.wait(3).await.unwrap();
+    files.wait(4).await.unwrap();
     let c = ready(files.attr_now(STATUS_INO));
     let text = String::from_utf8(c.content.clone().unwrap().bytes().to_vec()).unwrap();
     assert!(text.contains("\"state\": \"fresh\""), "{text}");
@@ -232,14 +232,22 @@ async fn consent_url_file_exists_only_while_consent_is_needed() {
         None,
         "not before the upstream said so"
     );
-    assert_eq!(files.wait(3).await.err(), Some(libc::ENOKEY));
+    assert_eq!(files.wait(4).await.err(), Some(libc::ENOKEY));
 
     let ino = files
         .lookup(ROOT_INO, consent)
         .expect("present while consent is needed");
-    assert_eq!(ino, 4);
+    assert_eq!(ino, 5);
     let names: Vec<_> = files.entries().into_iter().map(|(_, n)| n).collect();
-    assert_eq!(names, [".status", "azure-token", "azure-token.consent-url"]);
+    assert_eq!(
+        names,
+        [
+            ".status",
+            ".metrics",
+            "azure-token",
+            "azure-token.consent-url"
+        ]
+    );
     let view = ready(files.attr_now(ino));
     assert_eq!(
         view.content.unwrap().bytes(),
@@ -256,10 +264,10 @@ async fn consent_url_file_exists_only_while_consent_is_needed() {
     source.1.store(true, Ordering::SeqCst);
     clock.0.fetch_add(1, Ordering::SeqCst);
     assert_eq!(
-        files.wait(3).await.unwrap().content.unwrap().bytes(),
+        files.wait(4).await.unwrap().content.unwrap().bytes(),
         b"azure"
     );
     assert_eq!(files.lookup(ROOT_INO, consent), None);
     assert!(matches!(files.attr_now(ino), Now::Err(libc::ENOENT)));
-    assert_eq!(files.entries().len(), 2);
+    assert_eq!(files.entries().len(), 3);
 }
