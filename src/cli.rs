@@ -23,8 +23,19 @@ cat /tmp/api/token\n\nLogging: set RUST_LOG (e.g. RUST_LOG=debug or RUST_LOG=tok
 logs go to stderr and never contain tokens or secrets."
 )]
 pub struct Cli {
+    /// Log format on stderr: `text` for people, `json` (one object per line) for log
+    /// collectors. Either way, never a token or secret.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "TOKENFS_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

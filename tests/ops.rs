@@ -437,3 +437,27 @@ fn metrics_parse_as_prometheus_text_and_move_with_reads_and_refreshes() {
     let text = m.read_string(".metrics");
     assert!(!text.contains("eyJ"), "no token in .metrics");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_without_tokens() {
+    if !fuse_available("json_logs_are_one_object_per_line_without_tokens") {
+        return;
+    }
+    let mut m = Mount::start(&["--dev", "--log-format", "json"]);
+    let token = m.read_string("token");
+    assert!(m.stop().success());
+    let log = m.proc.stderr();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["message"].is_string()));
+    let obtained = lines
+        .iter()
+        .find(|l| l["message"] == "token obtained" && l["file"] == "token")
+        .unwrap_or_else(|| panic!("no 'token obtained' line:\n{log}"));
+    assert!(obtained["jti"].is_string() && obtained["exp"].is_string());
+    assert!(!log.contains(&token), "the token is in the log");
+}
