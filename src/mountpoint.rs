@@ -211,9 +211,19 @@ pub fn prepare(path: &Path) -> Result<PathBuf, MountpointError> {
             match probe_status(&path) {
                 Probe::Alive => return Err(MountpointError::AlreadyMounted(path)),
                 Probe::Hung => return Err(MountpointError::NotAnswering(path)),
-                Probe::Dead | Probe::Error(_) => {
+                Probe::Dead => {
                     detach_stale(&path)?;
                     continue;
+                }
+                // Neither alive nor surely dead: leave it alone.
+                Probe::Error(e) => {
+                    return Err(MountpointError::Io {
+                        path,
+                        source: std::io::Error::new(
+                            e.kind(),
+                            format!("a tokenfs is mounted there and its .status fails ({e}); run `tokenfs unmount` on it first"),
+                        ),
+                    })
                 }
             }
         }
