@@ -63,6 +63,10 @@ pub fn run(args: MountArgs) -> Result<()> {
     };
 
     let _enter = rt.enter();
+    // Before mounting: a SIGTERM from then on must unmount, not kill us with the
+    // mount left behind.
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let cells = build_cells(config.files)?;
     let files = Files::new(
         cells.clone(),
@@ -142,8 +146,6 @@ pub fn run(args: MountArgs) -> Result<()> {
     }
 
     let external_unmount = rt.block_on(async {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
         anyhow::Ok(tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: unmounting"); false }
             _ = int.recv() => { tracing::info!("SIGINT: unmounting"); false }
