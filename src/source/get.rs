@@ -80,18 +80,7 @@ impl Source for GetSource {
             return Err(err);
         }
         let body = read_body(resp, &self.http).await?;
-        let issued = issued_from_body(body, SystemTime::now())?;
-        tracing::debug!(
-            status = status.as_u16(),
-            sub = issued.claims.sub.as_deref(),
-            jti = issued.claims.jti.as_deref(),
-            exp = issued
-                .expires_at
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            "issued a token"
-        );
-        Ok(issued)
+        issued_from_body(body, SystemTime::now())
     }
 
     fn upstream(&self) -> String {

@@ -402,19 +402,7 @@ impl Inner {
                 answer
             }
         };
-        let grant = self.grant.name();
-        let issued = issued_from_answer(answer, SystemTime::now())?;
-        tracing::debug!(
-            grant,
-            sub = issued.claims.sub.as_deref(),
-            jti = issued.claims.jti.as_deref(),
-            exp = issued
-                .expires_at
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            "issued a token"
-        );
-        Ok(issued)
+        issued_from_answer(answer, SystemTime::now())
     }
 
     /// Map a non-2xx answer; see [`error_from_body`].
