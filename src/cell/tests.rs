@@ -377,19 +377,18 @@ impl Source for FakeSource {
     }
 }
 
+/// A cell named `token` with the default policy and no jitter.
+fn cell_over(source: Arc<dyn Source>, clock: Arc<dyn Clock>) -> Arc<Cell> {
+    Cell::new("token", source, policy(), clock, Arc::new(|| 0.5))
+}
+
 fn cell_with(open: bool) -> (Arc<Cell>, Arc<FakeSource>, Arc<TokioClock>) {
     let clock = Arc::new(TokioClock {
         base: at(0),
         start: tokio::time::Instant::now(),
     });
     let source = FakeSource::new(clock.clone(), open);
-    let cell = Cell::new(
-        "token",
-        source.clone(),
-        policy(),
-        clock.clone(),
-        Arc::new(|| 0.5),
-    );
+    let cell = cell_over(source.clone(), clock.clone());
     (cell, source, clock)
 }
 
@@ -545,13 +544,7 @@ impl Source for WallSource {
 fn jumpy_cell(start: SystemTime) -> (Arc<Cell>, Arc<WallSource>, Arc<JumpyClock>) {
     let clock = Arc::new(JumpyClock(Mutex::new(start)));
     let source = Arc::new(WallSource(clock.clone(), AtomicUsize::new(0)));
-    let cell = Cell::new(
-        "token",
-        source.clone(),
-        policy(),
-        clock.clone(),
-        Arc::new(|| 0.5),
-    );
+    let cell = cell_over(source.clone(), clock.clone());
     (cell, source, clock)
 }
 

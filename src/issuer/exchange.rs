@@ -15,7 +15,7 @@ use super::azure;
 use super::claims::{unix_now, AccessClaims};
 use super::link::{account_link_url, Lookup};
 use super::routes::{AppState, OAuthError};
-use super::token::{client_credentials, signing_failed, TokenForm, INVALID_CLIENT};
+use super::token::{authenticate_client, signing_failed, TokenForm};
 
 pub(crate) const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -42,12 +42,7 @@ pub(crate) fn exchange(
     headers: &HeaderMap,
     form: &TokenForm,
 ) -> Result<(String, Response), OAuthError> {
-    let (client_id, secret) = client_credentials(headers, form)?;
-    let confidential = st
-        .inner
-        .store
-        .authenticate(&client_id, secret.as_ref())
-        .ok_or(INVALID_CLIENT)?;
+    let (client_id, confidential) = authenticate_client(st, headers, form)?;
     if !confidential {
         return Err(OAuthError::new(
             StatusCode::UNAUTHORIZED,

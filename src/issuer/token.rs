@@ -143,12 +143,7 @@ fn grant_token(
             "Unsupported grant_type",
         ));
     }
-    let (client_id, secret) = client_credentials(headers, form)?;
-    let confidential = st
-        .inner
-        .store
-        .authenticate(&client_id, secret.as_ref())
-        .ok_or(INVALID_CLIENT)?;
+    let (client_id, confidential) = authenticate_client(st, headers, form)?;
     let answer = if grant == "refresh_token" {
         refresh_grant(st, &client_id, form)?
     } else {
@@ -243,8 +238,24 @@ fn access_token(
     })
 }
 
+/// Authenticate the client of a token request: its id, and whether it is
+/// confidential (has a secret). Unknown clients and wrong secrets are `invalid_client`.
+pub(crate) fn authenticate_client(
+    st: &AppState,
+    headers: &HeaderMap,
+    form: &TokenForm,
+) -> Result<(String, bool), OAuthError> {
+    let (client_id, secret) = client_credentials(headers, form)?;
+    let confidential = st
+        .inner
+        .store
+        .authenticate(&client_id, secret.as_ref())
+        .ok_or(INVALID_CLIENT)?;
+    Ok((client_id, confidential))
+}
+
 /// The client's id and secret, from HTTP Basic (RFC 6749 §2.3.1) or the form.
-pub(crate) fn client_credentials(
+fn client_credentials(
     headers: &HeaderMap,
     form: &TokenForm,
 ) -> Result<(String, Option<SecretString>), OAuthError> {

@@ -66,6 +66,18 @@ async fn issue_err(url: &str) -> SourceError {
         .unwrap_err()
 }
 
+/// A token endpoint that always issues a JWT valid for `lifetime` seconds.
+async fn good_endpoint(lifetime: u64) -> (String, Seen) {
+    let jwt = make_jwt(&json!({"exp": now_secs() + lifetime}));
+    endpoint(move |_| {
+        json_answer(
+            StatusCode::OK,
+            json!({"access_token": jwt, "expires_in": lifetime}),
+        )
+    })
+    .await
+}
+
 fn json_answer(status: StatusCode, body: serde_json::Value) -> Response {
     (status, Json(body)).into_response()
 }
@@ -549,14 +561,7 @@ async fn exchange_subject_from_a_file_is_read_for_each_request() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sa-token");
     std::fs::write(&path, "k8s-1\n").unwrap();
-    let jwt = make_jwt(&json!({"exp": now_secs() + 600}));
-    let (url, seen) = endpoint(move |_| {
-        json_answer(
-            StatusCode::OK,
-            json!({"access_token": jwt, "expires_in": 600}),
-        )
-    })
-    .await;
+    let (url, seen) = good_endpoint(600).await;
     let source = OAuthSource::new(exchange_cfg(&url, SubjectRef::Path(path.clone()))).unwrap();
     source.issue().await.unwrap();
     std::fs::write(&path, "k8s-2").unwrap();
@@ -622,14 +627,7 @@ async fn entra_consent_errors_map_to_consent_and_others_do_not() {
 async fn a_refresh_token_written_to_its_file_later_is_picked_up() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("entra-rt");
-    let jwt = make_jwt(&json!({"exp": now_secs() + 3600}));
-    let (url, seen) = endpoint(move |_| {
-        json_answer(
-            StatusCode::OK,
-            json!({"access_token": jwt, "expires_in": 3600}),
-        )
-    })
-    .await;
+    let (url, seen) = good_endpoint(3600).await;
     let source = OAuthSource::new(entra_cfg(&url, None, Some(path.clone()))).unwrap();
     // No consent yet: no request at all, consent needed.
     match source.issue().await.unwrap_err() {

@@ -166,9 +166,7 @@ async fn rejects(v: &Verifier, token: &str, want: VerifyError) {
 
 #[tokio::test]
 async fn good_token_passes_and_the_jwks_is_fetched_once() {
-    let key = TestKey::new("k1");
-    let jwks = Jwks::serve(vec![key.jwk()]).await;
-    let v = verifier(&jwks.url);
+    let (key, jwks, v) = one_key().await;
     for _ in 0..3 {
         v.verify(&key.sign(&good_claims())).await.unwrap();
     }
@@ -177,9 +175,7 @@ async fn good_token_passes_and_the_jwks_is_fetched_once() {
 
 #[tokio::test]
 async fn alg_none_and_hmac_are_refused_before_any_key_is_used() {
-    let key = TestKey::new("k1");
-    let jwks = Jwks::serve(vec![key.jwk()]).await;
-    let v = verifier(&jwks.url);
+    let (key, jwks, v) = one_key().await;
     let payload = B64.encode(good_claims().to_string());
 
     let none = format!(
@@ -254,9 +250,7 @@ async fn a_key_is_used_only_for_its_own_algorithm_and_type() {
 
 #[tokio::test]
 async fn tampered_or_foreign_signatures_fail() {
-    let key = TestKey::new("k1");
-    let jwks = Jwks::serve(vec![key.jwk()]).await;
-    let v = verifier(&jwks.url);
+    let (key, _jwks, v) = one_key().await;
     let good = key.sign(&good_claims());
     let parts: Vec<&str> = good.split('.').collect();
     let evil = B64.encode(with(good_claims(), json!({"sub": "admin"})).to_string());
@@ -349,9 +343,7 @@ async fn unknown_kid_refetches_at_most_once_per_interval() {
 
 #[tokio::test]
 async fn times_are_checked_with_the_leeway() {
-    let key = TestKey::new("k1");
-    let jwks = Jwks::serve(vec![key.jwk()]).await;
-    let v = verifier(&jwks.url);
+    let (key, _jwks, v) = one_key().await;
     let t = now();
     let ok = |changes: Value| key.sign(&with(good_claims(), changes));
 
@@ -394,9 +386,7 @@ async fn times_are_checked_with_the_leeway() {
 
 #[tokio::test]
 async fn issuer_must_match_exactly() {
-    let key = TestKey::new("k1");
-    let jwks = Jwks::serve(vec![key.jwk()]).await;
-    let v = verifier(&jwks.url);
+    let (key, _jwks, v) = one_key().await;
     let claims = |iss: Value| key.sign(&with(good_claims(), json!({ "iss": iss })));
     let wrong = |found: &str| VerifyError::WrongIssuer {
         found: found.into(),
@@ -658,4 +648,12 @@ async fn rejected(source: &Arc<dyn Source>, cfg: VerifyConfig) -> SourceError {
         .issue()
         .await
         .unwrap_err()
+}
+
+/// A key `k1`, a JWKS server holding it, and a verifier pointed at that server.
+async fn one_key() -> (TestKey, Jwks, Verifier) {
+    let key = TestKey::new("k1");
+    let jwks = Jwks::serve(vec![key.jwk()]).await;
+    let v = verifier(&jwks.url);
+    (key, jwks, v)
 }
