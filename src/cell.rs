@@ -6,12 +6,15 @@
 //!
 //! [`State`] is pure logic over an injected clock; [`Cell`] adds the tokio plumbing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
+use tracing::Instrument;
 
+use crate::metrics::histogram::Histogram;
 use crate::source::{Issued, LogClaims, Source, SourceError};
 
 /// Wall-clock time, injectable so the state machine is tested without sleeping.
@@ -365,7 +368,7 @@ fn backoff(policy: &Policy, consecutive: u32, u: f64) -> Duration {
     base / 2 + (base / 2).mul_f64(u)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StateName {
     /// Never read yet: issue is lazy.
@@ -382,6 +385,19 @@ pub enum StateName {
     ConsentRequired,
     /// The token expired and nobody asked for a new one yet.
     Expired,
+}
+
+impl StateName {
+    /// Whether a file in this state serves (or will serve on first read) a valid
+    /// token; `failed_before` is whether its last request failed.
+    pub fn healthy(self, failed_before: bool) -> bool {
+        match self {
+            StateName::Fresh | StateName::Degraded => true,
+            // Lazy: not read yet, or the first request is in flight.
+            StateName::Empty | StateName::Fetching => !failed_before,
+            StateName::Failed | StateName::ConsentRequired | StateName::Expired => false,
+        }
+    }
 }
 
 /// Time rendered as RFC 3339 in `.status`.
@@ -418,6 +434,12 @@ pub struct CellStatus {
     pub failures: u64,
 }
 
+impl CellStatus {
+    pub fn healthy(&self) -> bool {
+        self.state.healthy(self.last_error.is_some())
+    }
+}
+
 /// A token file's cell: [`State`] behind a mutex, plus the one-request-at-a-time
 /// fetch and the refresh-ahead loop.
 pub struct Cell {
@@ -429,6 +451,19 @@ pub struct Cell {
     state: Mutex<State>,
     /// Bumped after every finished request; readers waiting on a fetch watch it.
     finished: watch::Sender<u64>,
+    /// Upstream request durations, for `.metrics`.
+    latency: Histogram,
+    /// Reads the daemon answered (the kernel's page cache serves the rest).
+    reads: AtomicU64,
+}
+
+/// Why a request to the upstream started, for the refresh span.
+#[derive(Debug, Clone, Copy)]
+enum Trigger {
+    /// A reader found no servable token.
+    Read,
+    /// The refresh-ahead loop: the token reached its refresh time.
+    Ahead,
 }
 
 impl Cell {
@@ -447,6 +482,8 @@ impl Cell {
             jitter,
             state: Mutex::new(State::default()),
             finished: watch::channel(0).0,
+            latency: Histogram::default(),
+            reads: AtomicU64::new(0),
         })
     }
 
@@ -486,7 +523,7 @@ impl Cell {
                 Next::Fail(error) => return Err(error),
                 Next::Fetch => {
                     let cell = self.clone();
-                    tokio::spawn(async move { cell.fetch().await });
+                    tokio::spawn(async move { cell.fetch(Trigger::Read).await });
                 }
                 Next::Wait => {}
             }
@@ -496,16 +533,32 @@ impl Cell {
         }
     }
 
-    /// Run the request that `on_read` or `try_start_refresh` marked as in flight.
-    async fn fetch(self: Arc<Self>) {
+    /// Run the request that `on_read` or `try_start_refresh` marked as in flight,
+    /// in a `refresh` span that ends up holding its outcome, latency and the new
+    /// token's `exp`/`jti` (never the token).
+    async fn fetch(self: Arc<Self>, trigger: Trigger) {
+        let span = tracing::info_span!(
+            "refresh",
+            file = %self.name,
+            source = %self.source.upstream(),
+            trigger = ?trigger,
+            outcome = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+            exp = tracing::field::Empty,
+            jti = tracing::field::Empty,
+        );
         let source = self.source.clone();
+        let started = Instant::now();
         // A panicking source must not leave the cell "in flight" forever.
-        let result = match tokio::spawn(async move { source.issue().await }).await {
+        let issuing = async move { source.issue().await }.instrument(span.clone());
+        let result = match tokio::spawn(issuing).await {
             Ok(result) => result,
             Err(e) => Err(SourceError::Unavailable(format!(
                 "token source failed: {e}"
             ))),
         };
+        let latency = started.elapsed();
+        self.latency.observe(latency);
         let now = self.clock.now();
         let (outcome, before) = {
             let mut st = self.lock();
@@ -515,23 +568,35 @@ impl Cell {
                 before,
             )
         };
-        match &outcome {
-            Ok(token) => tracing::info!(
-                file = %self.name,
-                sub = token.claims.sub.as_deref().unwrap_or("-"),
-                jti = token.claims.jti.as_deref().unwrap_or("-"),
-                exp = %humantime::format_rfc3339_seconds(token.expires_at),
-                refresh_at = %humantime::format_rfc3339_seconds(token.refresh_at),
-                "token obtained"
-            ),
+        span.record("latency_ms", latency.as_millis() as u64);
+        span.record(
+            "outcome",
+            match &outcome {
+                Ok(_) => "ok",
+                Err(CellError::Source(SourceError::ConsentRequired { .. })) => "consent_required",
+                Err(_) => "error",
+            },
+        );
+        span.in_scope(|| match &outcome {
+            Ok(token) => {
+                span.record(
+                    "exp",
+                    tracing::field::display(humantime::format_rfc3339_seconds(token.expires_at)),
+                );
+                span.record("jti", token.claims.jti.as_deref().unwrap_or("-"));
+                tracing::info!(
+                    sub = token.claims.sub.as_deref().unwrap_or("-"),
+                    refresh_at = %humantime::format_rfc3339_seconds(token.refresh_at),
+                    "token obtained"
+                )
+            }
             // Once per change of state at warn, so a failing upstream or a consent
             // nobody gives does not flood the log at every retry.
             Err(error) if before.as_ref() == Some(error) => {
-                tracing::debug!(file = %self.name, "token request failed again: {error}")
+                tracing::debug!("token request failed again: {error}")
             }
             Err(error @ CellError::Source(SourceError::ConsentRequired { .. })) => {
                 tracing::warn!(
-                    file = %self.name,
                     "{error} (the URL is also in {}.consent-url); reads fail until then",
                     self.name
                 )
@@ -539,13 +604,11 @@ impl Cell {
             Err(error) => {
                 let serving = self.lock().servable(now).is_some();
                 tracing::warn!(
-                    file = %self.name,
-                    upstream = %self.source.upstream(),
                     still_serving_cached = serving,
                     "token request failed: {error}"
                 )
             }
-        }
+        });
         self.finished.send_modify(|n| *n += 1);
     }
 
@@ -570,7 +633,7 @@ impl Cell {
             }
             let started = self.lock().try_start_refresh(self.clock.now());
             if started {
-                self.clone().fetch().await;
+                self.clone().fetch(Trigger::Ahead).await;
             }
         }
     }
@@ -592,6 +655,19 @@ impl Cell {
 
     pub fn status(&self) -> CellStatus {
         self.lock().status(self.clock.now())
+    }
+
+    /// Count a read the daemon answered with this file's token.
+    pub fn note_read(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    pub fn latency(&self) -> &Histogram {
+        &self.latency
     }
 }
 

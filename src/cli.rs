@@ -1,5 +1,6 @@
 //! Command-line interface.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,8 +24,10 @@ cat /tmp/api/token\n\nLogging: set RUST_LOG (e.g. RUST_LOG=debug or RUST_LOG=tok
 logs go to stderr and never contain tokens or secrets."
 )]
 pub struct Cli {
-    /// Log format on stderr: `text` for people, `json` (one object per line) for log
-    /// collectors. Either way, never a token or secret.
+    /// Where and how to log: `text` on stderr for people, `json` on stderr (one
+    /// object per line) for log collectors, `journald` straight to the systemd
+    /// journal with structured fields (FILE, JTI, EXP, OUTCOME, …; falls back to
+    /// text on stderr if the journal socket is missing). Never a token or secret.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "TOKENFS_LOG_FORMAT")]
     pub log_format: LogFormat,
 
@@ -36,6 +39,7 @@ pub struct Cli {
 pub enum LogFormat {
     Text,
     Json,
+    Journald,
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +81,13 @@ pub struct MountArgs {
     #[arg(long)]
     pub direct_io: bool,
 
+    /// Also serve the metrics (the text of `.metrics`) at http://ADDR/metrics, and
+    /// health at /healthz (200, or 503 naming the unhealthy files). ADDR is a port
+    /// (bound on 127.0.0.1) or IP:PORT. Off by default; no authentication, so keep
+    /// it on loopback unless the network is trusted.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen, env = "TOKENFS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// With --dev: lifetime of the tokens the embedded issuer issues.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration, requires = "dev")]
     pub dev_lifetime: Duration,
@@ -106,4 +117,13 @@ pub struct CheckArgs {
     /// How long to wait for each file's upstream.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+}
+
+/// `PORT` (on loopback) or `IP:PORT`.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is neither a port nor IP:PORT (e.g. 9464 or 127.0.0.1:9464)"))
 }

@@ -68,6 +68,10 @@ pub fn run(args: MountArgs) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let cells = build_cells(config.files)?;
+    let metrics_listener = args
+        .metrics_listen
+        .map(crate::metrics::http::bind)
+        .transpose()?;
     let files = Files::new(
         cells.clone(),
         Options {
@@ -106,6 +110,9 @@ pub fn run(args: MountArgs) -> Result<()> {
         .map(|cell| rt.spawn(cell.clone().keep_fresh()))
         .collect();
     rt.spawn(invalidate_on_change(files.clone(), notifier));
+    if let Some(listener) = metrics_listener {
+        rt.spawn(crate::metrics::http::serve(listener, cells.clone()));
+    }
 
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
     let serving = std::thread::Builder::new()

@@ -12,6 +12,7 @@ pub mod dev;
 pub mod fs;
 pub mod harden;
 pub mod issuer;
+pub mod logging;
 pub mod metrics;
 pub mod mountpoint;
 pub mod notify;

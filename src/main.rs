@@ -1,18 +1,9 @@
 use clap::Parser;
-use tokenfs::cli::{Cli, Command, LogFormat};
-use tracing_subscriber::EnvFilter;
+use tokenfs::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
+    tokenfs::logging::init(cli.log_format);
     if let Err(e) = tokenfs::harden::harden() {
         eprintln!("tokenfs: error: cannot harden the process (no core dumps, not dumpable): {e}");
         return std::process::ExitCode::FAILURE;

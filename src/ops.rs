@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 
+use crate::cell::StateName;
 use crate::cli::{CheckArgs, StatusArgs};
 use crate::config::Config;
 use crate::mountpoint::{self, MountpointError, Probe, Unmounted};
@@ -17,14 +18,9 @@ pub const HEALTHY: u8 = 0;
 pub const UNHEALTHY: u8 = 1;
 pub const UNREACHABLE: u8 = 2;
 
-/// States in which a file serves (or will serve on first read) a valid token.
+/// A `.status` entry's health, as the daemon judges it (an unknown state is not healthy).
 fn healthy(state: &str, last_error: Option<&str>) -> bool {
-    match state {
-        "fresh" | "degraded" => true,
-        // Lazy: not read yet, or the first request is in flight, and nothing failed.
-        "empty" | "fetching" => last_error.is_none(),
-        _ => false,
-    }
+    serde_json::from_value::<StateName>(state.into()).is_ok_and(|s| s.healthy(last_error.is_some()))
 }
 
 /// `tokenfs status [MOUNTPOINT]`.

@@ -1,6 +1,7 @@
 //! Operations with real processes and mounts: recovery from a dead daemon's
 //! stale mount, refusal of a second daemon and of unusable mountpoints, the
-//! `status`, `check` and `unmount` commands, and systemd readiness.
+//! `status`, `check` and `unmount` commands, and systemd readiness. Metrics and logs
+//! are in `observability.rs`.
 
 mod common;
 
@@ -354,110 +355,4 @@ fn the_systemd_unit_verifies() {
         .unwrap();
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(out.status.success() && all.trim().is_empty(), "{all}");
-}
-
-/// Samples of a Prometheus text document, checked line by line: every sample's
-/// family has `# TYPE`, names and labels are well-formed, values are numbers.
-fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
-    let mut typed = std::collections::BTreeSet::new();
-    let mut samples = std::collections::BTreeMap::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let mut parts = rest.split(' ');
-            let name = parts.next().unwrap();
-            let kind = parts.next().unwrap();
-            assert!(["counter", "gauge"].contains(&kind), "{line}");
-            typed.insert(name.to_owned());
-            continue;
-        }
-        if line.starts_with("# HELP ") {
-            continue;
-        }
-        assert!(
-            !line.is_empty() && !line.starts_with('#'),
-            "stray line {line:?}"
-        );
-        let (series, value) = line.rsplit_once(' ').expect("name and value");
-        let name = series.split('{').next().unwrap();
-        assert!(
-            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-            "{line}"
-        );
-        assert!(typed.contains(name), "no # TYPE before {line}");
-        if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() {
-                let inner = labels.strip_prefix('{').and_then(|l| l.strip_suffix('}'));
-                for pair in inner.expect("{labels}").split(',') {
-                    let (k, v) = pair.split_once('=').expect("label=value");
-                    assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
-                    assert!(v.starts_with('"') && v.ends_with('"'), "{line}");
-                }
-            }
-        }
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
-        samples.insert(series.to_owned(), value);
-    }
-    samples
-}
-
-#[test]
-fn metrics_parse_as_prometheus_text_and_move_with_reads_and_refreshes() {
-    if !fuse_available("metrics_parse_as_prometheus_text_and_move_with_reads_and_refreshes") {
-        return;
-    }
-    let m = Mount::start(&["--dev", "--dev-lifetime", "40s"]);
-    let metrics = || parse_prometheus(&m.read_string(".metrics"));
-    let ok = r#"tokenfs_refreshes_total{file="token",outcome="ok"}"#;
-    let before = metrics();
-    assert_eq!(before[ok], 0.0);
-    assert!(!before.contains_key(r#"tokenfs_token_expiry_seconds{file="token"}"#));
-    assert_eq!(
-        before[r#"tokenfs_consent_required{file="azure-token"}"#],
-        0.0
-    );
-
-    m.read("token").unwrap();
-    assert_eq!(errno(m.read("azure-token")), libc::ENOKEY);
-    let after = metrics();
-    assert_eq!(after[ok], 1.0);
-    let left = after[r#"tokenfs_token_expiry_seconds{file="token"}"#];
-    assert!(left > 30.0 && left <= 40.0, "{left}");
-    assert_eq!(
-        after[r#"tokenfs_consent_required{file="azure-token"}"#],
-        1.0
-    );
-    assert_eq!(after[r#"tokenfs_file_healthy{file="azure-token"}"#], 0.0);
-    assert_eq!(after[r#"tokenfs_file_healthy{file="token"}"#], 1.0);
-    assert!(after[r#"tokenfs_refreshes_total{file="azure-token",outcome="error"}"#] >= 1.0);
-
-    // Refresh-ahead at ~80 % of 40 s replaces the token: the counter moves.
-    eventually(Duration::from_secs(45), "a refresh", || {
-        (metrics()[ok] >= 2.0).then_some(())
-    });
-    let text = m.read_string(".metrics");
-    assert!(!text.contains("eyJ"), "no token in .metrics");
-}
-
-#[test]
-fn json_logs_are_one_object_per_line_without_tokens() {
-    if !fuse_available("json_logs_are_one_object_per_line_without_tokens") {
-        return;
-    }
-    let mut m = Mount::start(&["--dev", "--log-format", "json"]);
-    let token = m.read_string("token");
-    assert!(m.stop().success());
-    let log = m.proc.stderr();
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
-    assert!(lines
-        .iter()
-        .all(|l| l["level"].is_string() && l["message"].is_string()));
-    let obtained = lines
-        .iter()
-        .find(|l| l["message"] == "token obtained" && l["file"] == "token")
-        .unwrap_or_else(|| panic!("no 'token obtained' line:\n{log}"));
-    assert!(obtained["jti"].is_string() && obtained["exp"].is_string());
-    assert!(!log.contains(&token), "the token is in the log");
 }

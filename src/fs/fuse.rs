@@ -181,15 +181,20 @@ impl Filesystem for TokenFs {
                 return reply.error(Errno::EIO);
             }
             Some(Content::Token(t)) if !t.servable(SystemTime::now()) => {}
-            Some(content) => return reply.data(content.slice(offset, size)),
+            Some(content) => {
+                self.files.note_read(ino.0);
+                return reply.data(content.slice(offset, size));
+            }
             None => {}
         }
         let handles = self.handles.clone();
+        let files = self.files.clone();
         self.with_view(self.files.read_now(ino.0), ino.0, move |view| match view {
             Ok(View {
                 content: Some(content),
                 ..
             }) => {
+                files.note_read(ino.0);
                 if fh.0 != 0 {
                     let mut pins = handles.lock().unwrap_or_else(|e| e.into_inner());
                     if let Some(pin) = pins.get_mut(&fh.0) {

@@ -250,6 +250,13 @@ impl Files {
         out
     }
 
+    /// Count a read the daemon answered (for `.metrics`); only token files count.
+    pub fn note_read(&self, ino: u64) {
+        if let Some(Node::Token(file)) = self.node(ino) {
+            file.cell.note_read();
+        }
+    }
+
     /// Cells with their inodes, for invalidation.
     pub fn cells(&self) -> impl Iterator<Item = (u64, &Arc<Cell>)> {
         self.tokens
@@ -381,11 +388,7 @@ impl Files {
 
     fn metrics_view(&self) -> View {
         let cells: Vec<_> = self.tokens.iter().map(|t| t.cell.clone()).collect();
-        let now = self
-            .tokens
-            .first()
-            .map_or_else(SystemTime::now, |t| t.cell.now());
-        let doc = self.metrics.announce(crate::metrics::render(&cells, now));
+        let doc = self.metrics.announce(crate::metrics::render_now(&cells));
         self.content_view(METRICS_INO, Content::Doc(doc), Duration::ZERO)
     }
 

@@ -1,7 +1,11 @@
-//! The `.metrics` document: Prometheus text exposition (format 0.0.4) built from
-//! cell snapshots, which never hold a token. Per file: upstream requests by
-//! outcome, seconds until the current token expires, and whether it waits for
-//! the user's consent.
+//! Prometheus text exposition (format 0.0.4), served as `.metrics` in the mount
+//! and, opt-in, over loopback HTTP ([`http`]). Built from cell snapshots and
+//! counters, which never hold a token. Per file: upstream requests by outcome
+//! and their latency, reads the daemon served, seconds until the current token
+//! expires, and whether it waits for the user's consent.
+
+pub mod histogram;
+pub mod http;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -9,12 +13,19 @@ use std::time::SystemTime;
 
 use crate::cell::{Cell, StateName};
 
+/// Render the metrics at the cells' present (their clock is the one that matters).
+pub fn render_now(cells: &[Arc<Cell>]) -> Vec<u8> {
+    let now = cells.first().map_or_else(SystemTime::now, |c| c.now());
+    render(cells, now)
+}
+
 /// Render `.metrics` at `now`.
 pub fn render(cells: &[Arc<Cell>], now: SystemTime) -> Vec<u8> {
     let snapshots: Vec<_> = cells
         .iter()
         .map(|c| (label(c.name()), c.status()))
         .collect();
+    let labelled = || cells.iter().map(|c| (label(c.name()), c));
     let mut out = String::new();
     header(
         &mut out,
@@ -29,6 +40,45 @@ pub fn render(cells: &[Arc<Cell>], now: SystemTime) -> Vec<u8> {
              tokenfs_refreshes_total{{file=\"{file}\",outcome=\"error\"}} {}",
             s.fetches.saturating_sub(s.failures),
             s.failures
+        );
+    }
+    header(
+        &mut out,
+        "tokenfs_upstream_request_duration_seconds",
+        "histogram",
+        "Duration of upstream requests (first issues and refreshes), by file, whatever their outcome.",
+    );
+    for (file, cell) in labelled() {
+        let h = cell.latency().snapshot();
+        for (le, count) in &h.cumulative {
+            let le = if le.is_infinite() {
+                "+Inf".to_owned()
+            } else {
+                le.to_string()
+            };
+            let _ = writeln!(
+                out,
+                "tokenfs_upstream_request_duration_seconds_bucket{{file=\"{file}\",le=\"{le}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "tokenfs_upstream_request_duration_seconds_sum{{file=\"{file}\"}} {:.6}\n\
+             tokenfs_upstream_request_duration_seconds_count{{file=\"{file}\"}} {}",
+            h.sum_seconds, h.count
+        );
+    }
+    header(
+        &mut out,
+        "tokenfs_reads_total",
+        "counter",
+        "Reads of the file the daemon answered; the kernel's page cache serves the rest without asking it.",
+    );
+    for (file, cell) in labelled() {
+        let _ = writeln!(
+            out,
+            "tokenfs_reads_total{{file=\"{file}\"}} {}",
+            cell.reads()
         );
     }
     header(
@@ -69,15 +119,10 @@ pub fn render(cells: &[Arc<Cell>], now: SystemTime) -> Vec<u8> {
         "1 while the file serves a valid token or has not failed yet, else 0.",
     );
     for (file, s) in &snapshots {
-        let healthy = match s.state {
-            StateName::Fresh | StateName::Degraded => true,
-            StateName::Empty | StateName::Fetching => s.last_error.is_none(),
-            StateName::Failed | StateName::ConsentRequired | StateName::Expired => false,
-        };
         let _ = writeln!(
             out,
             "tokenfs_file_healthy{{file=\"{file}\"}} {}",
-            u8::from(healthy)
+            u8::from(s.healthy())
         );
     }
     out.into_bytes()
