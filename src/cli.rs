@@ -57,6 +57,10 @@ pub enum Command {
     Check(CheckArgs),
     /// Unmount a tokenfs (lazily if a reader holds a file open); its daemon then exits.
     Unmount(StatusArgs),
+    /// Wait until a tokenfs answers on the mountpoint: for a container entrypoint
+    /// that starts the workload once the mount is ready. Exit code 0 when ready; 1
+    /// on timeout or when the daemon given by --pid exited first.
+    Wait(WaitArgs),
     /// Run the embedded Keycloak-compatible issuer alone. For development and tests only.
     DevIssuer(crate::issuer::DevIssuerArgs),
 }
@@ -106,6 +110,22 @@ pub struct StatusArgs {
     /// The tokenfs mountpoint.
     #[arg(default_value = DEFAULT_MOUNTPOINT, env = "TOKENFS_MOUNTPOINT")]
     pub mountpoint: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// The tokenfs mountpoint.
+    #[arg(default_value = DEFAULT_MOUNTPOINT, env = "TOKENFS_MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+
+    /// Give up after this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// The daemon's PID (e.g. `$!` after `tokenfs mount … &`): fail at once if it
+    /// exits instead of waiting for the timeout.
+    #[arg(long)]
+    pub pid: Option<i32>,
 }
 
 #[derive(Debug, Args)]

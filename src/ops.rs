@@ -1,5 +1,5 @@
 //! Operator commands: `status` (a running mount's health), `check` (a config
-//! and its upstreams, without mounting) and `unmount`. Each returns the
+//! and its upstreams, without mounting), `wait` (for a mount to answer) and `unmount`. Each returns the
 //! process's exit code; none ever prints a token.
 
 use std::fmt::Write as _;
@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 
 use crate::cell::StateName;
-use crate::cli::{CheckArgs, StatusArgs};
+use crate::cli::{CheckArgs, StatusArgs, WaitArgs};
 use crate::config::Config;
 use crate::mountpoint::{self, MountpointError, Probe, Unmounted};
 
@@ -185,6 +185,53 @@ pub fn unmount(args: StatusArgs) -> Result<u8, MountpointError> {
         ),
     }
     Ok(0)
+}
+
+/// `tokenfs wait [MOUNTPOINT]`: until a live tokenfs answers there (exit 0), the
+/// timeout passes, or the daemon named by `--pid` exits (exit 1, with the reason).
+pub fn wait(args: WaitArgs) -> Result<u8> {
+    const POLL: Duration = Duration::from_millis(50);
+    let path = mountpoint::absolute(&args.mountpoint)?;
+    let deadline = std::time::Instant::now() + args.timeout;
+    loop {
+        if mountpoint::tokenfs_mounted(&path)
+            && matches!(mountpoint::probe_status(&path), Probe::Alive)
+        {
+            return Ok(HEALTHY);
+        }
+        if let Some(pid) = args.pid {
+            // Signal 0: only asks whether the process exists.
+            let gone = unsafe { libc::kill(pid, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            if gone || is_zombie(pid) {
+                anyhow::bail!(
+                    "the daemon (pid {pid}) exited before {} was ready; its error is in its log",
+                    path.display()
+                );
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "no tokenfs answered on {} within {}: is `tokenfs mount` running? (`tokenfs status` says more)",
+                path.display(),
+                humantime::format_duration(args.timeout)
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// A child that exited but was not reaped yet (a shell's background job) still
+/// exists for `kill(pid, 0)`.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name, which is in parentheses.
+            let after = &stat[stat.rfind(')')? + 1..];
+            after.split_whitespace().next().map(|s| s == "Z")
+        })
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

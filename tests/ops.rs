@@ -356,3 +356,60 @@ fn the_systemd_unit_verifies() {
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(out.status.success() && all.trim().is_empty(), "{all}");
 }
+
+#[test]
+fn wait_returns_once_the_mount_answers_and_fails_fast_when_it_cannot() {
+    if !fuse_available("wait_returns_once_the_mount_answers_and_fails_fast_when_it_cannot") {
+        return;
+    }
+    let tmp = tempdir();
+    let dir = tmp.path().join("api");
+    let dir_arg = dir.to_str().unwrap();
+
+    // Nothing will mount there: the timeout ends it, with what to look at.
+    let out = run(&["wait", dir_arg, "--timeout", "300ms"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no tokenfs answered on"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The daemon fails (the mountpoint is a file): --pid notices at once.
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let mut doomed = Proc::spawn(&["mount", file.to_str().unwrap(), "--dev"], &[]);
+    let out = run(&[
+        "wait",
+        file.to_str().unwrap(),
+        "--pid",
+        &doomed.pid().to_string(),
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("exited before"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(doomed.wait_exit(Duration::from_secs(5)).is_some());
+
+    // A daemon starting in the background: wait returns when the file can be read.
+    let _guard = DetachOnDrop(dir.clone());
+    let mut daemon = Proc::spawn(&["mount", dir_arg, "--dev"], &[]);
+    let pid = daemon.pid().to_string();
+    let out = run(&["wait", dir_arg, "--pid", &pid, "--timeout", "30s"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        daemon.stderr()
+    );
+    let token = std::fs::read_to_string(dir.join("token")).expect("token readable after wait");
+    assert_eq!(token.split('.').count(), 3, "a JWT");
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+}
