@@ -466,6 +466,15 @@ enum Trigger {
     Ahead,
 }
 
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Read => "read",
+            Trigger::Ahead => "ahead",
+        }
+    }
+}
+
 impl Cell {
     pub fn new(
         name: impl Into<String>,
@@ -541,7 +550,7 @@ impl Cell {
             "refresh",
             file = %self.name,
             source = %self.source.upstream(),
-            trigger = ?trigger,
+            trigger = trigger.as_str(),
             outcome = tracing::field::Empty,
             latency_ms = tracing::field::Empty,
             exp = tracing::field::Empty,

@@ -141,7 +141,7 @@ fn json_logs_are_one_object_per_line_without_tokens() {
     let span = &obtained["span"];
     assert_eq!(span["name"], "refresh", "{obtained}");
     assert_eq!(span["outcome"], "ok", "{obtained}");
-    assert_eq!(span["trigger"], "Read", "{obtained}");
+    assert_eq!(span["trigger"], "read", "{obtained}");
     assert!(span["source"]
         .as_str()
         .unwrap()
