@@ -55,6 +55,23 @@ pub enum Command {
     Unmount(StatusArgs),
     /// Run the embedded Keycloak-compatible issuer alone. For development and tests only.
     DevIssuer(crate::issuer::DevIssuerArgs),
+    /// Print the shell completion script for SHELL to stdout
+    ///
+    /// Install it where the shell looks for completions (the .deb installs bash, zsh
+    /// and fish ones), e.g.:
+    ///   bash  tokenfs completions bash > /usr/share/bash-completion/completions/tokenfs
+    ///   zsh   tokenfs completions zsh > /usr/local/share/zsh/site-functions/_tokenfs
+    ///   fish  tokenfs completions fish > ~/.config/fish/completions/tokenfs.fish
+    /// elvish and powershell: evaluate the output from the shell's startup file.
+    #[command(verbatim_doc_comment)]
+    Completions(CompletionsArgs),
+    /// Write the man pages (roff): tokenfs(1) to stdout, or with --dir every page.
+    ///
+    /// Without --dir, tokenfs(1) goes to stdout (read it with `tokenfs man | man -l -`).
+    /// With --dir DIR, tokenfs.1 and one page per command (tokenfs-mount.1,
+    /// tokenfs-status.1, ...) are written into DIR, created if missing, and each path
+    /// written is printed; e.g. `tokenfs man --dir /usr/local/share/man/man1`.
+    Man(ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -106,4 +123,19 @@ pub struct CheckArgs {
     /// How long to wait for each file's upstream.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write every page (tokenfs.1, tokenfs-COMMAND.1) into this directory instead of
+    /// tokenfs.1 to stdout.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
