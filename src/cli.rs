@@ -26,7 +26,7 @@ logs go to stderr and never contain tokens or secrets."
 pub struct Cli {
     /// Where and how to log: `text` on stderr for people, `json` on stderr (one
     /// object per line) for log collectors, `journald` straight to the systemd
-    /// journal with structured fields (FILE, JTI, EXP, OUTCOME, …; falls back to
+    /// journal with structured fields (FILE, JTI, EXP, OUTCOME, ...; falls back to
     /// text on stderr if the journal socket is missing). Never a token or secret.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "TOKENFS_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -63,6 +63,23 @@ pub enum Command {
     Wait(WaitArgs),
     /// Run the embedded Keycloak-compatible issuer alone. For development and tests only.
     DevIssuer(crate::issuer::DevIssuerArgs),
+    /// Print the shell completion script for SHELL to stdout
+    ///
+    /// Install it where the shell looks for completions (the .deb installs bash, zsh
+    /// and fish ones), e.g.:
+    ///   bash  tokenfs completions bash > /usr/share/bash-completion/completions/tokenfs
+    ///   zsh   tokenfs completions zsh > /usr/local/share/zsh/site-functions/_tokenfs
+    ///   fish  tokenfs completions fish > ~/.config/fish/completions/tokenfs.fish
+    /// elvish and powershell: evaluate the output from the shell's startup file.
+    #[command(verbatim_doc_comment)]
+    Completions(CompletionsArgs),
+    /// Write the man pages (roff): tokenfs(1) to stdout, or with --dir every page.
+    ///
+    /// Without --dir, tokenfs(1) goes to stdout (read it with `tokenfs man | man -l -`).
+    /// With --dir DIR, tokenfs.1 and one page per command (tokenfs-mount.1,
+    /// tokenfs-status.1, ...) are written into DIR, created if missing, and each path
+    /// written is printed; e.g. `tokenfs man --dir /usr/local/share/man/man1`.
+    Man(ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -122,7 +139,7 @@ pub struct WaitArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
-    /// The daemon's PID (e.g. `$!` after `tokenfs mount … &`): fail at once if it
+    /// The daemon's PID (e.g. `$!` after `tokenfs mount ... &`): fail at once if it
     /// exits instead of waiting for the timeout.
     #[arg(long)]
     pub pid: Option<i32>,
@@ -137,6 +154,21 @@ pub struct CheckArgs {
     /// How long to wait for each file's upstream.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write every page (tokenfs.1, tokenfs-COMMAND.1) into this directory instead of
+    /// tokenfs.1 to stdout.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `PORT` (on loopback) or `IP:PORT`.

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dev;
+pub mod docs;
 pub mod fs;
 pub mod harden;
 pub mod issuer;

@@ -22,6 +22,12 @@ fn main() -> std::process::ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(tokenfs::issuer::run_dev_issuer(args)))
             .map(|()| 0),
+        Command::Completions(args) => tokenfs::docs::completions(args)
+            .map(|()| 0)
+            .map_err(anyhow::Error::from),
+        Command::Man(args) => tokenfs::docs::man(args)
+            .map(|()| 0)
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),
