@@ -410,6 +410,8 @@ async fn fifty_concurrent_readers_share_one_request() {
         assert_eq!(token.generation, 1);
     }
     assert_eq!(source.calls(), 1);
+    // One request, one latency observation (the wait for the gate included).
+    assert_eq!(cell.latency().snapshot().count, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -436,6 +438,9 @@ async fn concurrent_readers_share_one_failure() {
     source.gate.add_permits(1);
     assert_eq!(cell.get().await.unwrap().generation, 1);
     assert_eq!(source.calls(), 2);
+    // Failed requests are timed too.
+    assert_eq!(cell.latency().snapshot().count, 2);
+    assert_eq!(cell.status().failures, 1);
 }
 
 #[tokio::test(start_paused = true)]
