@@ -322,10 +322,7 @@ fn sigterm_and_sigint_unmount_and_exit_zero() {
         let mut mount = Mount::start(&["--dev"]);
         mount.read("token").unwrap();
         mount.proc.signal(sig);
-        let status = mount
-            .proc
-            .wait_exit(Duration::from_secs(10))
-            .expect("tokenfs exits after the signal");
+        let status = mount.proc.exits_within(STOP_LIMIT, "the signal");
         assert!(
             status.success(),
             "signal {sig}: {status}\n{}",
@@ -626,7 +623,7 @@ fn no_secret_in_the_trace_log_in_status_or_under_the_mount() {
     let rotated_now = std::fs::read_to_string(&rotated).unwrap();
     let entra_rotated_now = std::fs::read_to_string(&entra_rotated).unwrap();
     proc.signal(libc::SIGTERM);
-    assert!(proc.wait_exit(Duration::from_secs(10)).unwrap().success());
+    assert!(proc.exits_within(STOP_LIMIT, "SIGTERM").success());
     let log = proc.stderr();
     assert!(log.contains("TRACE"), "trace logging was on");
 

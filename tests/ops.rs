@@ -242,10 +242,7 @@ fn unmount_ends_the_mount_and_the_daemon() {
     let out = run(&["unmount", m.dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(!is_mounted(&m.dir));
-    let status = m
-        .proc
-        .wait_exit(Duration::from_secs(10))
-        .expect("daemon exits");
+    let status = m.proc.exits_within(STOP_LIMIT, "tokenfs unmount");
     assert!(status.success(), "{}", m.proc.stderr());
 
     // Busy (a file held open): detached lazily; the daemon ends once it is closed.
@@ -257,8 +254,7 @@ fn unmount_ends_the_mount_and_the_daemon() {
     assert!(!is_mounted(&m.dir));
     drop(held);
     m.proc
-        .wait_exit(Duration::from_secs(10))
-        .expect("daemon exits");
+        .exits_within(STOP_LIMIT, "a lazy unmount and the last close");
 
     // Nothing mounted there any more.
     let out = run(&["unmount", m.dir.to_str().unwrap()]);
@@ -314,7 +310,7 @@ fn readiness_is_signalled_only_once_the_mount_answers() {
         (msg == "STOPPING=1").then_some(msg)
     });
     assert_eq!(stopping, "STOPPING=1");
-    let status = proc.wait_exit(Duration::from_secs(10)).expect("exits");
+    let status = proc.exits_within(STOP_LIMIT, "SIGTERM");
     assert!(status.success(), "{}", proc.stderr());
 }
 
@@ -409,7 +405,5 @@ fn wait_returns_once_the_mount_answers_and_fails_fast_when_it_cannot() {
     let token = std::fs::read_to_string(dir.join("token")).expect("token readable after wait");
     assert_eq!(token.split('.').count(), 3, "a JWT");
     daemon.signal(libc::SIGTERM);
-    assert!(daemon
-        .wait_exit(Duration::from_secs(10))
-        .is_some_and(|s| s.success()));
+    assert!(daemon.exits_within(STOP_LIMIT, "SIGTERM").success());
 }

@@ -119,6 +119,49 @@ impl Proc {
     }
 }
 
+/// How long a daemon may take to exit after SIGTERM: the unit's `TimeoutStopSec`,
+/// after which systemd would SIGKILL it and leave a stale mount.
+pub const STOP_LIMIT: Duration = Duration::from_secs(15);
+
+impl Proc {
+    /// Wait up to `limit` for exit; if it does not, fail with what each of its
+    /// threads is doing (state and kernel wait channel) and the end of its log.
+    pub fn exits_within(&mut self, limit: Duration, after: &str) -> std::process::ExitStatus {
+        if let Some(status) = self.wait_exit(limit) {
+            return status;
+        }
+        let pid = self.pid();
+        let mut threads = String::new();
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for task in tasks.flatten() {
+                let read =
+                    |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+                let stat = read("stat");
+                let state = stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .next();
+                threads += &format!(
+                    "  {} {:<16} state {} wchan {}\n",
+                    task.file_name().to_string_lossy(),
+                    read("comm").trim(),
+                    state.unwrap_or("?"),
+                    read("wchan").trim()
+                );
+            }
+        }
+        let log = self.stderr();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "tokenfs (pid {pid}) did not exit within {limit:?} after {after}; its threads:\n{threads}\nlast log lines:\n{}",
+            tail.join("\n")
+        );
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
@@ -219,14 +262,7 @@ impl Mount {
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         self.proc.signal(libc::SIGTERM);
-        self.proc
-            .wait_exit(Duration::from_secs(10))
-            .unwrap_or_else(|| {
-                panic!(
-                    "tokenfs did not exit after SIGTERM:\n{}",
-                    self.proc.stderr()
-                )
-            })
+        self.proc.exits_within(STOP_LIMIT, "SIGTERM")
     }
 }
 
