@@ -116,16 +116,19 @@ fn top_page_extra() -> String {
          .TP\n\
          RUST_LOG\n\
          Log filter, e.g. \\fBdebug\\fR or \\fBtokenfs=trace\\fR (default \\fBinfo\\fR). \
-         Logs go to stderr and never contain tokens or secrets.\n\
+         Logs never contain tokens or secrets.\n\
          .TP\n\
          TOKENFS_LOG_FORMAT\n\
-         \\fBtext\\fR or \\fBjson\\fR, as \\-\\-log\\-format.\n\
+         \\fBtext\\fR, \\fBjson\\fR or \\fBjournald\\fR, as \\-\\-log\\-format.\n\
+         .TP\n\
+         TOKENFS_METRICS_LISTEN\n\
+         Address of the metrics listener, as \\-\\-metrics\\-listen of \\fBmount\\fR.\n\
          .TP\n\
          TOKENFS_CONFIG\n\
          The config file, as \\-\\-config of \\fBmount\\fR and \\fBcheck\\fR.\n\
          .TP\n\
          TOKENFS_MOUNTPOINT\n\
-         The mountpoint of \\fBmount\\fR, \\fBstatus\\fR and \\fBunmount\\fR.\n",
+         The mountpoint of \\fBmount\\fR, \\fBstatus\\fR, \\fBwait\\fR and \\fBunmount\\fR.\n",
     );
     roff.push_str(&see_also(&[
         "tokenfs-mount",
