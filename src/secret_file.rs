@@ -8,7 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use secrecy::zeroize::Zeroize;
@@ -123,16 +123,7 @@ pub fn write_secret_file(path: &Path, secret: &SecretString) -> Result<(), Secre
         path: path.to_path_buf(),
         source,
     };
-    let file_name = path.file_name().ok_or_else(|| {
-        write_err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the path has no file name",
-        ))
-    })?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let (dir, file_name) = dir_and_name(path).map_err(write_err)?;
 
     let (tmp_path, mut tmp) = create_temp(dir, file_name).map_err(write_err)?;
     let written = tmp
@@ -152,16 +143,43 @@ pub fn write_secret_file(path: &Path, secret: &SecretString) -> Result<(), Secre
         .map_err(write_err)
 }
 
+/// Make sure [`write_secret_file`] can write `path` when the time comes: its
+/// directory is created (mode 0700, parents too) if missing, and a temp file is
+/// created in it and removed. Called at start, so that a rotated refresh token
+/// is never received with nowhere to keep it.
+pub fn ensure_writable(path: &Path) -> Result<(), SecretFileError> {
+    let write_err = |source| SecretFileError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (dir, file_name) = dir_and_name(path).map_err(write_err)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(write_err)?;
+    let (tmp_path, tmp) = create_temp(dir, file_name).map_err(write_err)?;
+    drop(tmp);
+    std::fs::remove_file(&tmp_path).map_err(write_err)
+}
+
+/// The directory a file is in (`.` for a bare name) and its name.
+fn dir_and_name(path: &Path) -> io::Result<(&Path, &std::ffi::OsStr)> {
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name")
+    })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok((dir, name))
+}
+
 /// Remove temp files a killed run of [`write_secret_file`] left beside `path`:
 /// each holds a live secret. Called at start, before anything writes `path`.
 pub fn remove_stale_temps(path: &Path) {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+    let Ok((dir, name)) = dir_and_name(path) else {
         return;
-    };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
     };
     let prefix = format!(".{}.tmp.", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(dir) else {

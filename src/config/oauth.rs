@@ -60,6 +60,12 @@ fn refresh_grant(name: &str, f: &RawFile, may_be_missing: bool) -> Result<Grant,
         _ if may_be_missing && !path.exists() => None,
         _ => Some(secret(key("refresh_token_file"), &path)?),
     };
+    // Before any refresh: a rotated token that cannot be saved is lost at the next
+    // start, and the upstream has revoked the one in refresh_token_file by then.
+    if let Some(rotated) = &f.rotated_refresh_token_file {
+        secret_file::ensure_writable(rotated)
+            .map_err(|e| invalid(key("rotated_refresh_token_file"), e.to_string()))?;
+    }
     Ok(Grant::RefreshToken {
         refresh_token,
         file: Some(path),

@@ -112,6 +112,34 @@ fn rotated_refresh_token_supersedes_the_original() {
 }
 
 #[test]
+fn the_rotated_token_directory_is_created_or_the_config_is_refused() {
+    let d = Dir::new();
+    let offline = d.file("offline", "original", 0o600);
+    let config = |rotated: &str| {
+        format!(
+            "[files.token]\nsource = \"oauth2\"\ntoken_url = \"{URL}\"\nclient_id = \"c\"\n\
+             refresh_token_file = \"{offline}\"\nrotated_refresh_token_file = \"{rotated}\"\n"
+        )
+    };
+    // Missing: created 0700 (as `tokenfs check` would before the service first ran).
+    let state = d.0.path().join("var/lib/tokenfs");
+    d.load(&config(&format!("{}/offline-token", state.display())))
+        .unwrap();
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0, "no file left");
+    // Impossible (its "directory" is a file): refused before any refresh, by key.
+    let err = d
+        .load(&config(&format!("{offline}/offline-token")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("files.token.rotated_refresh_token_file") && err.contains("cannot write"),
+        "{err}"
+    );
+}
+
+#[test]
 fn http_source_with_headers() {
     let d = Dir::new();
     let key = d.file("api-key", "k3y", 0o600);
