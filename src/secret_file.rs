@@ -165,9 +165,9 @@ pub fn ensure_writable(path: &Path) -> Result<(), SecretFileError> {
 
 /// The directory a file is in (`.` for a bare name) and its name.
 fn dir_and_name(path: &Path) -> io::Result<(&Path, &std::ffi::OsStr)> {
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name")
-    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

@@ -127,7 +127,11 @@ fn the_rotated_token_directory_is_created_or_the_config_is_refused() {
         .unwrap();
     let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
-    assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0, "no file left");
+    assert_eq!(
+        std::fs::read_dir(&state).unwrap().count(),
+        0,
+        "no file left"
+    );
     // Impossible (its "directory" is a file): refused before any refresh, by key.
     let err = d
         .load(&config(&format!("{offline}/offline-token")))
