@@ -9,18 +9,10 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::BIN;
+use common::run;
 
 /// The commands a user types; every script and page must know them.
 const COMMANDS: [&str; 5] = ["mount", "status", "check", "wait", "unmount"];
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run tokenfs")
-}
 
 /// `tokenfs <args>`, which must succeed with nothing on stderr; its stdout.
 fn stdout_of(args: &[&str]) -> String {

@@ -239,23 +239,23 @@ fn metrics_listen_takes_a_port_or_an_address_and_says_so_when_taken() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let dir = tempdir();
-    let out = Command::new(BIN)
-        .args(["mount", "--dev", "--metrics-listen", &port])
-        .arg(dir.path().join("api"))
-        .output()
-        .unwrap();
+    let api = dir.path().join("api");
+    let out = run(&[
+        "mount",
+        "--dev",
+        "--metrics-listen",
+        &port,
+        api.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!("cannot listen for metrics on 127.0.0.1:{port}")),
         "{err}"
     );
-    assert!(!is_mounted(&dir.path().join("api")), "no mount left behind");
+    assert!(!is_mounted(&api), "no mount left behind");
 
-    let out = Command::new(BIN)
-        .args(["mount", "--dev", "--metrics-listen", "localhost:x"])
-        .output()
-        .unwrap();
+    let out = run(&["mount", "--dev", "--metrics-listen", "localhost:x"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("neither a port nor IP:PORT"), "{err}");

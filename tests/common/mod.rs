@@ -174,6 +174,15 @@ impl Drop for Proc {
     }
 }
 
+/// Run `tokenfs <args>` to completion (no stdin).
+pub fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tokenfs")
+}
+
 /// Whether `path` is a mountpoint right now (from /proc/self/mountinfo).
 pub fn is_mounted(path: &Path) -> bool {
     let target = path.to_string_lossy().replace(' ', "\\040");
