@@ -354,6 +354,7 @@ impl State {
             retry_at: self.failure.as_ref().map(|f| f.retry_at.into()),
             fetches: self.fetches,
             failures: self.failures,
+            unsaved_refresh_token: None,
         }
     }
 }
@@ -432,6 +433,10 @@ pub struct CellStatus {
     pub retry_at: Option<Timestamp>,
     pub fetches: u64,
     pub failures: u64,
+    /// Why the refresh token the upstream last rotated in could not be saved
+    /// (it is lost when tokenfs restarts), while that lasts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsaved_refresh_token: Option<String>,
 }
 
 impl CellStatus {
@@ -663,7 +668,9 @@ impl Cell {
     }
 
     pub fn status(&self) -> CellStatus {
-        self.lock().status(self.clock.now())
+        let mut status = self.lock().status(self.clock.now());
+        status.unsaved_refresh_token = self.source.unsaved_refresh_token();
+        status
     }
 
     /// Count a read the daemon answered with this file's token.

@@ -120,6 +120,16 @@ pub fn render_status(doc: &serde_json::Value, now: SystemTime) -> (String, u8) {
             w2 = widths[2]
         );
     }
+    // Serving fine, so not unhealthy, but it needs an operator before the next restart.
+    for f in &files {
+        if let Some(why) = f["unsaved_refresh_token"].as_str() {
+            let _ = writeln!(
+                out,
+                "WARNING {}: the rotated refresh token is not saved and is lost when tokenfs restarts: {why}",
+                f["name"].as_str().unwrap_or("?")
+            );
+        }
+    }
     (out, code)
 }
 
@@ -237,6 +247,20 @@ fn is_zombie(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unsaved_refresh_token_is_a_warning_not_a_failure() {
+        let now = humantime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
+        let doc = serde_json::json!({"files": [
+            {"name": "token", "state": "fresh", "unsaved_refresh_token": "cannot write /x/y: gone"},
+        ]});
+        let (table, code) = render_status(&doc, now);
+        assert_eq!(code, HEALTHY);
+        assert!(
+            table.ends_with("WARNING token: the rotated refresh token is not saved and is lost when tokenfs restarts: cannot write /x/y: gone\n"),
+            "{table}"
+        );
+    }
 
     #[test]
     fn table_and_exit_code_follow_the_states() {

@@ -360,3 +360,68 @@ fn journald_entries_carry_the_refresh_span_and_no_token() {
     assert!(!obtained["JTI"].is_empty() && !obtained["EXP"].is_empty());
     assert!(entries.iter().any(|e| e["MESSAGE"] == "mounted"));
 }
+
+/// A rotated refresh token that cannot be saved (its directory vanished) keeps the
+/// file serving, but `.status`, `.metrics` and `tokenfs status` say so until a
+/// later rotation is saved again.
+#[test]
+fn an_unsaved_rotated_refresh_token_shows_until_one_is_saved() {
+    if !fuse_available("an_unsaved_rotated_refresh_token_shows_until_one_is_saved") {
+        return;
+    }
+    let tmp = tempdir();
+    let issuer = DevIssuer::start(&["--rotate-refresh-tokens", "--lifetime", "40s"]);
+    let state = tmp.path().join("state");
+    let rotated = state.join("offline-token");
+    // 10 s of each 40 s token are servable: a refresh (and rotation) every ~8 s.
+    let extra = format!(
+        "min_valid = \"30s\"\nrotated_refresh_token_file = \"{}\"",
+        rotated.display()
+    );
+    let config = issuer.config(tmp.path(), "", &extra);
+    let m = Mount::start_at(
+        &tmp.path().join("api"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let gauge = || parse_prometheus(&m.read_string(".metrics"))[r#"tokenfs_refresh_token_unsaved{file="token"}"#];
+
+    m.read("token").unwrap();
+    assert!(
+        rotated.exists(),
+        "the first rotation is saved (its directory made at start)"
+    );
+    assert_eq!(gauge(), 0.0);
+
+    std::fs::remove_dir_all(&state).unwrap();
+    let why = eventually(
+        Duration::from_secs(30),
+        "a rotation that cannot be saved",
+        || {
+            m.file_status("token")["unsaved_refresh_token"]
+                .as_str()
+                .map(str::to_owned)
+        },
+    );
+    assert!(
+        why.contains("cannot write") && why.contains(&rotated.display().to_string()),
+        "{why}"
+    );
+    assert_eq!(gauge(), 1.0);
+    assert_eq!(m.file_status("token")["state"], "fresh", "still serving");
+    let out = run(&["status", m.dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("WARNING token: the rotated refresh token is not saved"),
+        "{table}"
+    );
+
+    std::fs::create_dir(&state).unwrap();
+    eventually(Duration::from_secs(30), "a rotation saved again", || {
+        m.file_status("token")["unsaved_refresh_token"]
+            .is_null()
+            .then_some(())
+    });
+    assert!(rotated.exists());
+    assert_eq!(gauge(), 0.0);
+}

@@ -114,6 +114,19 @@ pub fn render(cells: &[Arc<Cell>], now: SystemTime) -> Vec<u8> {
     }
     header(
         &mut out,
+        "tokenfs_refresh_token_unsaved",
+        "gauge",
+        "1 while the refresh token the upstream last rotated in could not be saved (it is lost when tokenfs restarts), else 0.",
+    );
+    for (file, s) in &snapshots {
+        let _ = writeln!(
+            out,
+            "tokenfs_refresh_token_unsaved{{file=\"{file}\"}} {}",
+            u8::from(s.unsaved_refresh_token.is_some())
+        );
+    }
+    header(
+        &mut out,
         "tokenfs_file_healthy",
         "gauge",
         "1 while the file serves a valid token or has not failed yet, else 0.",

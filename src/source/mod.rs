@@ -124,4 +124,9 @@ pub trait Source: Send + Sync {
     async fn issue(&self) -> Result<Issued, SourceError>;
     /// Where the token comes from, for `.status` and logs (no secrets, no query strings).
     fn upstream(&self) -> String;
+    /// Why the last refresh token the upstream rotated in could not be saved, while
+    /// that lasts: requests still work, but the token is lost at the next start.
+    fn unsaved_refresh_token(&self) -> Option<String> {
+        None
+    }
 }

@@ -98,6 +98,8 @@ struct Inner {
     consent_url: Option<String>,
     http: HttpSettings,
     grant: GrantState,
+    /// Why the last rotated refresh token could not be saved, until one is.
+    unsaved: std::sync::Mutex<Option<String>>,
 }
 
 #[derive(Debug)]
@@ -225,6 +227,7 @@ impl OAuthSource {
             consent_url: cfg.consent_url,
             http: cfg.http,
             grant,
+            unsaved: std::sync::Mutex::new(None),
         };
         Ok(OAuthSource {
             inner: Arc::new(inner),
@@ -251,9 +254,20 @@ impl Source for OAuthSource {
     fn upstream(&self) -> String {
         redact_url(&self.inner.token_url)
     }
+
+    fn unsaved_refresh_token(&self) -> Option<String> {
+        self.inner.unsaved_now()
+    }
 }
 
 impl Inner {
+    fn unsaved_now(&self) -> Option<String> {
+        self.unsaved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// POST the form and return the parsed 2xx answer, or the error the
     /// status and body call for.
     async fn exchange(&self, mut form: Vec<(&str, &str)>) -> Result<TokenResponse, SourceError> {
@@ -308,18 +322,18 @@ impl Inner {
             let written =
                 tokio::task::spawn_blocking(move || secret_file::write_secret_file(&p, &secret))
                     .await;
-            match written {
-                Ok(Ok(())) => {
-                    tracing::debug!(file = %path.display(), "saved the rotated refresh token")
-                }
-                Ok(Err(e)) => tracing::error!(
+            let failure = match written {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(format!("saving it to {} failed: {e}", path.display())),
+            };
+            match &failure {
+                None => tracing::debug!(file = %path.display(), "saved the rotated refresh token"),
+                Some(e) => tracing::error!(
                     "{e}; the rotated refresh token is kept in memory only and is lost when tokenfs restarts"
                 ),
-                Err(e) => tracing::error!(
-                    file = %path.display(),
-                    "saving the rotated refresh token failed ({e}); it is kept in memory only"
-                ),
             }
+            *self.unsaved.lock().unwrap_or_else(|e| e.into_inner()) = failure;
         } else {
             tracing::debug!("the upstream rotated the refresh token (kept in memory only)");
         }

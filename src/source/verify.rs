@@ -618,6 +618,10 @@ impl Source for VerifyingSource {
     fn upstream(&self) -> String {
         self.inner.upstream()
     }
+
+    fn unsaved_refresh_token(&self) -> Option<String> {
+        self.inner.unsaved_refresh_token()
+    }
 }
 
 #[cfg(test)]
