@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::cell::{Cell, StateName};
+use crate::cell::{Cell, CellStatus, StateName};
 
 /// Render the metrics at the cells' present (their clock is the one that matters).
 pub fn render_now(cells: &[Arc<Cell>]) -> Vec<u8> {
@@ -19,13 +19,24 @@ pub fn render_now(cells: &[Arc<Cell>]) -> Vec<u8> {
     render(cells, now)
 }
 
+/// One file's line of every family.
+struct Row<'a> {
+    /// The file name, escaped as a label value.
+    file: String,
+    cell: &'a Cell,
+    status: CellStatus,
+}
+
 /// Render `.metrics` at `now`.
 pub fn render(cells: &[Arc<Cell>], now: SystemTime) -> Vec<u8> {
-    let snapshots: Vec<_> = cells
+    let rows: Vec<Row> = cells
         .iter()
-        .map(|c| (label(c.name()), c.status()))
+        .map(|c| Row {
+            file: label(c.name()),
+            cell: c,
+            status: c.status(),
+        })
         .collect();
-    let labelled = || cells.iter().map(|c| (label(c.name()), c));
     let mut out = String::new();
     header(
         &mut out,
@@ -33,7 +44,10 @@ pub fn render(cells: &[Arc<Cell>], now: SystemTime) -> Vec<u8> {
         "counter",
         "Finished upstream requests (first issues and refreshes), by file and outcome.",
     );
-    for (file, s) in &snapshots {
+    for Row {
+        file, status: s, ..
+    } in &rows
+    {
         let _ = writeln!(
             out,
             "tokenfs_refreshes_total{{file=\"{file}\",outcome=\"ok\"}} {}\n\
@@ -48,7 +62,7 @@ pub fn render(cells: &[Arc<Cell>], now: SystemTime) -> Vec<u8> {
         "histogram",
         "Duration of upstream requests (first issues and refreshes), by file, whatever their outcome.",
     );
-    for (file, cell) in labelled() {
+    for Row { file, cell, .. } in &rows {
         let h = cell.latency().snapshot();
         for (le, count) in &h.cumulative {
             let le = if le.is_infinite() {
@@ -68,77 +82,70 @@ pub fn render(cells: &[Arc<Cell>], now: SystemTime) -> Vec<u8> {
             h.sum_seconds, h.count
         );
     }
-    header(
+    per_file(
         &mut out,
-        "tokenfs_reads_total",
-        "counter",
+        &rows,
+        ("tokenfs_reads_total", "counter"),
         "Reads of the file the daemon answered; the kernel's page cache serves the rest without asking it.",
+        |r| Some(r.cell.reads().to_string()),
     );
-    for (file, cell) in labelled() {
-        let _ = writeln!(
-            out,
-            "tokenfs_reads_total{{file=\"{file}\"}} {}",
-            cell.reads()
-        );
-    }
-    header(
+    per_file(
         &mut out,
-        "tokenfs_token_expiry_seconds",
-        "gauge",
+        &rows,
+        ("tokenfs_token_expiry_seconds", "gauge"),
         "Seconds until the file's current token expires (negative once expired; absent before the first token).",
-    );
-    for (file, s) in &snapshots {
-        if let Some(exp) = s.expires_at {
-            let left = match exp.0.duration_since(now) {
+        |r| {
+            let exp = r.status.expires_at?.0;
+            let left = match exp.duration_since(now) {
                 Ok(d) => d.as_secs_f64(),
                 Err(e) => -e.duration().as_secs_f64(),
             };
-            let _ = writeln!(
-                out,
-                "tokenfs_token_expiry_seconds{{file=\"{file}\"}} {left:.3}"
-            );
+            Some(format!("{left:.3}"))
+        },
+    );
+    per_file(
+        &mut out,
+        &rows,
+        ("tokenfs_consent_required", "gauge"),
+        "1 while the file waits for the user's consent, else 0.",
+        |r| flag(r.status.state == StateName::ConsentRequired),
+    );
+    per_file(
+        &mut out,
+        &rows,
+        ("tokenfs_refresh_token_unsaved", "gauge"),
+        "1 while the refresh token the upstream last rotated in could not be saved (it is lost when tokenfs restarts), else 0.",
+        |r| flag(r.status.unsaved_refresh_token.is_some()),
+    );
+    per_file(
+        &mut out,
+        &rows,
+        ("tokenfs_file_healthy", "gauge"),
+        "1 while the file serves a valid token or has not failed yet, else 0.",
+        |r| flag(r.status.healthy()),
+    );
+    out.into_bytes()
+}
+
+/// A family with one sample per file, labelled only by `file`; a file whose
+/// `value` is `None` has no sample.
+fn per_file(
+    out: &mut String,
+    rows: &[Row],
+    (name, kind): (&str, &str),
+    help: &str,
+    value: impl Fn(&Row) -> Option<String>,
+) {
+    header(out, name, kind, help);
+    for row in rows {
+        if let Some(v) = value(row) {
+            let _ = writeln!(out, "{name}{{file=\"{}\"}} {v}", row.file);
         }
     }
-    header(
-        &mut out,
-        "tokenfs_consent_required",
-        "gauge",
-        "1 while the file waits for the user's consent, else 0.",
-    );
-    for (file, s) in &snapshots {
-        let _ = writeln!(
-            out,
-            "tokenfs_consent_required{{file=\"{file}\"}} {}",
-            u8::from(s.state == StateName::ConsentRequired)
-        );
-    }
-    header(
-        &mut out,
-        "tokenfs_refresh_token_unsaved",
-        "gauge",
-        "1 while the refresh token the upstream last rotated in could not be saved (it is lost when tokenfs restarts), else 0.",
-    );
-    for (file, s) in &snapshots {
-        let _ = writeln!(
-            out,
-            "tokenfs_refresh_token_unsaved{{file=\"{file}\"}} {}",
-            u8::from(s.unsaved_refresh_token.is_some())
-        );
-    }
-    header(
-        &mut out,
-        "tokenfs_file_healthy",
-        "gauge",
-        "1 while the file serves a valid token or has not failed yet, else 0.",
-    );
-    for (file, s) in &snapshots {
-        let _ = writeln!(
-            out,
-            "tokenfs_file_healthy{{file=\"{file}\"}} {}",
-            u8::from(s.healthy())
-        );
-    }
-    out.into_bytes()
+}
+
+fn flag(on: bool) -> Option<String> {
+    Some(u8::from(on).to_string())
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
