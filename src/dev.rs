@@ -13,7 +13,9 @@ use crate::cell::Policy;
 use crate::config::{Config, FileConfig, SourceConfig};
 use crate::issuer::{Issuer, IssuerConfig, RunningIssuer};
 use crate::source::http::HttpSettings;
-use crate::source::oauth::{Exchange, Grant, OAuthConfig, SubjectRef, ACCESS_TOKEN_TYPE};
+use crate::source::oauth::{
+    ConsentLink, Exchange, Grant, OAuthConfig, SubjectRef, ACCESS_TOKEN_TYPE,
+};
 use crate::source::verify::{JwksLocation, VerifyConfig, DEFAULT_LEEWAY};
 
 const CLIENT_ID: &str = "tokenfs-dev";
@@ -88,7 +90,11 @@ pub async fn start(user: &str, lifetimes: Lifetimes) -> Result<(Config, RunningI
             requested_issuer: Some(alias),
             requested_token_type: None,
             audience: None,
-            redirect_uri: None,
+            // The dev issuer answers the link action with its page itself.
+            redirect_uri: Some(format!("{}/account", running.realm_url())),
+            consent: ConsentLink::Action {
+                authorization_url: format!("{}/protocol/openid-connect/auth", running.realm_url()),
+            },
         }))),
         verify: None,
     };

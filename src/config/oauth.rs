@@ -10,7 +10,9 @@ use secrecy::SecretString;
 use super::{allow_only, invalid, raw::RawFile, secret, url, ConfigError};
 use crate::secret_file;
 use crate::source::http::HttpSettings;
-use crate::source::oauth::{Exchange, Grant, OAuthConfig, SubjectRef, ACCESS_TOKEN_TYPE};
+use crate::source::oauth::{
+    ConsentLink, Exchange, Grant, OAuthConfig, SubjectRef, ACCESS_TOKEN_TYPE,
+};
 
 const ENDPOINT_KEYS: [&str; 4] = ["token_url", "client_id", "client_secret_file", "scope"];
 const REFRESH_KEYS: [&str; 2] = ["refresh_token_file", "rotated_refresh_token_file"];
@@ -142,6 +144,7 @@ pub(super) fn exchange(
                 "requested_token_type",
                 "audience",
                 "redirect_uri",
+                "consent_link",
             ],
         ]
         .concat(),
@@ -149,6 +152,12 @@ pub(super) fn exchange(
     let token_url = url(key("token_url"), f.token_url.clone())?;
     let (client_id, client_secret) = client(name, &f)?;
     require_secret(name, &client_secret, "source = \"token-exchange\"")?;
+    let redirect_uri = f
+        .redirect_uri
+        .clone()
+        .map(|u| url(key("redirect_uri"), Some(u)))
+        .transpose()?;
+    let consent = consent_link(name, &f, &token_url, redirect_uri.as_deref())?;
     let subject = match (f.subject, f.subject_token_file) {
         (Some(file), None) if file == name => {
             return Err(invalid(key("subject"), "a file cannot be its own subject"))
@@ -162,10 +171,6 @@ pub(super) fn exchange(
             ))
         }
     };
-    let redirect_uri = f
-        .redirect_uri
-        .map(|u| url(key("redirect_uri"), Some(u)))
-        .transpose()?;
     Ok(OAuthConfig {
         token_url,
         client_id,
@@ -179,11 +184,58 @@ pub(super) fn exchange(
             requested_token_type: f.requested_token_type,
             audience: f.audience,
             redirect_uri,
+            consent,
         }),
         scope: f.scope,
         consent_url: None,
         http,
     })
+}
+
+/// How a user who must link the identity provider is sent to Keycloak. By
+/// default Keycloak's `idp_link` action at the realm's authorization endpoint:
+/// Keycloak's own `account-link-url` is bound to the browser session that
+/// minted the offline token (any later login fails with "Invalid Request") and
+/// is off unless the server allows client-initiated account linking.
+fn consent_link(
+    name: &str,
+    f: &RawFile,
+    token_url: &str,
+    redirect_uri: Option<&str>,
+) -> Result<ConsentLink, ConfigError> {
+    let key = |k: &str| format!("files.{name}.{k}");
+    match (f.consent_link.as_deref(), f.requested_issuer.is_some()) {
+        (Some("account-link-url"), _) | (None, false) => Ok(ConsentLink::AccountLinkUrl),
+        (Some("kc_action"), false) => Err(invalid(
+            key("consent_link"),
+            "\"kc_action\" links an identity provider: set requested_issuer too",
+        )),
+        (Some("kc_action") | None, true) => {
+            let authorization_url = token_url
+                .strip_suffix("/protocol/openid-connect/token")
+                .map(|realm| format!("{realm}/protocol/openid-connect/auth"))
+                .ok_or_else(|| {
+                    invalid(
+                        key("consent_link"),
+                        "\"kc_action\" (the default) needs a Keycloak token_url \
+                         (…/realms/REALM/protocol/openid-connect/token); for another server \
+                         set consent_link = \"account-link-url\"",
+                    )
+                })?;
+            if redirect_uri.is_none() {
+                return Err(invalid(
+                    key("redirect_uri"),
+                    "missing: Keycloak sends the browser there once the user has linked the \
+                     identity provider; it must be a valid redirect URI of client_id",
+                ));
+            }
+            Ok(ConsentLink::Action { authorization_url })
+        }
+        (Some(_), _) => Err(invalid(
+            key("consent_link"),
+            "must be \"kc_action\" or \"account-link-url\"",
+        )),
+    }
 }
 
 /// `source = "entra"`: the daemon holds the user's Entra refresh token and

@@ -44,6 +44,7 @@ pub struct RawFile {
     pub requested_token_type: Option<String>,
     pub audience: Option<String>,
     pub redirect_uri: Option<String>,
+    pub consent_link: Option<String>,
     // entra
     pub tenant: Option<String>,
     pub authority: Option<String>,
@@ -108,6 +109,7 @@ impl RawFile {
             ("requested_token_type", self.requested_token_type.is_some()),
             ("audience", self.audience.is_some()),
             ("redirect_uri", self.redirect_uri.is_some()),
+            ("consent_link", self.consent_link.is_some()),
             ("tenant", self.tenant.is_some()),
             ("authority", self.authority.is_some()),
             ("login_hint", self.login_hint.is_some()),

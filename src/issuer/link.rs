@@ -238,10 +238,26 @@ pub(crate) async fn link_page(
                 .into(),
         );
     };
-    // A fresh link: mint the provider token now, as Keycloak stores the one it gets at
-    // the end of the provider login. Without a client id, the next exchange mints it.
-    let token = match &query.client_id {
-        Some(client_id) => match azure::mint(&st.inner, &user, client_id) {
+    grant(
+        &st,
+        &user,
+        &alias,
+        query.client_id.as_deref(),
+        query.redirect_uri.as_deref(),
+    )
+}
+
+/// Link `user` to `alias` now, as Keycloak does at the end of the provider's login:
+/// with a client id the provider token is minted now, else by the next exchange.
+fn grant(
+    st: &AppState,
+    user: &str,
+    alias: &str,
+    client_id: Option<&str>,
+    redirect_uri: Option<&str>,
+) -> Response {
+    let token = match client_id {
+        Some(client_id) => match azure::mint(&st.inner, user, client_id) {
             Ok(token) => Some(token),
             Err(e) => {
                 tracing::error!(error = %e, "dev issuer could not sign an Azure token");
@@ -253,14 +269,62 @@ pub(crate) async fn link_page(
         },
         None => None,
     };
-    st.inner.links.set(&user, &alias, LinkState::Linked, token);
+    st.inner.links.set(user, alias, LinkState::Linked, token);
     tracing::info!(user, alias, "dev issuer: account linked (consent granted)");
     let mut body =
         format!("Consent granted: {user} is now linked to {alias}. You can close this window.\n");
-    if let Some(uri) = &query.redirect_uri {
+    if let Some(uri) = redirect_uri {
         body += &format!("(Not redirecting to {uri}: this is the tokenfs development issuer.)\n");
     }
     text(StatusCode::OK, body)
+}
+
+/// The query of the authorization endpoint, as tokenfs's consent URL fills it.
+#[derive(Deserialize)]
+pub(crate) struct ActionQuery {
+    client_id: Option<String>,
+    redirect_uri: Option<String>,
+    kc_action: Option<String>,
+    login_hint: Option<String>,
+}
+
+/// `GET /realms/{realm}/protocol/openid-connect/auth?kc_action=idp_link:ALIAS&login_hint=U…`:
+/// Keycloak's application-initiated linking, the consent URL tokenfs serves. A real
+/// Keycloak logs the user in, asks to confirm and runs the provider's login; here
+/// there is no login, so `login_hint` names the user (dev only), and the page is the
+/// answer instead of a redirect to `redirect_uri`.
+pub(crate) async fn link_action(
+    State(st): State<AppState>,
+    Path(realm): Path<String>,
+    query: Result<Query<ActionQuery>, QueryRejection>,
+) -> Response {
+    if let Some(resp) = unknown_realm(&st, &realm) {
+        return resp;
+    }
+    let Ok(Query(query)) = query else {
+        return text(StatusCode::BAD_REQUEST, "Malformed request.\n".into());
+    };
+    let alias = &st.inner.cfg.idp_alias;
+    if query.kc_action.as_deref() != Some(&format!("idp_link:{alias}")) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("The development issuer has no login page: only kc_action=idp_link:{alias} is served here.\n"),
+        );
+    }
+    let Some(user) = query.login_hint.filter(|u| !u.is_empty()) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "Missing login_hint: the development issuer has no login, the hint names the user.\n"
+                .into(),
+        );
+    };
+    grant(
+        &st,
+        &user,
+        alias,
+        query.client_id.as_deref(),
+        query.redirect_uri.as_deref(),
+    )
 }
 
 /// A plain-text page; `nosniff` keeps a browser from rendering echoed input as HTML.

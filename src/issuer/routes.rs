@@ -39,6 +39,7 @@ pub(crate) fn router(inner: Arc<Inner>, realm_url: String) -> Router {
         .route(&format!("{oidc}/certs"), get(certs))
         .route(&format!("{oidc}/token"), post(token::token))
         .route(&format!("{oidc}/userinfo"), get(userinfo).post(userinfo))
+        .route(&format!("{oidc}/auth"), get(link::link_action))
         .route("/realms/{realm}/broker/{alias}/link", get(link::link_page))
         // Static segments win over `{tenant}`, so these never shadow `/realms` or `/dev`.
         .route("/{tenant}/discovery/v2.0/keys", get(entra::keys))

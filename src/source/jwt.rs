@@ -74,6 +74,17 @@ fn check_shape(token: &str) -> Result<(), SourceError> {
     Ok(())
 }
 
+/// The `preferred_username` of a JWT (Keycloak's login name), for prefilling a
+/// login form; `None` if absent or not a plain short name.
+pub fn username(token: &str) -> Option<String> {
+    let name = jwt_claims(token)?
+        .get("preferred_username")?
+        .as_str()?
+        .to_owned();
+    (!name.is_empty() && name.len() <= MAX_LOG_CLAIM && name.bytes().all(|b| b.is_ascii_graphic()))
+        .then_some(name)
+}
+
 /// The claims object if `token` is a JWT, `None` if it is opaque.
 fn jwt_claims(token: &str) -> Option<Map<String, Value>> {
     // jsonwebtoken only splits on the last two dots; insist on exactly three

@@ -4,6 +4,7 @@
 //! `client_secret` in the form (`client_secret_post`).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -61,8 +62,24 @@ pub struct Exchange {
     pub requested_issuer: Option<String>,
     pub requested_token_type: Option<String>,
     pub audience: Option<String>,
-    /// Added to Keycloak's `account-link-url` so the browser comes back after consent.
+    /// Where the browser comes back after consent.
     pub redirect_uri: Option<String>,
+    /// How the consent URL of `not_linked` and `token_expired` is made.
+    pub consent: ConsentLink,
+}
+
+/// The URL a user opens to link the identity provider (`requested_issuer`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsentLink {
+    /// Keycloak's `account-link-url` from the error answer, with `redirect_uri`
+    /// added. Keycloak accepts it only in the browser session that minted the
+    /// subject token's (offline) session, and only when the server allows
+    /// client-initiated account linking (off by default since Keycloak 26.3).
+    AccountLinkUrl,
+    /// Keycloak's application-initiated `idp_link` action at the realm's
+    /// authorization endpoint: the user logs in (or is already logged in) in
+    /// any browser session, confirms, and is sent to the identity provider.
+    Action { authorization_url: String },
 }
 
 /// One token endpoint and the credentials to use there.
@@ -100,6 +117,8 @@ struct Inner {
     grant: GrantState,
     /// Why the last rotated refresh token could not be saved, until one is.
     unsaved: std::sync::Mutex<Option<String>>,
+    /// An exchange got a token (or was told the stored one expired) since start.
+    had_consent: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -228,6 +247,7 @@ impl OAuthSource {
             http: cfg.http,
             grant,
             unsaved: std::sync::Mutex::new(None),
+            had_consent: AtomicBool::new(false),
         };
         Ok(OAuthSource {
             inner: Arc::new(inner),
@@ -370,6 +390,34 @@ impl Inner {
         }
     }
 
+    /// The consent error for an exchange Keycloak answered `not_linked` or
+    /// `token_expired`. Keycloak answers `not_linked` also when a link that
+    /// worked was removed, or after it dropped a stored token it could not
+    /// refresh (having said `token_expired` once): once this daemon saw the link
+    /// work, consent is expired, not missing.
+    fn link_needed(&self, x: &Exchange, link: String, expired: bool, subject: &str) -> SourceError {
+        let had = if expired {
+            self.had_consent.store(true, Ordering::Relaxed);
+            true
+        } else {
+            self.had_consent.load(Ordering::Relaxed)
+        };
+        let url = match (&x.consent, &x.requested_issuer, &x.redirect_uri) {
+            (ConsentLink::Action { authorization_url }, Some(alias), Some(redirect)) => {
+                link_action_url(
+                    authorization_url,
+                    &self.client_id,
+                    redirect,
+                    alias,
+                    jwt::username(subject).as_deref(),
+                )
+                .unwrap_or(link)
+            }
+            _ => link,
+        };
+        SourceError::ConsentRequired { url, expired: had }
+    }
+
     /// One exchange, with the refresh token held locked from request to
     /// rotation.
     async fn issue(&self) -> Result<Issued, SourceError> {
@@ -390,7 +438,16 @@ impl Inner {
                         form.push((key, v));
                     }
                 }
-                self.exchange(form).await?
+                match self.exchange(form).await {
+                    Ok(answer) => {
+                        self.had_consent.store(true, Ordering::Relaxed);
+                        answer
+                    }
+                    Err(SourceError::ConsentRequired { url, expired }) => {
+                        return Err(self.link_needed(x, url, expired, subject.expose_secret()))
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             GrantState::RefreshToken {
                 held,
@@ -531,6 +588,30 @@ fn link_url(link: &str, redirect: Option<&str>) -> Option<String> {
         url.query_pairs_mut().append_pair("redirect_uri", redirect);
     }
     Some(url.to_string())
+}
+
+/// Keycloak's application-initiated action that links `alias` to the user's
+/// account: Keycloak logs the user in (the username prefilled), asks for
+/// confirmation, runs the provider's login and consent, and sends the browser
+/// to `redirect_uri`. No `state`: nothing redeems the code it brings back.
+fn link_action_url(
+    authorization_url: &str,
+    client_id: &str,
+    redirect_uri: &str,
+    alias: &str,
+    login_hint: Option<&str>,
+) -> Option<String> {
+    let mut url = Url::parse(authorization_url).ok()?;
+    url.query_pairs_mut()
+        .append_pair("client_id", client_id)
+        .append_pair("response_type", "code")
+        .append_pair("scope", "openid")
+        .append_pair("redirect_uri", redirect_uri)
+        .append_pair("kc_action", &format!("idp_link:{alias}"));
+    if let Some(hint) = login_hint {
+        url.query_pairs_mut().append_pair("login_hint", hint);
+    }
+    Some(url.into())
 }
 
 /// The fields of a token response that matter here. Keycloak also sends

@@ -2,13 +2,15 @@
 //! is ended by PID and every mount is unmounted on drop, also when a test fails.
 //! The upstreams tests talk to live beside it: the dev issuer and the API proxy
 //! (`issuer.rs`), a programmable Entra endpoint (`entra.rs`) and a fault-injecting
-//! token endpoint (`faulty.rs`).
+//! token endpoint (`faulty.rs`), and a real Keycloak with a real browser
+//! (`keycloak.rs`).
 
 #![allow(dead_code)]
 
 mod entra;
 mod faulty;
 mod issuer;
+mod keycloak;
 
 // Not every test binary uses every upstream.
 #[allow(unused_imports)]
@@ -16,6 +18,8 @@ pub use entra::*;
 #[allow(unused_imports)]
 pub use faulty::*;
 pub use issuer::*;
+#[allow(unused_imports)]
+pub use keycloak::*;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
