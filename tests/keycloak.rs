@@ -20,9 +20,28 @@ fn short_min_valid(text: String) -> String {
     text.replace("min_valid = \"5m\"", "min_valid = \"20s\"")
 }
 
-fn mount(kc: &Keycloak, dir: &Path, offline: &str, edit: impl Fn(String) -> String) -> Mount {
-    let config = kc.readme_config(dir, offline, edit);
+/// `tokenfs mount --config` with the README's config (see
+/// [`Keycloak::readme_config`]) at `dir/api`.
+fn mount(
+    kc: &Keycloak,
+    dir: &Path,
+    offline: &str,
+    azure: bool,
+    edit: impl Fn(String) -> String,
+) -> Mount {
+    let config = kc.readme_config(dir, offline, azure, edit);
     Mount::start_at(&dir.join("api"), &["--config", config.to_str().unwrap()])
+}
+
+/// Link `user` to `azure` through Keycloak's pages: log in as the platform does,
+/// mount with both files, and consent at the URL `azure-token.consent-url` shows.
+fn linked_mount(kc: &Keycloak, dir: &Path, user: &str) -> (Mount, Browser) {
+    let browser = Browser::new();
+    let offline = kc.redeem_code(&browser.login(&kc.login_url(), user));
+    let m = mount(kc, dir, &offline, true, short_min_valid);
+    assert_eq!(errno(m.read(AZURE)), libc::ENOKEY);
+    browser.consent(m.read_string(CONSENT).trim(), user);
+    (m, browser)
 }
 
 /// Read `name` until it holds a token other than `old`; the new one.
@@ -62,7 +81,7 @@ fn journey_login_offline_token_consent_azure_token_refresh_unlink() {
     let offline = kc.redeem_code(&callback);
 
     let tmp = tempdir();
-    let m = mount(&kc, tmp.path(), &offline, short_min_valid);
+    let m = mount(&kc, tmp.path(), &offline, true, short_min_valid);
 
     let token = m.read_string("token");
     let claims = jwt_claims(&token);
@@ -98,9 +117,25 @@ fn journey_login_offline_token_consent_azure_token_refresh_unlink() {
     assert!(!m.path(CONSENT).exists(), "the consent URL is gone");
     let linked_at = Instant::now();
 
-    // Keycloak hands out its stored token until it has expired, then refreshes
-    // it at the IdP (one refresh_token grant there) and hands out the new one.
-    let refreshed = next_token(&m, AZURE, &azure, Duration::from_secs(120));
+    // Keycloak hands out its stored token until it has less than the IdP's
+    // `minValidityToken` (30 s here) left, then refreshes it at the IdP (one
+    // refresh_token grant there) and hands out the new one. As that is more than
+    // the file's min_valid (20 s), no read fails meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let refreshed = loop {
+        let now = m.read(AZURE).map(|b| String::from_utf8(b).unwrap());
+        let now = now.unwrap_or_else(|e| {
+            panic!(
+                "a read failed ({e}) while Keycloak held a valid token: {}",
+                error_of(&m, AZURE)
+            )
+        });
+        if now != azure {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "no new azure-token in 120 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let new = jwt_claims(&refreshed);
     assert!(new["exp"].as_u64() > az["exp"].as_u64(), "{new}");
     assert_eq!(new["sub"], az["sub"]);
@@ -127,11 +162,199 @@ fn journey_login_offline_token_consent_azure_token_refresh_unlink() {
         },
     );
     assert_eq!(errno_after, libc::EKEYEXPIRED, "{}", error_of(&m, AZURE));
-    assert_eq!(m.file_status(AZURE)["state"], "expired");
+    assert_eq!(m.file_status(AZURE)["state"], "consent_required");
     assert!(m.read_string(CONSENT).starts_with(&link_prefix));
     assert_eq!(
         jwt_claims(&m.read_string("token"))["iss"],
         claims["iss"],
         "token unaffected"
+    );
+}
+
+/// `token` from a real offline token, verified against Keycloak's JWKS (through
+/// discovery), refreshed across expiry with "Revoke Refresh Token" on (reuse 0):
+/// each rotation is saved, and survives `tokenfs check` and a restart.
+#[test]
+fn offline_token_rotates_and_survives_check_and_restart() {
+    let test = "offline_token_rotates_and_survives_check_and_restart";
+    let Some(kc) = Keycloak::get(test) else {
+        return;
+    };
+    if !fuse_available(test) {
+        return;
+    }
+    let offline = kc.offline_token(CLIENT, "bob");
+    let tmp = tempdir();
+    let discovery = |text: String| {
+        text.replace("jwks_url = \"", "# jwks_url = \"").replace(
+            "[files.token.verify]\n",
+            &format!(
+                "[files.token.verify]\ndiscovery_url = \"{}/.well-known/openid-configuration\"\n",
+                kc.realm_url
+            ),
+        )
+    };
+    let config = kc.readme_config(tmp.path(), &offline, false, discovery);
+    let rotated = tmp.path().join("state/offline-token");
+
+    let out = run(&["check", "--config", config.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("token            OK     sub="), "{stdout}");
+    assert!(!stdout.contains(&offline[..40]) && !stdout.contains(kc.secret_of(CLIENT)));
+    let after_check = std::fs::read_to_string(&rotated).expect("check saved the rotated token");
+    assert_ne!(after_check, offline, "Keycloak rotated the offline token");
+
+    let mut m = Mount::start_at(
+        &tmp.path().join("api"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let first = m.read_string("token");
+    let claims = jwt_claims(&first);
+    assert_eq!(claims["iss"], kc.realm_url.as_str());
+    assert_eq!(claims["preferred_username"], "bob");
+    // 60 s tokens, min_valid 30 s: refreshed ahead within about 30 s.
+    let second = next_token(&m, "token", &first, Duration::from_secs(60));
+    assert_eq!(
+        jwt_claims(&second)["sid"],
+        claims["sid"],
+        "the same offline session"
+    );
+    let saved = std::fs::read_to_string(&rotated).unwrap();
+    assert_ne!(saved, after_check, "each refresh rotates, and is saved");
+    assert_eq!(m.stop().code(), Some(0));
+
+    let m = Mount::start_at(
+        &tmp.path().join("api"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let third = m.read_string("token");
+    assert_ne!(third, second);
+    assert_eq!(jwt_claims(&third)["sid"], claims["sid"]);
+    assert_eq!(m.file_status("token")["state"], "fresh");
+
+    // A spent offline token is refused: the rotation was real.
+    let (status, body) = kc.token_request(
+        CLIENT,
+        &[("grant_type", "refresh_token"), ("refresh_token", &offline)],
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    eprintln!("figure: a spent offline token: {body}");
+}
+
+/// An offline session revoked by an admin, or idle past its timeout: `EIO`, and
+/// `.status` quotes Keycloak's reason.
+#[test]
+fn offline_session_revoked_or_idle_expired_is_eio_with_the_reason() {
+    let test = "offline_session_revoked_or_idle_expired_is_eio_with_the_reason";
+    let Some(kc) = Keycloak::get(test) else {
+        return;
+    };
+    if !fuse_available(test) {
+        return;
+    }
+    // Idles out 15 s after it was last used.
+    let idle = kc.offline_token(SHORT_CLIENT, "dave");
+    let revoked = kc.offline_token(CLIENT, "carol");
+    kc.revoke_consent("carol", CLIENT);
+    std::thread::sleep(Duration::from_secs(17));
+
+    let short = |text: String| {
+        text.replace(
+            "client_id = \"domino-tokenfs\"",
+            "client_id = \"domino-tokenfs-short\"",
+        )
+    };
+    for (user, offline, edit) in [("carol", revoked, None), ("dave", idle, Some(short))] {
+        let tmp = tempdir();
+        let m = mount(&kc, tmp.path(), &offline, false, |t| match edit {
+            Some(f) => f(t),
+            None => t,
+        });
+        assert_eq!(errno(m.read("token")), libc::EIO, "{user}");
+        let status = m.file_status("token");
+        assert_eq!(status["state"], "failed", "{user}: {status}");
+        let error = status["last_error"].as_str().unwrap();
+        assert!(error.contains("invalid_grant"), "{user}: {error}");
+        assert!(!error.contains(&offline[..40]), "no token in .status");
+        eprintln!("figure: {user}: .status last_error: {error}");
+    }
+}
+
+/// The exchange's other answers: a client without the token-exchange
+/// permission (403), and a link whose refresh the IdP refuses (Keycloak says
+/// `token_expired` once, then `not_linked`: both are consent expired).
+#[test]
+fn exchange_without_permission_and_after_the_idp_revoked_the_grant() {
+    let test = "exchange_without_permission_and_after_the_idp_revoked_the_grant";
+    let Some(kc) = Keycloak::get(test) else {
+        return;
+    };
+    if !fuse_available(test) {
+        return;
+    }
+    // 403: the other client, with an offline token of its own.
+    let tmp = tempdir();
+    let other = kc.offline_token(OTHER_CLIENT, "frank");
+    let config = kc.readme_config(tmp.path(), &other, true, |t| {
+        short_min_valid(t).replace(
+            "client_id = \"domino-tokenfs\"",
+            "client_id = \"domino-other\"",
+        )
+    });
+    write_file(
+        &tmp.path().join("client-secret"),
+        kc.secret_of(OTHER_CLIENT),
+        0o600,
+    );
+    let m = Mount::start_at(
+        &tmp.path().join("api"),
+        &["--config", config.to_str().unwrap()],
+    );
+    m.read_string("token");
+    assert_eq!(errno(m.read(AZURE)), libc::EIO);
+    let error = error_of(&m, AZURE);
+    assert!(
+        error.contains("403") && error.contains("token-exchange permission"),
+        "{error}"
+    );
+    drop(m);
+
+    let tmp = tempdir();
+    let (m, _browser) = linked_mount(&kc, tmp.path(), "erin");
+    let azure = eventually(Duration::from_secs(10), "azure-token after consent", || {
+        m.read(AZURE).ok()
+    });
+    kc.idp_revoke("erin-entra-oid");
+    assert_eq!(m.read(AZURE).unwrap(), azure, "served until its deadline");
+    let errno_after = eventually(Duration::from_secs(70), "the revoked grant to show", || {
+        m.read(AZURE).err().map(|e| e.raw_os_error().unwrap())
+    });
+    assert_eq!(errno_after, libc::EKEYEXPIRED, "{}", error_of(&m, AZURE));
+    assert!(m.path(CONSENT).exists());
+    // Keycloak dropped the stored token: the next exchange says not_linked.
+    let (status, body) = kc.exchange(CLIENT, &m.read_string("token"));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("not_linked")),
+        "{body}"
+    );
+    let failures = m.file_status(AZURE)["failures"].as_u64().unwrap();
+    eventually(Duration::from_secs(70), "tokenfs to ask again", || {
+        let _ = m.read(AZURE);
+        (m.file_status(AZURE)["failures"].as_u64().unwrap() > failures).then_some(())
+    });
+    assert_eq!(
+        errno(m.read(AZURE)),
+        libc::EKEYEXPIRED,
+        "still expired, not never given"
     );
 }

@@ -275,23 +275,6 @@ impl Keycloak {
         )
     }
 
-    /// An access token of `client` for `user`, from a refresh token (which
-    /// Keycloak rotates: the new one is returned).
-    pub fn access_token(&self, client: &str, refresh_token: &str) -> (String, String) {
-        let (status, body) = self.token_request(
-            client,
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh_token),
-            ],
-        );
-        assert_eq!(status, 200, "refresh: {body}");
-        (
-            body["access_token"].as_str().unwrap().to_owned(),
-            body["refresh_token"].as_str().unwrap().to_owned(),
-        )
-    }
-
     /// Token requests the brokered IdP has answered with `grant_type`.
     pub fn idp_requests(&self, grant_type: &str) -> u64 {
         let stats: Value = self
@@ -315,13 +298,15 @@ impl Keycloak {
         assert!(answer.status().is_success(), "{}", answer.text().unwrap());
     }
 
-    /// The README's production config ("Production: the platform's Keycloak"
-    /// and "Azure through Keycloak"), pointed at this Keycloak, with its secret
-    /// files in `dir`; `edit` adjusts the TOML text (e.g. a shorter min_valid).
+    /// The README's production config ("Production: the platform's Keycloak",
+    /// and with `azure` "Azure through Keycloak" too), pointed at this Keycloak,
+    /// with its secret files in `dir`; `edit` adjusts the TOML text (e.g. a
+    /// shorter min_valid).
     pub fn readme_config(
         &self,
         dir: &Path,
         refresh_token: &str,
+        azure: bool,
         edit: impl Fn(String) -> String,
     ) -> PathBuf {
         let secret = dir.join("client-secret");
@@ -331,16 +316,20 @@ impl Keycloak {
         write_file(&offline, refresh_token, 0o600);
         let readme =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-        let text = [
-            readme_toml(&readme, "### Production: the platform's Keycloak"),
-            readme_toml(&readme, "### Azure through Keycloak"),
-        ]
-        .join("\n")
-        .replace("https://keycloak.example.com", &self.url)
-        .replace("/etc/tokenfs/client-secret", secret.to_str().unwrap())
-        .replace("/etc/tokenfs/offline-token", offline.to_str().unwrap())
-        .replace("/var/lib/tokenfs", state.to_str().unwrap())
-        .replace("https://domino.example.com/account/linked", LINKED);
+        let mut blocks = vec![readme_toml(
+            &readme,
+            "### Production: the platform's Keycloak",
+        )];
+        if azure {
+            blocks.push(readme_toml(&readme, "### Azure through Keycloak"));
+        }
+        let text = blocks
+            .join("\n")
+            .replace("https://keycloak.example.com", &self.url)
+            .replace("/etc/tokenfs/client-secret", secret.to_str().unwrap())
+            .replace("/etc/tokenfs/offline-token", offline.to_str().unwrap())
+            .replace("/var/lib/tokenfs", state.to_str().unwrap())
+            .replace("https://domino.example.com/account/linked", LINKED);
         let config = dir.join("config.toml");
         write_file(&config, &edit(text), 0o600);
         config
