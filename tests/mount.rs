@@ -582,7 +582,7 @@ fn no_secret_in_the_trace_log_in_status_or_under_the_mount() {
     let extra = format!(
         "min_valid = \"30s\"\nrotated_refresh_token_file = \"{rotated}\"\n\n\
          [files.azure-token]\nsource = \"token-exchange\"\ntoken_url = \"{url}\"\nclient_id = \"tokenfs\"\n\
-         client_secret_file = \"{secret}\"\nsubject = \"token\"\nrequested_issuer = \"azure\"\n\n\
+         client_secret_file = \"{secret}\"\nsubject = \"token\"\nrequested_issuer = \"azure\"\nredirect_uri = \"http://127.0.0.1/linked\"\n\n\
          [files.azure-direct]\nsource = \"entra\"\nauthority = \"{base}\"\ntenant = \"{tenant}\"\nclient_id = \"tokenfs\"\n\
          scope = \"https://storage.azure.com/.default\"\nredirect_uri = \"http://127.0.0.1/callback\"\n\
          refresh_token_file = \"{entra}\"\nrotated_refresh_token_file = \"{entra_rotated}\"",

@@ -3,6 +3,7 @@ use std::os::unix::fs::PermissionsExt;
 use secrecy::ExposeSecret;
 
 use super::*;
+use crate::source::oauth::ConsentLink;
 
 struct Dir(tempfile::TempDir);
 
@@ -257,6 +258,15 @@ fn token_exchange_of_the_token_file_for_azure() {
         x.subject_token_type,
         "urn:ietf:params:oauth:token-type:access_token"
     );
+    assert_eq!(
+        x.consent,
+        ConsentLink::Action {
+            authorization_url:
+                "https://keycloak.example.com/realms/DominoRealm/protocol/openid-connect/auth"
+                    .into()
+        },
+        "Keycloak's idp_link action by default"
+    );
 }
 
 #[test]
@@ -270,6 +280,13 @@ fn token_exchange_mistakes_are_named() {
         (format!("[files.a]\n{base}"), "files.a.subject: set exactly one"),
         (format!("[files.a]\n{base}subject = \"b\"\n[files.b]\n{base}subject = \"a\"\n"), "chain at most one level"),
         (format!("[files.a]\n{base}subject_token_file = \"/x\"\nrefresh_token_file = \"/y\"\n"), "files.a.refresh_token_file: not valid for source = \"token-exchange\""),
+        (format!("[files.a]\n{base}subject_token_file = \"/x\"\nrequested_issuer = \"azure\"\n"), "files.a.redirect_uri: missing: Keycloak sends the browser there"),
+        (format!("[files.a]\n{base}subject_token_file = \"/x\"\nconsent_link = \"kc_action\"\n"), "files.a.consent_link: \"kc_action\" links an identity provider"),
+        (format!("[files.a]\n{base}subject_token_file = \"/x\"\nrequested_issuer = \"azure\"\nconsent_link = \"link\"\n"), "files.a.consent_link: must be"),
+        (
+            format!("[files.a]\nsource = \"token-exchange\"\ntoken_url = \"https://sts/token\"\nclient_id = \"c\"\nclient_secret_file = \"{secret}\"\nsubject_token_file = \"/x\"\nrequested_issuer = \"azure\"\nredirect_uri = \"https://r\"\n"),
+            "files.a.consent_link: \"kc_action\" (the default) needs a Keycloak token_url",
+        ),
         (
             "[files.a]\nsource = \"token-exchange\"\ntoken_url = \"https://kc/t\"\nclient_id = \"c\"\nsubject_token_file = \"/x\"\n".to_owned(),
             "files.a.client_secret_file: missing",

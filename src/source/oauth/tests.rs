@@ -490,6 +490,7 @@ fn exchange_cfg(url: &str, subject: SubjectRef) -> OAuthConfig {
             requested_token_type: None,
             audience: None,
             redirect_uri: Some("https://domino.example.com/linked".into()),
+            consent: ConsentLink::AccountLinkUrl,
         }),
         scope: None,
         consent_url: None,
@@ -543,6 +544,67 @@ async fn not_linked_and_token_expired_mean_consent_with_redirect_uri() {
             }
             other => panic!("{error}: {other:?}"),
         }
+    }
+}
+
+/// Keycloak's `idp_link` action, as `consent_link = "kc_action"` (the default)
+/// makes it: the realm's authorization endpoint, the client, the redirect, the
+/// alias, and the subject's username to prefill the login form.
+#[tokio::test]
+async fn kc_action_consent_url_links_the_alias_for_the_subjects_user() {
+    let (url, _) = endpoint(|_| {
+        json_answer(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "not_linked", "account-link-url": "http://kc/realms/R/broker/azure/link?nonce=n1"}),
+        )
+    })
+    .await;
+    let mut cfg = exchange_cfg(&url, SubjectRef::MountFile("token".into()));
+    if let Grant::TokenExchange(x) = &mut cfg.grant {
+        x.consent = ConsentLink::Action {
+            authorization_url: "http://kc/realms/R/protocol/openid-connect/auth".into(),
+        };
+    }
+    let subject = make_jwt(&json!({"exp": now_secs() + 60, "preferred_username": "alice"}));
+    let subject: &'static str = Box::leak(subject.into_boxed_str());
+    let source = OAuthSource::with_subject(cfg, Arc::new(FixedSubject(subject))).unwrap();
+    match source.issue().await.unwrap_err() {
+        SourceError::ConsentRequired { url, expired } => {
+            assert!(!expired);
+            assert_eq!(
+                url,
+                "http://kc/realms/R/protocol/openid-connect/auth?client_id=tokenfs&response_type=code\
+                 &scope=openid&redirect_uri=https%3A%2F%2Fdomino.example.com%2Flinked\
+                 &kc_action=idp_link%3Aazure&login_hint=alice"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Keycloak answers `not_linked` also when a link that worked was removed (or
+/// after it dropped a stored token it could not refresh): consent expired.
+#[tokio::test]
+async fn not_linked_after_a_token_was_exchanged_is_consent_expired() {
+    let jwt = make_jwt(&json!({"sub": "u", "exp": now_secs() + 3600}));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (url, _) = endpoint(move |_| {
+        if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            json_answer(StatusCode::OK, json!({"access_token": jwt, "expires_in": 3600}))
+        } else {
+            json_answer(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "not_linked", "account-link-url": "http://kc/link"}),
+            )
+        }
+    })
+    .await;
+    let cfg = exchange_cfg(&url, SubjectRef::MountFile("token".into()));
+    let source = OAuthSource::with_subject(cfg, Arc::new(FixedSubject("platform-jwt"))).unwrap();
+    source.issue().await.unwrap();
+    match source.issue().await.unwrap_err() {
+        SourceError::ConsentRequired { expired, .. } => assert!(expired, "after a link worked"),
+        other => panic!("{other:?}"),
     }
 }
 
