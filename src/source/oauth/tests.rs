@@ -590,7 +590,10 @@ async fn not_linked_after_a_token_was_exchanged_is_consent_expired() {
     let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (url, _) = endpoint(move |_| {
         if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-            json_answer(StatusCode::OK, json!({"access_token": jwt, "expires_in": 3600}))
+            json_answer(
+                StatusCode::OK,
+                json!({"access_token": jwt, "expires_in": 3600}),
+            )
         } else {
             json_answer(
                 StatusCode::BAD_REQUEST,
