@@ -31,9 +31,13 @@ pub struct Lifetimes {
 pub async fn start(user: &str, lifetimes: Lifetimes) -> Result<(Config, RunningIssuer)> {
     let defaults = IssuerConfig::default();
     let alias = defaults.idp_alias.clone();
+    // As the README's Keycloak setup asks: the stored Azure token is replaced while
+    // it still has more than the file's min_valid left, so no read waits for it.
+    let azure_min_validity = Policy::default().min_valid + Duration::from_secs(5);
     let issuer = Issuer::new(IssuerConfig {
         lifetime: lifetimes.platform,
         azure_lifetime: lifetimes.azure,
+        azure_min_validity,
         ..defaults
     })
     .context("cannot start the embedded issuer")?;

@@ -358,3 +358,218 @@ fn exchange_without_permission_and_after_the_idp_revoked_the_grant() {
         "still expired, not never given"
     );
 }
+
+/// One server's side of [`the_dev_issuer_answers_as_keycloak_does`].
+struct Side {
+    token_url: String,
+    client_id: String,
+    secret: String,
+    access_token: String,
+    spent_refresh_token: String,
+    refresh_token: String,
+}
+
+impl Side {
+    /// A refresh of `offline` (which the server rotates): the side, with the
+    /// access token it got and the now spent `offline`.
+    fn new(token_url: &str, client_id: &str, secret: &str, offline: &str) -> Side {
+        let mut side = Side {
+            token_url: token_url.into(),
+            client_id: client_id.into(),
+            secret: secret.into(),
+            access_token: String::new(),
+            spent_refresh_token: offline.into(),
+            refresh_token: String::new(),
+        };
+        let (status, body) =
+            side.post(&[("grant_type", "refresh_token"), ("refresh_token", offline)]);
+        assert_eq!(status, 200, "{body}");
+        assert_ne!(body["refresh_token"], offline, "rotated");
+        side.access_token = body["access_token"].as_str().unwrap().into();
+        side.refresh_token = body["refresh_token"].as_str().unwrap().into();
+        side
+    }
+
+    fn post(&self, form: &[(&str, &str)]) -> (u16, serde_json::Value) {
+        let mut form = form.to_vec();
+        if !form.iter().any(|(k, _)| *k == "client_id") {
+            form.push(("client_id", &self.client_id));
+        }
+        if !form.iter().any(|(k, _)| *k == "client_secret") {
+            form.push(("client_secret", &self.secret));
+        }
+        let answer = reqwest::blocking::Client::new()
+            .post(&self.token_url)
+            .form(&form)
+            .send()
+            .unwrap();
+        (answer.status().as_u16(), answer.json().unwrap_or_default())
+    }
+
+    fn exchange(&self, subject: &str, issuer: &str) -> (u16, serde_json::Value) {
+        self.post(&[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", subject),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+            ("requested_issuer", issuer),
+        ])
+    }
+}
+
+/// The embedded issuer (`--dev`, `dev-issuer`) stands in for Keycloak, so it
+/// must answer as Keycloak does: the same requests to both (rotating refresh
+/// tokens on both), the same status, `error` and `error_description`.
+#[test]
+fn the_dev_issuer_answers_as_keycloak_does() {
+    let Some(kc) = Keycloak::get("the_dev_issuer_answers_as_keycloak_does") else {
+        return;
+    };
+    let dev = DevIssuer::start(&["--rotate-refresh-tokens"]);
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap().trim().to_owned();
+    let sides = [
+        Side::new(
+            &kc.token_url,
+            CLIENT,
+            kc.secret_of(CLIENT),
+            &kc.offline_token(CLIENT, "grace"),
+        ),
+        Side::new(
+            &dev.token_url,
+            "tokenfs",
+            &read(&dev.client_secret_file),
+            &read(&dev.offline_token_file),
+        ),
+    ];
+    type Case = fn(&Side) -> (u16, serde_json::Value);
+    // The spent refresh token last: Keycloak ends the session when it sees one.
+    let cases: [(&str, Case); 9] = [
+        ("an unknown refresh token", |s| {
+            s.post(&[("grant_type", "refresh_token"), ("refresh_token", "x.y.z")])
+        }),
+        ("an unknown client", |s| {
+            s.post(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &s.refresh_token),
+                ("client_id", "nobody"),
+            ])
+        }),
+        ("a wrong client secret", |s| {
+            s.post(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &s.spent_refresh_token),
+                ("client_secret", "wrong"),
+            ])
+        }),
+        ("an unknown grant type", |s| {
+            s.post(&[("grant_type", "urn:x")])
+        }),
+        ("an exchange of a token that is none", |s| {
+            s.exchange("garbage", "azure")
+        }),
+        ("an exchange to an unknown provider", |s| {
+            s.exchange(&s.access_token, "nope")
+        }),
+        ("an exchange for a user never linked", |s| {
+            s.exchange(&s.access_token, "azure")
+        }),
+        ("a spent refresh token", |s| {
+            s.post(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &s.spent_refresh_token),
+            ])
+        }),
+        (
+            "the newest refresh token, after a spent one was sent",
+            |s| {
+                s.post(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &s.refresh_token),
+                ])
+            },
+        ),
+    ];
+    let shape = |(status, body): (u16, serde_json::Value)| {
+        (
+            status,
+            body["error"].as_str().unwrap_or("-").to_owned(),
+            body["error_description"].as_str().unwrap_or("-").to_owned(),
+            body.get("account-link-url").is_some(),
+        )
+    };
+    let mut differ = Vec::new();
+    for (name, case) in cases {
+        let [real, dev] = [shape(case(&sides[0])), shape(case(&sides[1]))];
+        eprintln!("figure: {name}: Keycloak {real:?}, dev issuer {dev:?}");
+        if real != dev {
+            differ.push(format!("{name}: Keycloak {real:?}, dev issuer {dev:?}"));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "the dev issuer differs:\n{}",
+        differ.join("\n")
+    );
+}
+
+/// Why the consent URL is Keycloak's `idp_link` action and not the
+/// `account-link-url` Keycloak's exchange answers with: that URL carries a hash
+/// of the subject token's session, and Keycloak accepts it only in the browser
+/// session whose login made that session.
+#[test]
+fn account_link_url_works_only_in_the_session_that_minted_the_offline_token() {
+    let test = "account_link_url_works_only_in_the_session_that_minted_the_offline_token";
+    let Some(kc) = Keycloak::get(test) else {
+        return;
+    };
+    if !fuse_available(test) {
+        return;
+    }
+    let user = "frank";
+    let platform = Browser::new();
+    let offline = kc.redeem_code(&platform.login(&kc.login_url(), user));
+    let tmp = tempdir();
+    let m = mount(&kc, tmp.path(), &offline, true, |t| {
+        short_min_valid(t).replace(
+            "requested_issuer = \"azure\"",
+            "requested_issuer = \"azure\"\nconsent_link = \"account-link-url\"",
+        )
+    });
+    assert_eq!(errno(m.read(AZURE)), libc::ENOKEY);
+    let url = m.read_string(CONSENT);
+    assert!(
+        url.starts_with(&format!("{}/broker/azure/link?", kc.realm_url)),
+        "{url}"
+    );
+
+    // Another browser, logged in to Keycloak as the same user: the hash names
+    // another session.
+    let other = Browser::new();
+    other.login(&kc.login_url(), user);
+    let (ok, result) = other.try_consent(url.trim(), user);
+    eprintln!("figure: account-link-url in another session: {result}");
+    assert!(
+        !ok && result["error"]
+            .as_str()
+            .unwrap()
+            .contains("Invalid Request"),
+        "{result}"
+    );
+    // The browser whose login minted the offline token: that Keycloak session
+    // ended when the platform redeemed the code for an offline token.
+    let (ok, result) = platform.try_consent(url.trim(), user);
+    eprintln!("figure: account-link-url in the minting browser: {result}");
+    assert!(
+        !ok && result["url"]
+            .as_str()
+            .unwrap()
+            .contains("link_error=not_logged_in"),
+        "{result}"
+    );
+    assert!(kc.links(user).is_empty(), "nothing linked");
+}

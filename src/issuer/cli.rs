@@ -116,6 +116,11 @@ pub struct AzureArgs {
     #[arg(long, value_name = "URL", default_value = "https://storage.azure.com")]
     pub azure_resource: String,
 
+    /// The identity provider's minValidityToken: the exchange returns the stored Azure
+    /// token until it has this little left, then replaces it (Keycloak's default, 5s).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub azure_min_validity: Duration,
+
     /// Start with --user already linked to the identity provider (consent given), so
     /// the token exchange succeeds at once. Without it the first exchange answers
     /// not_linked with the URL to open.
@@ -221,6 +226,7 @@ async fn start(args: &DevIssuerArgs) -> anyhow::Result<(RunningIssuer, &'static 
         tenant: args.azure.tenant.clone(),
         azure_lifetime: args.azure.azure_lifetime,
         azure_resource: args.azure.azure_resource.clone(),
+        azure_min_validity: args.azure.azure_min_validity,
     })?;
     if args.azure.linked {
         issuer.set_link(&args.user, &args.azure.idp_alias, LinkState::Linked);

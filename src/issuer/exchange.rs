@@ -28,6 +28,8 @@ struct ExchangeResponse {
     token_type: &'static str,
     /// Required by RFC 8693; Keycloak sends it too.
     issued_token_type: &'static str,
+    /// Keycloak sends 0: the provider's refresh token stays with Keycloak.
+    refresh_expires_in: u64,
     #[serde(rename = "account-link-url")]
     account_link_url: String,
 }
@@ -69,7 +71,7 @@ pub(crate) fn exchange(
         .verify::<AccessClaims>(subject.expose_secret(), &st.realm_url)
         // Refresh and ID tokens are not subject tokens, as in Keycloak.
         .filter(|claims| claims.typ == "Bearer")
-        .ok_or(bad_request("invalid_token", "Invalid token"))?;
+        .ok_or(bad_request("invalid_request", "Invalid token"))?;
     let alias = &st.inner.cfg.idp_alias;
     // Internal→internal exchange (no requested_issuer) is not what this realm is for.
     match form.requested_issuer.as_deref() {
@@ -96,23 +98,24 @@ pub(crate) fn exchange(
     let lookup = st
         .inner
         .links
-        .exchange(&user, alias, now, || {
-            azure::mint(&st.inner, &user, &client_id)
-        })
+        .exchange(
+            &user,
+            alias,
+            now,
+            st.inner.cfg.azure_min_validity.as_secs(),
+            || azure::mint(&st.inner, &user, &client_id),
+        )
         .map_err(|e| signing_failed(&e))?;
     let (token, exp) = match lookup {
         Lookup::Linked(token, exp) => (token, exp),
         Lookup::Unlinked => {
             tracing::debug!(user, alias, "token exchange: user not linked");
-            let err = bad_request(
-                "not_linked",
-                "User does not have a link to the identity provider",
-            );
+            let err = bad_request("not_linked", "identity provider is not linked");
             return Err(err.with_account_link_url(link_url));
         }
         Lookup::Revoked => {
             tracing::debug!(user, alias, "token exchange: link revoked");
-            let err = bad_request("token_expired", "Account linked but token expired");
+            let err = bad_request("token_expired", "linked token is expired");
             return Err(err.with_account_link_url(link_url));
         }
     };
@@ -122,6 +125,7 @@ pub(crate) fn exchange(
         expires_in: exp.saturating_sub(now),
         token_type: "Bearer",
         issued_token_type: ACCESS_TOKEN_TYPE,
+        refresh_expires_in: 0,
         account_link_url: link_url,
     };
     Ok((client_id, Json(answer).into_response()))

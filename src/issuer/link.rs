@@ -118,26 +118,32 @@ impl Links {
     }
 
     /// The link's answer at time `now`: Keycloak returns the stored provider token as
-    /// is until it has expired, and only then gets a new one (`mint`, run under the
-    /// lock so that concurrent exchanges store and return one token).
+    /// is until it has no more than `min_validity` seconds left, and only then gets a
+    /// new one (`mint`, run under the lock so that concurrent exchanges store and
+    /// return one token). A revoked link is a refresh the provider refuses: Keycloak
+    /// answers `token_expired` once and drops the stored token, so the link is gone
+    /// (`not_linked`) after that.
     pub(crate) fn exchange(
         &self,
         user: &str,
         alias: &str,
         now: u64,
+        min_validity: u64,
         mint: impl FnOnce() -> anyhow::Result<(String, u64)>,
     ) -> anyhow::Result<Lookup> {
         let mut table = lock(&self.table);
         let Some(link) = table.links.get_mut(&(user.to_owned(), alias.to_owned())) else {
             return Ok(Lookup::Unlinked);
         };
-        match link.state {
-            LinkState::Unlinked => return Ok(Lookup::Unlinked),
-            LinkState::Revoked => return Ok(Lookup::Revoked),
-            LinkState::Linked => {}
+        if link.state == LinkState::Unlinked {
+            return Ok(Lookup::Unlinked);
         }
-        let token = match link.token.take().filter(|t| t.exp > now) {
+        let token = match link.token.take().filter(|t| t.exp > now + min_validity) {
             Some(token) => token,
+            None if link.state == LinkState::Revoked => {
+                link.state = LinkState::Unlinked;
+                return Ok(Lookup::Revoked);
+            }
             None => {
                 let (jwt, exp) = mint()?;
                 StoredToken {
@@ -402,10 +408,10 @@ mod tests {
     }
 
     #[test]
-    fn stored_token_is_returned_until_it_expires() {
+    fn stored_token_is_returned_until_min_validity_then_replaced() {
         let links = Links::default();
         let unlinked = links
-            .exchange("alice", "azure", 100, minted("x", 0))
+            .exchange("alice", "azure", 100, 5, minted("x", 0))
             .unwrap();
         assert!(matches!(unlinked, Lookup::Unlinked));
         links.set(
@@ -414,15 +420,18 @@ mod tests {
             LinkState::Linked,
             Some(("t1".into(), 110)),
         );
-        let t = links.exchange("alice", "azure", 100, minted("t2", 200));
+        let t = links.exchange("alice", "azure", 100, 5, minted("t2", 200));
         assert_eq!(jwt(t.unwrap()), ("t1".into(), 110));
-        // Still t1 one second before expiry, a new one at expiry.
-        let t = links.exchange("alice", "azure", 109, minted("t2", 200));
+        // Still t1 with 6 s left, a new one with 5 s left (Keycloak's default).
+        let t = links.exchange("alice", "azure", 104, 5, minted("t2", 200));
         assert_eq!(jwt(t.unwrap()), ("t1".into(), 110));
-        let t = links.exchange("alice", "azure", 110, minted("t2", 200));
+        let t = links.exchange("alice", "azure", 105, 5, minted("t2", 200));
         assert_eq!(jwt(t.unwrap()), ("t2".into(), 200));
-        let t = links.exchange("alice", "azure", 111, minted("t3", 300));
+        let t = links.exchange("alice", "azure", 111, 5, minted("t3", 300));
         assert_eq!(jwt(t.unwrap()), ("t2".into(), 200));
+        // A larger min validity replaces it sooner.
+        let t = links.exchange("alice", "azure", 111, 89, minted("t3", 300));
+        assert_eq!(jwt(t.unwrap()), ("t3".into(), 300));
 
         links.set(
             "alice",
@@ -430,14 +439,17 @@ mod tests {
             LinkState::Revoked,
             Some(("t4".into(), 900)),
         );
-        let revoked = links.exchange("alice", "azure", 111, minted("t5", 300));
+        // The provider refuses the refresh: token_expired once, then no link.
+        let revoked = links.exchange("alice", "azure", 111, 5, minted("t5", 300));
         assert!(matches!(revoked.unwrap(), Lookup::Revoked));
+        let gone = links.exchange("alice", "azure", 112, 5, minted("t5", 300));
+        assert!(matches!(gone.unwrap(), Lookup::Unlinked));
         // A fresh link without a token mints on the next exchange.
         links.set("alice", "azure", LinkState::Linked, None);
-        let t = links.exchange("alice", "azure", 111, minted("t6", 300));
+        let t = links.exchange("alice", "azure", 111, 5, minted("t6", 300));
         assert_eq!(jwt(t.unwrap()), ("t6".into(), 300));
         let other = links
-            .exchange("alice", "other", 111, minted("x", 0))
+            .exchange("alice", "other", 111, 5, minted("x", 0))
             .unwrap();
         assert!(matches!(other, Lookup::Unlinked));
     }

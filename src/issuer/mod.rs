@@ -72,6 +72,10 @@ pub struct IssuerConfig {
     pub azure_lifetime: Duration,
     /// `aud` of the Azure access tokens: the resource they are for.
     pub azure_resource: String,
+    /// The identity provider's `minValidityToken`: the exchange replaces the stored
+    /// Azure token once it has this little left (Keycloak's default is 5 s), and
+    /// until then returns it as is.
+    pub azure_min_validity: Duration,
 }
 
 impl Default for IssuerConfig {
@@ -85,6 +89,7 @@ impl Default for IssuerConfig {
             tenant: DEFAULT_TENANT.to_owned(),
             azure_lifetime: Duration::from_secs(3600),
             azure_resource: "https://storage.azure.com".to_owned(),
+            azure_min_validity: Duration::from_secs(5),
         }
     }
 }

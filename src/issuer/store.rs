@@ -24,11 +24,33 @@ pub(crate) struct Session {
     pub id: String,
 }
 
-/// Why a refresh token was refused; both map to `invalid_grant`.
+/// Why a client was not authenticated. Keycloak tells the two apart:
+/// `invalid_client` for an unknown client, `unauthorized_client` for a known
+/// one with a wrong or missing secret.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ClientAuthError {
+    Unknown,
+    BadSecret,
+}
+
+/// Why a refresh token was refused; all map to `invalid_grant`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum RefreshError {
     Unknown,
     OtherClient,
+    /// A token already spent by a rotation: its session ends.
+    Reused,
+    /// The live token of a session that ended so.
+    Detached,
+}
+
+/// A refresh token that no longer works, and why.
+enum Retired {
+    /// Rotated out of `session`. Sending it again ends that session, as Keycloak
+    /// does with "Revoke Refresh Token" and no reuse: the newest token dies too.
+    Spent { session: String },
+    /// It was the session's newest when that happened.
+    Detached,
 }
 
 /// Offline sessions are keyed by the SHA-256 of their token, so the raw token is not
@@ -39,6 +61,8 @@ pub(crate) type TokenHash = [u8; 32];
 pub(crate) struct Store {
     clients: Mutex<HashMap<String, Client>>,
     sessions: Mutex<HashMap<TokenHash, Session>>,
+    /// Locked after `sessions` when both are needed.
+    retired: Mutex<HashMap<TokenHash, Retired>>,
     /// Clients refused the token exchange; Keycloak's fine-grained "token-exchange"
     /// permission reduced to a deny list, since the dev realm allows it by default.
     exchange_denied: Mutex<HashSet<String>>,
@@ -80,22 +104,23 @@ impl Store {
 
     /// Authenticates a client; `Some(confidential)` on success. A public client
     /// succeeds whatever secret it sends, as in Keycloak.
+    /// Whether the client is confidential; `Err` with why it is refused.
     pub(crate) fn authenticate(
         &self,
         client_id: &str,
         secret: Option<&SecretString>,
-    ) -> Option<bool> {
+    ) -> Result<bool, ClientAuthError> {
         let clients = lock(&self.clients);
-        let client = clients.get(client_id)?;
+        let client = clients.get(client_id).ok_or(ClientAuthError::Unknown)?;
         match (&client.secret, secret) {
-            (None, _) => Some(false),
+            (None, _) => Ok(false),
             (Some(want), Some(got)) => {
                 // Compare digests: equal-length inputs make the comparison's timing
                 // independent of where the secrets first differ.
                 let ok = token_hash(want.expose_secret()) == token_hash(got.expose_secret());
-                ok.then_some(true)
+                ok.then_some(true).ok_or(ClientAuthError::BadSecret)
             }
-            (Some(_), None) => None,
+            (Some(_), None) => Err(ClientAuthError::BadSecret),
         }
     }
 
@@ -138,7 +163,24 @@ impl Store {
     ) -> Result<(Session, Option<SecretString>), RefreshError> {
         let hash = token_hash(token.expose_secret());
         let mut sessions = lock(&self.sessions);
-        let session = sessions.get(&hash).ok_or(RefreshError::Unknown)?;
+        let Some(session) = sessions.get(&hash) else {
+            let mut retired = lock(&self.retired);
+            return Err(match retired.get(&hash) {
+                None => RefreshError::Unknown,
+                Some(Retired::Detached) => RefreshError::Detached,
+                Some(Retired::Spent { session }) => {
+                    let id = session.clone();
+                    sessions.retain(|live, s| {
+                        let ends = s.id == id;
+                        if ends {
+                            retired.insert(*live, Retired::Detached);
+                        }
+                        !ends
+                    });
+                    RefreshError::Reused
+                }
+            });
+        };
         if session.client_id != client_id {
             return Err(RefreshError::OtherClient);
         }
@@ -146,6 +188,12 @@ impl Store {
             return Ok((session.clone(), None));
         }
         let session = sessions.remove(&hash).ok_or(RefreshError::Unknown)?;
+        lock(&self.retired).insert(
+            hash,
+            Retired::Spent {
+                session: session.id.clone(),
+            },
+        );
         let new_token = random_secret();
         sessions.insert(token_hash(new_token.expose_secret()), session.clone());
         Ok((session, Some(new_token)))
@@ -193,15 +241,25 @@ mod tests {
         let (s, new) = store.refresh(&t1, "cli", true).unwrap();
         assert_eq!(s.username, "alice");
         let t2 = new.unwrap();
-        assert_eq!(
-            store.refresh(&t1, "cli", true).unwrap_err(),
-            RefreshError::Unknown
-        );
         let (s2, none) = store.refresh(&t2, "cli", false).unwrap();
         assert_eq!((s2.id, none.is_none()), (s.id, true));
         assert_eq!(
             store.refresh(&t2, "other", false).unwrap_err(),
             RefreshError::OtherClient
+        );
+        // Sending the spent one ends the session: the newest one dies with it.
+        assert_eq!(
+            store.refresh(&t1, "cli", true).unwrap_err(),
+            RefreshError::Reused
+        );
+        assert_eq!(
+            store.refresh(&t2, "cli", true).unwrap_err(),
+            RefreshError::Detached
+        );
+        let unknown: SecretString = "never-issued".into();
+        assert_eq!(
+            store.refresh(&unknown, "cli", true).unwrap_err(),
+            RefreshError::Unknown
         );
     }
 
@@ -210,13 +268,12 @@ mod tests {
         let store = Store::default();
         store.add_client("pub", None);
         store.add_client("conf", Some("s3cret".into()));
-        assert_eq!(store.authenticate("pub", None), Some(false));
-        assert_eq!(
-            store.authenticate("conf", Some(&"s3cret".into())),
-            Some(true)
-        );
-        assert_eq!(store.authenticate("conf", Some(&"wrong".into())), None);
-        assert_eq!(store.authenticate("conf", None), None);
-        assert_eq!(store.authenticate("nobody", None), None);
+        assert_eq!(store.authenticate("pub", None), Ok(false));
+        assert_eq!(store.authenticate("conf", Some(&"s3cret".into())), Ok(true));
+        let bad = Err(ClientAuthError::BadSecret);
+        assert_eq!(store.authenticate("conf", Some(&"wrong".into())), bad);
+        assert_eq!(store.authenticate("conf", None), bad);
+        let unknown = Err(ClientAuthError::Unknown);
+        assert_eq!(store.authenticate("nobody", None), unknown);
     }
 }

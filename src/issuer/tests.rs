@@ -142,12 +142,24 @@ async fn rotation_returns_a_new_token_and_revokes_the_old_one() {
     let t2 = body["refresh_token"].as_str().unwrap().to_owned();
     assert_ne!(t2, t1.expose_secret());
 
+    let (status, body) = f.refresh("pub", &t2).await;
+    assert_eq!(status, StatusCode::OK);
+    let t3 = body["refresh_token"].as_str().unwrap().to_owned();
+
+    // As Keycloak with "Revoke Refresh Token" and no reuse: the spent token is
+    // refused and ends the session, so the newest one fails too.
     let (status, body) = f.refresh("pub", t1.expose_secret()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"], "invalid_grant");
-
-    let (status, _) = f.refresh("pub", &t2).await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        serde_json::json!({"error": "invalid_grant", "error_description": "Maximum allowed refresh token reuse exceeded"})
+    );
+    let (status, body) = f.refresh("pub", &t3).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["error_description"],
+        "Session doesn't have required client"
+    );
     f.running.shutdown().await;
 }
 
@@ -174,10 +186,11 @@ async fn client_and_grant_errors_are_keycloak_shaped() {
         ("client_secret", "nope"),
         ("refresh_token", token),
     ];
+    // As Keycloak: a wrong secret is unauthorized_client, an unknown client invalid_client.
     let (status, body) = f.post_token(&form).await;
     assert_eq!(
         (status, body["error"].as_str()),
-        (StatusCode::UNAUTHORIZED, Some("invalid_client"))
+        (StatusCode::UNAUTHORIZED, Some("unauthorized_client"))
     );
     assert_eq!(
         body["error_description"],

@@ -101,10 +101,7 @@ async fn consent_flow_link_exchange_revoke_relink() {
     let (status, body) = f.exchange(&subject).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "not_linked");
-    assert_eq!(
-        body["error_description"],
-        "User does not have a link to the identity provider"
-    );
+    assert_eq!(body["error_description"], "identity provider is not linked");
     let link_url = str_of(&body, "account-link-url").to_owned();
     let prefix = format!(
         "{}/broker/azure/link?client_id=conf&nonce=",
@@ -168,10 +165,7 @@ async fn consent_flow_link_exchange_revoke_relink() {
     let (status, body) = f.exchange(&subject).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"], "token_expired");
-    assert_eq!(
-        body["error_description"],
-        "Account linked but token expired"
-    );
+    assert_eq!(body["error_description"], "linked token is expired");
     assert_eq!(body["account-link-url"], link_url.as_str());
 
     let (status, _) = f.get_text(&link_url).await;
@@ -258,11 +252,11 @@ async fn exchange_refusals_are_keycloak_shaped() {
     let (status, body) = f.exchange_as("conf", "wrong", &subject).await;
     assert_eq!(
         (status, body["error"].as_str()),
-        (StatusCode::UNAUTHORIZED, Some("invalid_client"))
+        (StatusCode::UNAUTHORIZED, Some("unauthorized_client"))
     );
 
     let invalid =
-        serde_json::json!({"error": "invalid_token", "error_description": "Invalid token"});
+        serde_json::json!({"error": "invalid_request", "error_description": "Invalid token"});
     assert_eq!(
         f.exchange("garbage").await,
         (StatusCode::BAD_REQUEST, invalid.clone())

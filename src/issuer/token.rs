@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::claims::{AccessClaims, Principal};
 use super::exchange;
 use super::routes::{unknown_realm, AppState, OAuthError};
-use super::store::{RefreshError, Stats};
+use super::store::{ClientAuthError, RefreshError, Stats};
 
 pub(crate) const INVALID_CLIENT: OAuthError = OAuthError::new(
     StatusCode::UNAUTHORIZED,
@@ -173,6 +173,8 @@ fn refresh_grant(
                 RefreshError::OtherClient => {
                     "Invalid refresh token. Token client and authorized client don't match"
                 }
+                RefreshError::Reused => "Maximum allowed refresh token reuse exceeded",
+                RefreshError::Detached => "Session doesn't have required client",
             };
             OAuthError::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
         })?;
@@ -239,7 +241,8 @@ fn access_token(
 }
 
 /// Authenticate the client of a token request: its id, and whether it is
-/// confidential (has a secret). Unknown clients and wrong secrets are `invalid_client`.
+/// confidential (has a secret). An unknown client is `invalid_client`, a wrong
+/// secret `unauthorized_client`, both with Keycloak's one description.
 pub(crate) fn authenticate_client(
     st: &AppState,
     headers: &HeaderMap,
@@ -250,7 +253,13 @@ pub(crate) fn authenticate_client(
         .inner
         .store
         .authenticate(&client_id, secret.as_ref())
-        .ok_or(INVALID_CLIENT)?;
+        .map_err(|e| match e {
+            ClientAuthError::Unknown => INVALID_CLIENT,
+            ClientAuthError::BadSecret => OAuthError {
+                error: "unauthorized_client",
+                ..INVALID_CLIENT
+            },
+        })?;
     Ok((client_id, confidential))
 }
 

@@ -18,7 +18,7 @@ console.log = console.info = console.error;
 
 // One account per user of the test realm (tests/keycloak/DominoRealm.json): login NAME,
 // password NAME-idp-pw; sub/oid mimic an Entra object id.
-const NAMES = (env.IDP_USERS || 'alice,bob,carol,dave,erin,frank').split(',');
+const NAMES = (env.IDP_USERS || 'alice,bob,carol,dave,erin,frank,grace').split(',');
 const USERS = Object.fromEntries(NAMES.map((name) => [name, {
   password: `${name}-idp-pw`, sub: `${name}-entra-oid`,
   claims: { name: `${name} Example`, preferred_username: `${name}@contoso.example`, upn: `${name}@contoso.example`,
