@@ -1,6 +1,7 @@
 //! Account links to the identity provider: who has consented, the Azure token Keycloak
-//! stores for each link, the account-link page that stands in for consent, and the
-//! `/dev/consent` admin endpoint that revokes it.
+//! stores for each link, the pages that stand in for consent (Keycloak's `idp_link`
+//! action at the authorization endpoint, which tokenfs's consent URL opens, and its
+//! legacy account-link page), and the `/dev/consent` admin endpoint that revokes it.
 //!
 //! A real Keycloak sends the user through the provider's login and consent screens;
 //! here opening the link URL is the consent. There is no login, so the URL's `nonce`
@@ -32,7 +33,8 @@ pub enum LinkState {
     Unlinked,
     /// Consented: the exchange answers with an Azure token.
     Linked,
-    /// Consent revoked or expired at the provider: the exchange answers `token_expired`.
+    /// Consent revoked or expired at the provider: the exchange answers `token_expired`
+    /// once (Keycloak's refresh at the provider failed), then `not_linked`.
     Revoked,
 }
 

@@ -396,12 +396,9 @@ impl Inner {
     /// refresh (having said `token_expired` once): once this daemon saw the link
     /// work, consent is expired, not missing.
     fn link_needed(&self, x: &Exchange, link: String, expired: bool, subject: &str) -> SourceError {
-        let had = if expired {
+        if expired {
             self.had_consent.store(true, Ordering::Relaxed);
-            true
-        } else {
-            self.had_consent.load(Ordering::Relaxed)
-        };
+        }
         let url = match (&x.consent, &x.requested_issuer, &x.redirect_uri) {
             (ConsentLink::Action { authorization_url }, Some(alias), Some(redirect)) => {
                 link_action_url(
@@ -415,7 +412,10 @@ impl Inner {
             }
             _ => link,
         };
-        SourceError::ConsentRequired { url, expired: had }
+        SourceError::ConsentRequired {
+            url,
+            expired: self.had_consent.load(Ordering::Relaxed),
+        }
     }
 
     /// One exchange, with the refresh token held locked from request to
