@@ -43,8 +43,11 @@ pub fn random_jitter() -> Jitter {
 /// When to refresh and how to back off; per file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
-    /// A token is never served with less than this left.
+    /// A fresh token has at least this left; one with less is served only while
+    /// the upstream has nothing better (see `floor`).
     pub min_valid: Duration,
+    /// A token is never served with this little left, nor accepted with it.
+    pub floor: Duration,
     /// Refresh ahead once this fraction of the remaining lifetime has passed.
     pub refresh_at: f64,
     /// ± this fraction of the lifetime, so that many mounts do not refresh in step.
@@ -59,6 +62,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             min_valid: Duration::from_secs(30),
+            floor: Duration::from_secs(5),
             refresh_at: 0.8,
             jitter: 0.05,
             backoff_min: Duration::from_secs(1),
@@ -74,8 +78,12 @@ pub struct Token {
     pub expires_at: SystemTime,
     /// When this daemon obtained it (the file's mtime).
     pub obtained_at: SystemTime,
-    /// The last instant it may be served: `expires_at - min_valid`.
+    /// The last instant it may be served: `expires_at - min_valid`, or
+    /// `expires_at - floor` for a token the upstream issued with less than
+    /// `min_valid` left.
     pub valid_until: SystemTime,
+    /// Why it is served with less than `min_valid` left, if it is.
+    pub below_min_valid: Option<String>,
     /// When refresh-ahead replaces it.
     pub refresh_at: SystemTime,
     pub claims: LogClaims,
@@ -123,12 +131,12 @@ pub enum CellError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(
-        "upstream issued a token with {}s of lifetime left, less than min_valid ({}s); \
-         it will be asked again",
+        "upstream issued a token with {}s of lifetime left, not more than min_valid_floor ({}s); \
+         it will be asked again once that token has expired",
         left.as_secs(),
-        min_valid.as_secs()
+        floor.as_secs()
     )]
-    TooShort { left: Duration, min_valid: Duration },
+    TooShort { left: Duration, floor: Duration },
     #[error("no token within the read timeout ({}s); the upstream is still being asked", .0.as_secs())]
     ReadTimeout(Duration),
 }
@@ -259,11 +267,20 @@ impl State {
                 // Waiting on a person, not on a struggling upstream: let reads ask again
                 // soon, so the first read after consent succeeds; refresh-ahead keeps
                 // backing off so nobody consenting does not mean a request a second.
-                let retry_at = match error {
+                let (retry_at, background_at) = match error {
                     CellError::Source(SourceError::ConsentRequired { .. }) => {
-                        now + policy.backoff_min
+                        (now + policy.backoff_min, background_at)
                     }
-                    _ => background_at,
+                    // The upstream gave the best it had (Keycloak hands out its stored
+                    // token until that is nearly expired, then replaces it): it can do
+                    // better just after that token's expiry, not after a backoff. Twice
+                    // at most, so an upstream that only ever issues such tokens falls
+                    // back to the backoff.
+                    CellError::TooShort { left, .. } if consecutive <= 2 => {
+                        let after = now + *left + TOO_SHORT_RETRY;
+                        (after, after)
+                    }
+                    _ => (background_at, background_at),
                 };
                 self.failure = Some(Failure {
                     error: error.clone(),
@@ -285,11 +302,33 @@ impl State {
         u: f64,
     ) -> Result<Arc<Token>, CellError> {
         let left = issued.expires_at.duration_since(now).unwrap_or_default();
-        if left <= policy.min_valid {
+        if left <= policy.floor {
             return Err(CellError::TooShort {
                 left,
-                min_valid: policy.min_valid,
+                floor: policy.floor,
             });
+        }
+        if left <= policy.min_valid {
+            // The best the upstream has: serve it down to the floor, and ask again
+            // when it may no longer be served.
+            let valid_until = issued.expires_at - policy.floor;
+            self.generation += 1;
+            return Ok(Arc::new(Token {
+                secret: issued.token,
+                expires_at: issued.expires_at,
+                obtained_at: now,
+                valid_until,
+                below_min_valid: Some(format!(
+                    "the upstream issued it with {}s left, less than min_valid ({}s): \
+                     served until {}s before it expires, then asked again",
+                    left.as_secs(),
+                    policy.min_valid.as_secs(),
+                    policy.floor.as_secs()
+                )),
+                refresh_at: valid_until,
+                claims: issued.claims,
+                generation: self.generation,
+            }));
         }
         let valid_until = issued.expires_at - policy.min_valid;
         // Judge from our own clock, not the upstream's `iat`, so a skewed issuer
@@ -306,6 +345,7 @@ impl State {
             expires_at: issued.expires_at,
             obtained_at: now,
             valid_until,
+            below_min_valid: None,
             refresh_at,
             claims: issued.claims,
             generation: self.generation,
@@ -355,9 +395,13 @@ impl State {
             fetches: self.fetches,
             failures: self.failures,
             unsaved_refresh_token: None,
+            below_min_valid: self.servable(now).and_then(|t| t.below_min_valid.clone()),
         }
     }
 }
+
+/// How long after the expiry of a token refused as too short it is asked for again.
+const TOO_SHORT_RETRY: Duration = Duration::from_millis(500);
 
 /// Exponential backoff with "equal jitter": half fixed, half random.
 fn backoff(policy: &Policy, consecutive: u32, u: f64) -> Duration {
@@ -437,6 +481,9 @@ pub struct CellStatus {
     /// (it is lost when tokenfs restarts), while that lasts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unsaved_refresh_token: Option<String>,
+    /// Why the token served now has less than `min_valid` left, while it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub below_min_valid: Option<String>,
 }
 
 impl CellStatus {
@@ -574,12 +621,19 @@ impl Cell {
         let latency = started.elapsed();
         self.latency.observe(latency);
         let now = self.clock.now();
-        let (outcome, before) = {
+        let (outcome, before, short_before) = {
             let mut st = self.lock();
             let before = st.failure.as_ref().map(|f| f.error.clone());
+            // The expiry of a short token already served, to warn once per token.
+            let short_before = st
+                .current
+                .as_ref()
+                .filter(|t| t.below_min_valid.is_some())
+                .map(|t| t.expires_at);
             (
                 st.finish(result, now, &self.policy, (self.jitter)()),
                 before,
+                short_before,
             )
         };
         span.record("latency_ms", latency.as_millis() as u64);
@@ -602,7 +656,13 @@ impl Cell {
                     sub = token.claims.sub.as_deref().unwrap_or("-"),
                     refresh_at = %humantime::format_rfc3339_seconds(token.refresh_at),
                     "token obtained"
-                )
+                );
+                match &token.below_min_valid {
+                    Some(why) if short_before != Some(token.expires_at) => {
+                        tracing::warn!("serving a token below min_valid: {why}")
+                    }
+                    _ => {}
+                }
             }
             // Once per change of state at warn, so a failing upstream or a consent
             // nobody gives does not flood the log at every retry.

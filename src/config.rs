@@ -196,11 +196,22 @@ fn validate_file(name: String, mut f: raw::RawFile) -> Result<FileConfig, Config
     validate_name(&name)?;
     let key = |k: &str| format!("files.{name}.{k}");
     let defaults = Policy::default();
+    let min_valid = f.min_valid.unwrap_or(defaults.min_valid);
     let policy = Policy {
-        min_valid: f.min_valid.unwrap_or(defaults.min_valid),
+        min_valid,
+        floor: f.min_valid_floor.unwrap_or(defaults.floor.min(min_valid)),
         refresh_at: f.refresh_at.unwrap_or(defaults.refresh_at),
         ..defaults
     };
+    if policy.floor.is_zero() || policy.floor > policy.min_valid {
+        return Err(invalid(
+            key("min_valid_floor"),
+            format!(
+                "must be more than 0s and at most min_valid ({})",
+                humantime::format_duration(policy.min_valid)
+            ),
+        ));
+    }
     if !(0.1..=0.95).contains(&policy.refresh_at) {
         return Err(invalid(
             key("refresh_at"),

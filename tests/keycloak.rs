@@ -173,6 +173,15 @@ fn journey_login_offline_token_consent_azure_token_refresh_unlink() {
         claims["iss"],
         "token unaffected"
     );
+    for name in ["token", AZURE] {
+        let st = m.file_status(name);
+        eprintln!(
+            "figure: {name}: {} upstream requests, {} failed, in {:.0} s since the link",
+            st["fetches"],
+            st["failures"],
+            linked_at.elapsed().as_secs_f64()
+        );
+    }
 }
 
 /// `token` from a real offline token, verified against Keycloak's JWKS (through

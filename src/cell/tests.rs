@@ -229,39 +229,79 @@ fn success_clears_the_failure() {
 }
 
 #[test]
-fn token_shorter_than_min_valid_is_refused_and_not_served() {
+fn token_shorter_than_min_valid_is_served_down_to_the_floor_once_nothing_better_is_left() {
     let mut st = State::default();
     let good = fetch(&mut st, at(0), Ok(issued(at(0), LIFETIME, "a"))).unwrap();
     assert!(st.try_start_refresh(at(240)));
-    let err = st
+    // A refresh ahead that brings a token with 20 s left (less than min_valid,
+    // more than the floor): the upstream has nothing better, so it is served.
+    let short = st
         .finish(
-            Ok(issued(at(240), Duration::from_secs(5), "short")),
+            Ok(issued(at(240), Duration::from_secs(20), "short")),
             at(240),
             &policy(),
             0.5,
         )
-        .unwrap_err();
-    assert!(matches!(err, CellError::TooShort { .. }));
-    assert_eq!(err.errno(), libc::EIO);
-    match st.on_read(at(241), false) {
-        Next::Serve(t) => assert!(Arc::ptr_eq(&t, &good)),
-        other => panic!("{other:?}"),
-    }
-    // Once the good one is past its deadline the short one is still never served.
-    assert!(matches!(st.on_read(at(300), false), Next::Fetch));
+        .unwrap();
+    assert_ne!(short.generation, good.generation);
+    assert_eq!(short.valid_until, at(255), "down to the 5 s floor");
+    assert_eq!(
+        short.refresh_at,
+        at(255),
+        "asked again when it may no longer be served"
+    );
+    let why = st.status(at(241)).below_min_valid.unwrap();
+    assert!(why.contains("20s left, less than min_valid (30s)"), "{why}");
+    assert_eq!(st.status(at(241)).state, StateName::Fresh);
+    assert!(matches!(st.on_read(at(254), false), Next::Serve(_)));
+
+    // At the floor the same token is refused: never served with so little left,
+    // and asked for again just after its expiry rather than on the backoff.
+    assert!(matches!(st.on_read(at(255), false), Next::Fetch));
     let err = st
         .finish(
-            Ok(issued(at(300), Duration::from_secs(30), "edge")),
-            at(300),
+            Ok(issued(at(240), Duration::from_secs(20), "short")),
+            at(255),
             &policy(),
             0.5,
         )
         .unwrap_err();
+    assert!(matches!(err, CellError::TooShort { .. }), "{err}");
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(matches!(st.on_read(at(256), false), Next::Fail(_)));
+    assert_eq!(st.status(at(256)).below_min_valid, None);
+    let retry = at(260) + TOO_SHORT_RETRY;
+    assert_eq!(st.next_refresh(), Some(retry));
+    assert!(matches!(st.on_read(retry, false), Next::Fetch));
+    let fresh = st
+        .finish(Ok(issued(retry, LIFETIME, "b")), retry, &policy(), 0.5)
+        .unwrap();
+    assert_eq!(fresh.below_min_valid, None);
+    assert_eq!(st.status(retry).state, StateName::Fresh);
+}
+
+#[test]
+fn an_upstream_that_only_issues_tokens_at_the_floor_is_asked_on_the_backoff() {
+    let mut st = State::default();
+    let tiny = || Ok(issued(at(0), Duration::from_secs(5), "tiny"));
+    let mut asked = Vec::new();
+    let mut now = at(0);
+    for _ in 0..4 {
+        assert!(matches!(st.on_read(now, false), Next::Fetch));
+        st.finish(tiny(), now, &policy(), 0.5).unwrap_err();
+        asked.push(now);
+        now = st.status(now).retry_at.unwrap().0;
+    }
+    let gaps: Vec<_> = asked
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).unwrap())
+        .collect();
+    // Twice just after the offered token's expiry, then the backoff.
     assert!(
-        matches!(err, CellError::TooShort { .. }),
-        "exactly min_valid left is too short"
+        gaps[0] <= Duration::from_secs(6) && gaps[1] <= Duration::from_millis(600),
+        "{gaps:?}"
     );
-    assert!(matches!(st.on_read(at(300), false), Next::Fail(_)));
+    assert!(gaps[2] >= policy().backoff_min, "{gaps:?}");
 }
 
 #[test]

@@ -56,6 +56,8 @@ pub struct RawFile {
     // common
     #[serde(default, with = "humantime_serde")]
     pub min_valid: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub min_valid_floor: Option<Duration>,
     pub refresh_at: Option<f64>,
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,

@@ -49,6 +49,7 @@ fn production_keycloak_example_loads() {
             client_secret_file = "{secret}"
             refresh_token_file = "{offline}"
             min_valid = "45s"
+            min_valid_floor = "3s"
             "#
         ))
         .unwrap();
@@ -63,6 +64,7 @@ fn production_keycloak_example_loads() {
     let file = &cfg.files[0];
     assert_eq!(file.name, "token");
     assert_eq!(file.policy.min_valid, Duration::from_secs(45));
+    assert_eq!(file.policy.floor, Duration::from_secs(3));
     assert_eq!(file.policy.refresh_at, 0.8);
     let SourceConfig::OAuth(o) = &file.source else {
         panic!("expected oauth2")
@@ -281,6 +283,8 @@ fn token_exchange_mistakes_are_named() {
         (format!("[files.a]\n{base}subject = \"b\"\n[files.b]\n{base}subject = \"a\"\n"), "chain at most one level"),
         (format!("[files.a]\n{base}subject_token_file = \"/x\"\nrefresh_token_file = \"/y\"\n"), "files.a.refresh_token_file: not valid for source = \"token-exchange\""),
         (format!("[files.a]\n{base}subject_token_file = \"/x\"\nrequested_issuer = \"azure\"\n"), "files.a.redirect_uri: missing: Keycloak sends the browser there"),
+        (format!("[files.a]\n{base}subject_token_file = \"/x\"\nmin_valid = \"10s\"\nmin_valid_floor = \"11s\"\n"), "files.a.min_valid_floor: must be more than 0s and at most min_valid (10s)"),
+        (format!("[files.a]\n{base}subject_token_file = \"/x\"\nmin_valid_floor = \"0s\"\n"), "files.a.min_valid_floor: must be more than 0s"),
         (format!("[files.a]\n{base}subject_token_file = \"/x\"\nconsent_link = \"kc_action\"\n"), "files.a.consent_link: \"kc_action\" links an identity provider"),
         (format!("[files.a]\n{base}subject_token_file = \"/x\"\nrequested_issuer = \"azure\"\nconsent_link = \"link\"\n"), "files.a.consent_link: must be"),
         (

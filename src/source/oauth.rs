@@ -288,9 +288,12 @@ impl Inner {
             .clone()
     }
 
-    /// POST the form and return the parsed 2xx answer, or the error the
-    /// status and body call for.
-    async fn exchange(&self, mut form: Vec<(&str, &str)>) -> Result<TokenResponse, SourceError> {
+    /// POST the form and return the parsed 2xx answer and when the request was
+    /// sent, or the error the status and body call for.
+    async fn exchange(
+        &self,
+        mut form: Vec<(&str, &str)>,
+    ) -> Result<(TokenResponse, SystemTime), SourceError> {
         let grant = self.grant.name();
         form.insert(0, ("grant_type", grant));
         form.push(("client_id", &self.client_id));
@@ -300,6 +303,7 @@ impl Inner {
         if let Some(scope) = &self.scope {
             form.push(("scope", scope));
         }
+        let sent = SystemTime::now();
         let resp = self
             .client
             .post(self.token_url.clone())
@@ -330,7 +334,7 @@ impl Inner {
             refresh_expires_in = answer.refresh_expires_in,
             "token endpoint answered"
         );
-        Ok(answer)
+        Ok((answer, sent))
     }
 
     /// Adopt a rotated refresh token: persist it first, so that a crash
@@ -421,7 +425,7 @@ impl Inner {
     /// One exchange, with the refresh token held locked from request to
     /// rotation.
     async fn issue(&self) -> Result<Issued, SourceError> {
-        let answer = match &self.grant {
+        let (answer, sent) = match &self.grant {
             GrantState::ClientCredentials => self.exchange(Vec::new()).await?,
             GrantState::TokenExchange { params: x, subject } => {
                 let subject = subject.subject_token().await?;
@@ -462,7 +466,7 @@ impl Inner {
                     return Err(self.consent_missing());
                 };
                 let form = vec![("refresh_token", token.expose_secret())];
-                let mut answer = self.exchange(form).await?;
+                let (mut answer, sent) = self.exchange(form).await?;
                 // Before looking at the access token: even an unusable answer
                 // may have rotated (and so revoked) the refresh token we hold.
                 if let Some(new) = answer.refresh_token.take() {
@@ -470,10 +474,12 @@ impl Inner {
                         self.rotate(&mut held, new, rotated_file.as_ref()).await;
                     }
                 }
-                answer
+                (answer, sent)
             }
         };
-        issued_from_answer(answer, SystemTime::now())
+        // An `expires_in` counts from when the upstream answered, which is after we
+        // sent the request: counting from the send errs on the short side.
+        issued_from_answer(answer, sent)
     }
 
     /// Map a non-2xx answer; see [`error_from_body`].
