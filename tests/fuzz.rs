@@ -1674,11 +1674,16 @@ fn near_valid_config() -> impl Strategy<Value = Input> {
         })
 }
 
-/// Point every path that validation would write (`consent_state_file`) into
+/// Point every path that validation would write (`consent_state_file`, the
+/// rotated refresh token's file) into
 /// the sandbox, so no input can make the test write elsewhere.
 fn confine(raw: &mut RawConfig) {
     let dir = sandbox().dir.path();
     for file in raw.files.values_mut() {
+        // Else the default, in the host's state directory.
+        if file.rotated_refresh_token_file.is_none() {
+            file.rotated_refresh_token_file = Some(dir.join("rotated"));
+        }
         if let Some(p) = &mut file.consent_state_file {
             // A directory stays, to reach the failed-write path.
             if *p != dir.join("a-dir") {

@@ -532,6 +532,73 @@ fn a_rotated_refresh_token_is_persisted_and_used_after_a_restart() {
     assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
 }
 
+/// Without `rotated_refresh_token_file` a rotation is saved in the state
+/// directory: `check`, a mount and a restart each spend the last one and go on.
+#[test]
+fn without_a_rotated_file_rotations_go_to_the_state_directory_and_survive_check_and_restart() {
+    let test =
+        "without_a_rotated_file_rotations_go_to_the_state_directory_and_survive_check_and_restart";
+    if !fuse_available(test) {
+        return;
+    }
+    let issuer = DevIssuer::start(&["--rotate-refresh-tokens"]);
+    let original = std::fs::read_to_string(&issuer.offline_token_file).unwrap();
+    let tmp = tempdir();
+    let config = issuer.config(tmp.path(), "", "");
+    let config = config.to_str().unwrap();
+
+    let out = run(&["check", "--config", config]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The default file is named after offline-token and a hash of its path; the
+    // one this check wrote is newer than the issuer's file (others are older runs').
+    let mtime = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let saved: Vec<_> = std::fs::read_dir(state_dir().join("rotated"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("offline-token-")
+                && mtime(p) >= mtime(&issuer.offline_token_file)
+        })
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    let rotated = saved[0].clone();
+    assert_ne!(
+        std::fs::read_to_string(&rotated).unwrap(),
+        original,
+        "rotated"
+    );
+    assert_eq!(std::fs::metadata(&rotated).unwrap().mode() & 0o777, 0o600);
+    let after_checks = std::fs::read_to_string(&rotated).unwrap();
+
+    let mut m = Mount::start(&["--config", config]);
+    let first = m.read_string("token");
+    assert!(m.stop().success());
+    let m = Mount::start(&["--config", config]);
+    assert_ne!(m.read_string("token"), first);
+    assert_eq!(m.file_status("token")["state"], "fresh");
+    assert_ne!(std::fs::read_to_string(&rotated).unwrap(), after_checks);
+
+    // A default that cannot be written is refused before any refresh.
+    let out = Command::new(BIN)
+        .args(["check", "--config", config])
+        .env("STATE_DIRECTORY", issuer.offline_token_file.as_os_str())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("files.token.rotated_refresh_token_file: not set, and its default"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_slow_upstream_fails_the_read_with_etimedout_then_serves_once_it_answers() {
     if !fuse_available("a_slow_upstream_fails_the_read_with_etimedout_then_serves_once_it_answers")

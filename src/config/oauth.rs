@@ -2,7 +2,7 @@
 //! client_credentials), `token-exchange` (RFC 8693, incl. Keycloak's
 //! internal→external form) and `entra` (direct Entra ID v2 refresh).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use secrecy::SecretString;
@@ -52,27 +52,83 @@ fn refresh_grant(name: &str, f: &RawFile, may_be_missing: bool) -> Result<Grant,
             "missing (required by the refresh_token grant)",
         )
     })?;
-    if let Some(rotated) = &f.rotated_refresh_token_file {
-        secret_file::remove_stale_temps(rotated);
-    }
-    let refresh_token = match &f.rotated_refresh_token_file {
-        Some(rotated) if rotated.exists() => {
-            Some(secret(key("rotated_refresh_token_file"), rotated)?)
-        }
-        _ if may_be_missing && !path.exists() => None,
-        _ => Some(secret(key("refresh_token_file"), &path)?),
+    // Any refresh may rotate the token and revoke the one in refresh_token_file, so
+    // a rotation is always saved: where the config says, else in the state directory.
+    let (rotated, default) = match &f.rotated_refresh_token_file {
+        Some(rotated) => (rotated.clone(), false),
+        None => (default_rotated_file(&path), true),
+    };
+    secret_file::remove_stale_temps(&rotated);
+    let refresh_token = if rotated.exists() {
+        Some(secret(key("rotated_refresh_token_file"), &rotated)?)
+    } else if may_be_missing && !path.exists() {
+        None
+    } else {
+        Some(secret(key("refresh_token_file"), &path)?)
     };
     // Before any refresh: a rotated token that cannot be saved is lost at the next
     // start, and the upstream has revoked the one in refresh_token_file by then.
-    if let Some(rotated) = &f.rotated_refresh_token_file {
-        secret_file::ensure_writable(rotated)
-            .map_err(|e| invalid(key("rotated_refresh_token_file"), e.to_string()))?;
-    }
+    secret_file::ensure_writable(&rotated).map_err(|e| {
+        let why = if default {
+            format!(
+                "not set, and its default {} cannot be written ({e}); set it, or \
+                 STATE_DIRECTORY, to a directory only root can write",
+                rotated.display()
+            )
+        } else {
+            e.to_string()
+        };
+        invalid(key("rotated_refresh_token_file"), why)
+    })?;
     Ok(Grant::RefreshToken {
         refresh_token,
         file: Some(path),
-        rotated_file: f.rotated_refresh_token_file.clone(),
+        rotated_file: Some(rotated),
     })
+}
+
+/// Where a rotation of the token in `refresh_token_file` is saved when the config
+/// names no place: `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`, its first
+/// entry) or `/var/lib/tokenfs`, under `rotated/`, in a file named after the
+/// refresh-token file and a hash of its path, so every credential has its own and
+/// `check` finds the daemon's.
+pub fn default_rotated_file(refresh_token_file: &Path) -> PathBuf {
+    let state = if cfg!(test) {
+        // Unit tests never write the host's state directory.
+        std::env::temp_dir().join("tokenfs-unit-tests")
+    } else {
+        std::env::var_os("STATE_DIRECTORY")
+            .and_then(|dirs| {
+                std::env::split_paths(&dirs)
+                    .next()
+                    .filter(|d| d.is_absolute())
+            })
+            .unwrap_or_else(|| PathBuf::from("/var/lib/tokenfs"))
+    };
+    let absolute =
+        std::path::absolute(refresh_token_file).unwrap_or_else(|_| refresh_token_file.to_owned());
+    let hash = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        absolute.as_os_str().as_encoded_bytes(),
+    );
+    let hex: String = hash.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let stem: String = refresh_token_file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    state.join("rotated").join(format!("{stem}-{hex}"))
 }
 
 /// `source = "oauth2"`.

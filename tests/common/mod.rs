@@ -30,6 +30,13 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tokenfs");
 
+/// The state directory every tokenfs a test starts uses (`STATE_DIRECTORY`), so
+/// default rotated refresh tokens land under `target/`, never in the host's
+/// `/var/lib/tokenfs`; a `check` and a mount of one test share it, as on a host.
+pub fn state_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("state")
+}
+
 /// Whether this test can mount. Without root or /dev/fuse it is skipped, unless
 /// `TOKENFS_REQUIRE_FUSE=1` (set by CI), which turns the skip into a failure.
 pub fn fuse_available(test: &str) -> bool {
@@ -75,6 +82,7 @@ impl Proc {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        cmd.env("STATE_DIRECTORY", state_dir());
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -182,6 +190,7 @@ impl Drop for Proc {
 pub fn run(args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(args)
+        .env("STATE_DIRECTORY", state_dir())
         .stdin(Stdio::null())
         .output()
         .expect("run tokenfs")
