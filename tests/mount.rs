@@ -599,6 +599,54 @@ fn without_a_rotated_file_rotations_go_to_the_state_directory_and_survive_check_
     );
 }
 
+/// A refresh whose answer, which carries the rotated refresh token, arrives after
+/// `timeout`: the reader gets ETIMEDOUT, but the request is not abandoned, so the
+/// rotation is saved and the next start refreshes with it.
+#[test]
+fn a_rotating_answer_later_than_timeout_is_still_saved_and_the_grant_lives_on() {
+    if !fuse_available("a_rotating_answer_later_than_timeout_is_still_saved_and_the_grant_lives_on")
+    {
+        return;
+    }
+    let issuer = DevIssuer::start(&["--rotate-refresh-tokens", "--token-delay", "3s"]);
+    let original = std::fs::read_to_string(&issuer.offline_token_file).unwrap();
+    let tmp = tempdir();
+    let rotated = tmp.path().join("rotated");
+    let config = issuer.config(
+        tmp.path(),
+        "read_timeout = \"1s\"",
+        &format!(
+            "timeout = \"2s\"\nrotated_refresh_token_file = \"{}\"",
+            rotated.display()
+        ),
+    );
+    let mut m = Mount::start(&["--config", config.to_str().unwrap()]);
+    assert_eq!(errno(m.read("token")), libc::ETIMEDOUT);
+    let token = eventually(Duration::from_secs(20), "the late answer", || {
+        m.read("token").ok()
+    });
+    assert!(!token.is_empty());
+    let saved = std::fs::read_to_string(&rotated).expect("the rotation was saved");
+    assert_ne!(saved, original);
+    assert_eq!(
+        issuer.token_requests(),
+        1,
+        "one request, not abandoned and sent again"
+    );
+    assert!(m.stop().success());
+    let m = Mount::start(&["--config", config.to_str().unwrap()]);
+    let again = eventually(Duration::from_secs(20), "a token after the restart", || {
+        m.read("token").ok()
+    });
+    assert_ne!(again, token);
+    assert_eq!(
+        m.file_status("token")["failures"],
+        0,
+        "{}",
+        m.file_status("token")
+    );
+}
+
 #[test]
 fn a_slow_upstream_fails_the_read_with_etimedout_then_serves_once_it_answers() {
     if !fuse_available("a_slow_upstream_fails_the_read_with_etimedout_then_serves_once_it_answers")

@@ -87,7 +87,14 @@ fn production_keycloak_example_loads() {
         refresh_token.as_ref().unwrap().expose_secret(),
         "offline-abc"
     );
-    assert!(rotated_file.is_none());
+    // Not set: rotations go to the state directory, under a name of their own.
+    let rotated = rotated_file.as_ref().unwrap();
+    assert!(rotated.starts_with(std::env::temp_dir().join("tokenfs-unit-tests/rotated")));
+    assert!(rotated
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("offline-token-"));
     assert!(
         !format!("{cfg:?}").contains("s3cret"),
         "Debug must not show secrets"

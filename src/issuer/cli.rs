@@ -83,7 +83,8 @@ pub struct DevIssuerArgs {
     pub rotate_refresh_tokens: bool,
 
     /// Delay every token-endpoint answer (realm and Entra) by DURATION (e.g. 200ms), to
-    /// make refresh races and timeouts observable.
+    /// make refresh races and timeouts observable. The realm endpoint waits after the
+    /// grant took effect: a rotation is done before the answer leaves.
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
     pub token_delay: Duration,
 

@@ -60,8 +60,9 @@ pub struct IssuerConfig {
     /// Return a new refresh token on every refresh and revoke the presented one,
     /// like Keycloak's "Revoke Refresh Token" realm setting.
     pub rotate_refresh_tokens: bool,
-    /// Artificial latency of the token endpoints (realm and Entra), to make refresh
-    /// races observable.
+    /// Artificial latency of the realm token endpoint's answers, after the grant took
+    /// effect (a rotation is done by then), to make refresh races and timeouts
+    /// observable.
     pub token_delay: Duration,
     /// Alias of the Azure identity provider in the realm: the `requested_issuer` of
     /// the token exchange and the `{alias}` in `/broker/{alias}/link`.

@@ -75,10 +75,6 @@ pub(crate) async fn token(
         Some(exchange::GRANT_TYPE) => Stats::bump(&stats.token_exchange),
         _ => {}
     }
-    let delay = st.inner.cfg.token_delay;
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
     if let Some(resp) = unknown_realm(&st, &realm) {
         Stats::bump(&stats.errors);
         return resp;
@@ -103,6 +99,13 @@ pub(crate) async fn token(
         grant_token(&st, &headers, &form)
             .map(|(client_id, answer)| (client_id, Json(answer).into_response()))
     };
+    // After the grant took effect (a rotation included), as when the server has
+    // committed and its answer is slow to arrive: a client that gives up on it
+    // has lost what it carried.
+    let delay = st.inner.cfg.token_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     match outcome {
         Ok((client_id, answer)) => {
             tracing::debug!(client_id, grant = grant.as_deref(), "token issued");

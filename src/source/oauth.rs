@@ -21,6 +21,9 @@ use super::http::{
 use super::{jwt, Issued, Source, SourceError, Subject};
 use crate::secret_file;
 
+/// How many times `timeout` a refresh-token request may take (see `exchange`).
+pub const ROTATING_TIMEOUT_FACTOR: u32 = 6;
+
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
@@ -303,26 +306,37 @@ impl Inner {
         if let Some(scope) = &self.scope {
             form.push(("scope", scope));
         }
+        // A refresh may rotate the refresh token: the upstream has revoked the one
+        // we sent once it answers, so giving up on the answer loses the grant.
+        // Readers stop waiting after read_timeout all the same; the request goes on.
+        let http = match self.grant {
+            GrantState::RefreshToken { .. } => HttpSettings {
+                timeout: self.http.timeout * ROTATING_TIMEOUT_FACTOR,
+                ..self.http.clone()
+            },
+            _ => self.http.clone(),
+        };
         let sent = SystemTime::now();
         let resp = self
             .client
             .post(self.token_url.clone())
+            .timeout(http.timeout)
             .header(reqwest::header::ACCEPT, "application/json")
             .form(&form)
             .send()
             .await
-            .map_err(|e| map_send_error(e, &self.http))?;
+            .map_err(|e| map_send_error(e, &http))?;
         let status = resp.status();
 
         if !status.is_success() {
             // The body only explains the failure; if it cannot be read the
             // status alone decides.
-            let body = read_body(resp, &self.http).await.ok();
+            let body = read_body(resp, &http).await.ok();
             let err = self.error_from_answer(status, body.as_deref());
             tracing::debug!(grant, status = status.as_u16(), error = %err, "token request failed");
             return Err(err);
         }
-        let mut body = read_body(resp, &self.http).await?;
+        let mut body = read_body(resp, &http).await?;
         let parsed = parse_token_response(&body, status);
         body.zeroize();
         let answer = parsed?;
