@@ -12,6 +12,7 @@ pub mod dev;
 pub mod docs;
 pub mod fs;
 pub mod harden;
+pub mod holder;
 pub mod issuer;
 pub mod logging;
 pub mod metrics;

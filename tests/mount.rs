@@ -560,10 +560,9 @@ fn without_a_rotated_file_rotations_go_to_the_state_directory_and_survive_check_
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("offline-token-")
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("offline-token-")
+                && !name.ends_with(".lock")
                 && mtime(p) >= mtime(&issuer.offline_token_file)
         })
         .collect();
@@ -645,6 +644,55 @@ fn a_rotating_answer_later_than_timeout_is_still_saved_and_the_grant_lives_on() 
         "{}",
         m.file_status("token")
     );
+}
+
+/// One holder per refresh token: beside a running daemon, `check` and a second
+/// daemon on the same config are refused before they send anything, so the
+/// daemon's grant survives (with rotation that revokes the whole session on reuse).
+#[test]
+fn check_and_a_second_daemon_beside_a_running_one_are_refused_and_its_grant_lives_on() {
+    let test = "check_and_a_second_daemon_beside_a_running_one_are_refused_and_its_grant_lives_on";
+    if !fuse_available(test) {
+        return;
+    }
+    let issuer = DevIssuer::start(&["--rotate-refresh-tokens", "--lifetime", "4s"]);
+    let tmp = tempdir();
+    let config = issuer.config(tmp.path(), "", "min_valid = \"1s\"");
+    let config = config.to_str().unwrap();
+    let mut m = Mount::start(&["--config", config]);
+    let first = m.read_string("token");
+    let requests = issuer.token_requests();
+
+    let out = run(&["check", "--config", config]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let why = format!(
+        "another tokenfs (pid {}) refreshes with this refresh token",
+        m.proc.pid()
+    );
+    assert!(stderr.contains(&why), "{stderr}");
+
+    let other = tempdir();
+    let mut second = Proc::spawn(
+        &[
+            "mount",
+            other.path().join("api").to_str().unwrap(),
+            "--config",
+            config,
+        ],
+        &[],
+    );
+    let status = second.exits_within(Duration::from_secs(10), "refusing to start");
+    assert!(!status.success());
+    assert!(second.stderr().contains(&why), "{}", second.stderr());
+    assert_eq!(issuer.token_requests(), requests, "neither sent a request");
+
+    // Two refreshes later, and after a restart, the daemon's grant still works.
+    let second_token = next_token(&m, "token", &first);
+    next_token(&m, "token", &second_token);
+    assert!(m.stop().success());
+    let m = Mount::start(&["--config", config]);
+    assert!(m.read("token").is_ok(), "{}", m.file_status("token"));
 }
 
 #[test]
@@ -777,4 +825,14 @@ fn no_secret_in_the_trace_log_in_status_or_under_the_mount() {
         entra_rotated_now, entra_initial,
         "the Entra refresh token was rotated and persisted"
     );
+}
+
+/// Read `name` until it holds a token other than `old` (at most 20 s); the new one.
+fn next_token(m: &Mount, name: &str, old: &str) -> String {
+    eventually(Duration::from_secs(20), "a refreshed token", || {
+        m.read(name)
+            .ok()
+            .map(|b| String::from_utf8(b).unwrap())
+            .filter(|t| t != old)
+    })
 }

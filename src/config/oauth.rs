@@ -58,14 +58,6 @@ fn refresh_grant(name: &str, f: &RawFile, may_be_missing: bool) -> Result<Grant,
         Some(rotated) => (rotated.clone(), false),
         None => (default_rotated_file(&path), true),
     };
-    secret_file::remove_stale_temps(&rotated);
-    let refresh_token = if rotated.exists() {
-        Some(secret(key("rotated_refresh_token_file"), &rotated)?)
-    } else if may_be_missing && !path.exists() {
-        None
-    } else {
-        Some(secret(key("refresh_token_file"), &path)?)
-    };
     // Before any refresh: a rotated token that cannot be saved is lost at the next
     // start, and the upstream has revoked the one in refresh_token_file by then.
     secret_file::ensure_writable(&rotated).map_err(|e| {
@@ -80,6 +72,17 @@ fn refresh_grant(name: &str, f: &RawFile, may_be_missing: bool) -> Result<Grant,
         };
         invalid(key("rotated_refresh_token_file"), why)
     })?;
+    // Before touching the files: another holder may be writing them right now.
+    crate::holder::claim(&rotated)
+        .map_err(|e| invalid(key("rotated_refresh_token_file"), e.to_string()))?;
+    secret_file::remove_stale_temps(&rotated);
+    let refresh_token = if rotated.exists() {
+        Some(secret(key("rotated_refresh_token_file"), &rotated)?)
+    } else if may_be_missing && !path.exists() {
+        None
+    } else {
+        Some(secret(key("refresh_token_file"), &path)?)
+    };
     Ok(Grant::RefreshToken {
         refresh_token,
         file: Some(path),
