@@ -82,3 +82,29 @@ pub fn claim(rotated: &Path) -> Result<(), HolderError> {
     held.insert(lock, file);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_locks_the_file_names_the_pid_and_is_idempotent_in_one_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let rotated = dir.path().join("offline-token");
+        claim(&rotated).unwrap();
+        claim(&rotated).unwrap();
+        let lock = dir.path().join("offline-token.lock");
+        assert_eq!(
+            std::fs::read_to_string(&lock).unwrap(),
+            std::process::id().to_string()
+        );
+        // Another open file description (as another process has) cannot take it.
+        let other = File::open(&lock).unwrap();
+        let got = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(got, -1, "held");
+        // A symlink planted where the lock goes is not followed.
+        let planted = dir.path().join("planted");
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("planted.lock")).unwrap();
+        assert!(matches!(claim(&planted), Err(HolderError::Io { .. })));
+    }
+}
