@@ -527,7 +527,11 @@ fn a_rotated_refresh_token_is_persisted_and_used_after_a_restart() {
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.contains("rotated") && n != "rotated-offline-token")
+        .filter(|n| {
+            n.contains("rotated")
+                && n != "rotated-offline-token"
+                && n != "rotated-offline-token.lock"
+        })
         .collect();
     assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
 }
