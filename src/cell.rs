@@ -308,44 +308,36 @@ impl State {
                 floor: policy.floor,
             });
         }
-        if left <= policy.min_valid {
+        let (valid_until, refresh_at, below_min_valid) = if left <= policy.min_valid {
             // The best the upstream has: serve it down to the floor, and ask again
             // when it may no longer be served.
-            let valid_until = issued.expires_at - policy.floor;
-            self.generation += 1;
-            return Ok(Arc::new(Token {
-                secret: issued.token,
-                expires_at: issued.expires_at,
-                obtained_at: now,
-                valid_until,
-                below_min_valid: Some(format!(
-                    "the upstream issued it with {}s left, less than min_valid ({}s): \
-                     served until {}s before it expires, then asked again",
-                    left.as_secs(),
-                    policy.min_valid.as_secs(),
-                    policy.floor.as_secs()
-                )),
-                refresh_at: valid_until,
-                claims: issued.claims,
-                generation: self.generation,
-            }));
-        }
-        let valid_until = issued.expires_at - policy.min_valid;
-        // Judge from our own clock, not the upstream's `iat`, so a skewed issuer
-        // cannot push refresh-ahead past the deadline.
-        let fraction = (policy.refresh_at + policy.jitter * (2.0 * u - 1.0)).clamp(0.0, 1.0);
-        // When min_valid is a large part of the lifetime, 80 % of the lifetime can
-        // fall after the deadline: then refresh while 5 % of the servable window is
-        // left, so readers still do not wait.
-        let servable = left - policy.min_valid;
-        let refresh_at = now + left.mul_f64(fraction).min(servable.mul_f64(0.95));
+            let until = issued.expires_at - policy.floor;
+            let why = format!(
+                "the upstream issued it with {}s left, less than min_valid ({}s): \
+                 served until {}s before it expires, then asked again",
+                left.as_secs(),
+                policy.min_valid.as_secs(),
+                policy.floor.as_secs()
+            );
+            (until, until, Some(why))
+        } else {
+            // Judge from our own clock, not the upstream's `iat`, so a skewed issuer
+            // cannot push refresh-ahead past the deadline.
+            let fraction = (policy.refresh_at + policy.jitter * (2.0 * u - 1.0)).clamp(0.0, 1.0);
+            // When min_valid is a large part of the lifetime, 80 % of the lifetime
+            // can fall after the deadline: then refresh while 5 % of the servable
+            // window is left, so readers still do not wait.
+            let servable = left - policy.min_valid;
+            let refresh_at = now + left.mul_f64(fraction).min(servable.mul_f64(0.95));
+            (issued.expires_at - policy.min_valid, refresh_at, None)
+        };
         self.generation += 1;
         Ok(Arc::new(Token {
             secret: issued.token,
             expires_at: issued.expires_at,
             obtained_at: now,
             valid_until,
-            below_min_valid: None,
+            below_min_valid,
             refresh_at,
             claims: issued.claims,
             generation: self.generation,
