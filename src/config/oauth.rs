@@ -58,6 +58,13 @@ fn refresh_grant(name: &str, f: &RawFile, may_be_missing: bool) -> Result<Grant,
         Some(rotated) => (rotated.clone(), false),
         None => (default_rotated_file(&path), true),
     };
+    // The original first, so a config that cannot work is refused before anything
+    // is written; a rotation saved earlier supersedes it (read once claimed).
+    let original = if rotated.exists() || (may_be_missing && !path.exists()) {
+        None
+    } else {
+        Some(secret(key("refresh_token_file"), &path)?)
+    };
     // Before any refresh: a rotated token that cannot be saved is lost at the next
     // start, and the upstream has revoked the one in refresh_token_file by then.
     secret_file::ensure_writable(&rotated).map_err(|e| {
@@ -78,10 +85,11 @@ fn refresh_grant(name: &str, f: &RawFile, may_be_missing: bool) -> Result<Grant,
     secret_file::remove_stale_temps(&rotated);
     let refresh_token = if rotated.exists() {
         Some(secret(key("rotated_refresh_token_file"), &rotated)?)
-    } else if may_be_missing && !path.exists() {
-        None
-    } else {
+    } else if original.is_none() && !(may_be_missing && !path.exists()) {
+        // The rotated file was there when first looked at and is gone now.
         Some(secret(key("refresh_token_file"), &path)?)
+    } else {
+        original
     };
     Ok(Grant::RefreshToken {
         refresh_token,

@@ -146,6 +146,14 @@ fn the_rotated_token_directory_is_created_or_the_config_is_refused() {
         ["offline-token.lock"],
         "no file left but the holder's lock"
     );
+    // A config that cannot work (its refresh token file is missing) writes nothing.
+    let nowhere = d.0.path().join("never/offline-token");
+    let missing = d.0.path().join("missing");
+    let text = config(&nowhere.display().to_string())
+        .replace(&offline.to_string(), &missing.display().to_string());
+    let err = d.load(&text).unwrap_err().to_string();
+    assert!(err.contains("files.token.refresh_token_file"), "{err}");
+    assert!(!d.0.path().join("never").exists(), "nothing created");
     // Impossible (its "directory" is a file): refused before any refresh, by key.
     let err = d
         .load(&config(&format!("{offline}/offline-token")))
