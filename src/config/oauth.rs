@@ -60,7 +60,8 @@ fn refresh_grant(name: &str, f: &RawFile, may_be_missing: bool) -> Result<Grant,
     };
     // The original first, so a config that cannot work is refused before anything
     // is written; a rotation saved earlier supersedes it (read once claimed).
-    let original = if rotated.exists() || (may_be_missing && !path.exists()) {
+    let not_yet = may_be_missing && !path.exists();
+    let original = if rotated.exists() || not_yet {
         None
     } else {
         Some(secret(key("refresh_token_file"), &path)?)
@@ -85,7 +86,7 @@ fn refresh_grant(name: &str, f: &RawFile, may_be_missing: bool) -> Result<Grant,
     secret_file::remove_stale_temps(&rotated);
     let refresh_token = if rotated.exists() {
         Some(secret(key("rotated_refresh_token_file"), &rotated)?)
-    } else if original.is_none() && !(may_be_missing && !path.exists()) {
+    } else if original.is_none() && !not_yet {
         // The rotated file was there when first looked at and is gone now.
         Some(secret(key("refresh_token_file"), &path)?)
     } else {
