@@ -10,66 +10,26 @@ be linked yet and not be in use by a running test (e.g. dave, once the tests ran
 
     python3 benches/keycloak-serving.py SECONDS USER
 """
-import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
-env = dict(l.strip().split("=", 1) for l in open("target/keycloak/env") if "=" in l)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "keycloak"))
+from kc import admin_token, link, load_env, set_min_validity, user_token  # noqa: E402
+
+env = load_env()
 kc = env["KEYCLOAK_URL"]
 realm = kc + "/realms/DominoRealm"
 token_url = realm + "/protocol/openid-connect/token"
-admin_realm = kc + "/admin/realms/DominoRealm"
 min_validity, user = sys.argv[1], sys.argv[2]
 secret = env["KEYCLOAK_CLIENT_SECRET"]
 LIFETIME, LIFETIMES = 60, 3
 
-
-def call(url, form=None, token=None, method="POST", body=None):
-    data, headers = None, {}
-    if form is not None:
-        data = urllib.parse.urlencode(form).encode()
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
-    elif body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    if token:
-        headers["Authorization"] = "Bearer " + token
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method), timeout=30) as r:
-            raw = r.read()
-            return r.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
-admin = call(kc + "/realms/master/protocol/openid-connect/token", {
-    "grant_type": "password", "client_id": "admin-cli",
-    "username": "admin", "password": env["KEYCLOAK_ADMIN_PASSWORD"]})[1]["access_token"]
-idp_url = admin_realm + "/identity-provider/instances/azure"
-idp = call(idp_url, token=admin, method="GET")[1]
-before = idp["config"].get("minValidityToken")
-idp["config"]["minValidityToken"] = min_validity
-call(idp_url, token=admin, method="PUT", body=idp)
-
-link = realm + "/protocol/openid-connect/auth?" + urllib.parse.urlencode({
-    "client_id": "domino-tokenfs", "response_type": "code", "scope": "openid",
-    "redirect_uri": "http://127.0.0.1:9/linked", "kc_action": "idp_link:azure"})
-linked = subprocess.run(
-    ["node", "tests/keycloak/browser/browser.mjs", "consent", "-"], capture_output=True, text=True,
-    input=json.dumps({"url": link, "kc_username": user, "kc_password": user + "-kc-pw",
-                      "idp_username": user, "idp_password": user + "-idp-pw",
-                      "callback_prefix": "http://127.0.0.1:9/linked"}))
-assert linked.returncode == 0, linked.stdout
-offline = call(token_url, {"grant_type": "password", "client_id": "domino-tokenfs", "client_secret": secret,
-                           "username": user, "password": user + "-kc-pw",
-                           "scope": "openid offline_access"})[1]["refresh_token"]
+link(env, user)
+offline = user_token(env, user, "openid offline_access")["refresh_token"]
 
 tmp = tempfile.mkdtemp()
 os.chmod(tmp, 0o755)
@@ -97,6 +57,7 @@ redirect_uri = "http://127.0.0.1:9/linked"
 min_valid = "20s"
 """)
 api = os.path.join(tmp, "api")
+before = set_min_validity(env, admin_token(env), min_validity)
 daemon = subprocess.Popen(["target/debug/tokenfs", "mount", api, "--config", config],
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 try:
@@ -121,5 +82,4 @@ finally:
     warned = daemon.stderr.read().decode().count("serving a token below min_valid")
     print(f"warn lines 'serving a token below min_valid': {warned}")
     if before is not None:
-        idp["config"]["minValidityToken"] = before
-        call(idp_url, token=admin, method="PUT", body=idp)
+        set_min_validity(env, admin_token(env), before)

@@ -142,7 +142,7 @@ pub enum CellError {
 }
 
 impl CellError {
-    /// The errno a reader sees (design.md §2).
+    /// The errno a reader sees (the README's "Errors a reader sees" table).
     pub fn errno(&self) -> i32 {
         match self {
             CellError::Source(e) => e.errno(),

@@ -1,4 +1,4 @@
-//! The fast read path keeps freshness (design.md §4): the kernel serves warm reads
+//! The fast read path keeps freshness: the kernel serves warm reads
 //! from its page cache, and the TTLs and invalidations tokenfs hands it make sure no
 //! reader ever gets a stale, torn or mis-sized token, even if the daemon dies.
 

@@ -20,6 +20,13 @@ fn short_min_valid(text: String) -> String {
     text.replace("min_valid = \"5m\"", "min_valid = \"20s\"")
 }
 
+/// The running Keycloak, if this test can also mount (each skips or, in CI,
+/// fails as [`Keycloak::get`] and [`fuse_available`] say).
+fn keycloak_and_fuse(test: &str) -> Option<Keycloak> {
+    let kc = Keycloak::get(test)?;
+    fuse_available(test).then_some(kc)
+}
+
 /// `tokenfs mount --config` with the README's config (see
 /// [`Keycloak::readme_config`]) at `dir/api`.
 fn mount(
@@ -68,13 +75,11 @@ fn error_of(m: &Mount, name: &str) -> String {
 /// the cached token until its deadline, `EKEYEXPIRED` and the URL again.
 #[test]
 fn journey_login_offline_token_consent_azure_token_refresh_unlink() {
-    let test = "journey_login_offline_token_consent_azure_token_refresh_unlink";
-    let Some(kc) = Keycloak::get(test) else {
+    let Some(kc) =
+        keycloak_and_fuse("journey_login_offline_token_consent_azure_token_refresh_unlink")
+    else {
         return;
     };
-    if !fuse_available(test) {
-        return;
-    }
     let user = "alice";
     let browser = Browser::new();
     let callback = browser.login(&kc.login_url(), user);
@@ -189,13 +194,9 @@ fn journey_login_offline_token_consent_azure_token_refresh_unlink() {
 /// each rotation is saved, and survives `tokenfs check` and a restart.
 #[test]
 fn offline_token_rotates_and_survives_check_and_restart() {
-    let test = "offline_token_rotates_and_survives_check_and_restart";
-    let Some(kc) = Keycloak::get(test) else {
+    let Some(kc) = keycloak_and_fuse("offline_token_rotates_and_survives_check_and_restart") else {
         return;
     };
-    if !fuse_available(test) {
-        return;
-    }
     let offline = kc.offline_token(CLIENT, "bob");
     let tmp = tempdir();
     let discovery = |text: String| {
@@ -267,13 +268,11 @@ fn offline_token_rotates_and_survives_check_and_restart() {
 /// `.status` quotes Keycloak's reason.
 #[test]
 fn offline_session_revoked_or_idle_expired_is_eio_with_the_reason() {
-    let test = "offline_session_revoked_or_idle_expired_is_eio_with_the_reason";
-    let Some(kc) = Keycloak::get(test) else {
+    let Some(kc) =
+        keycloak_and_fuse("offline_session_revoked_or_idle_expired_is_eio_with_the_reason")
+    else {
         return;
     };
-    if !fuse_available(test) {
-        return;
-    }
     // Idles out 15 s after it was last used.
     let idle = kc.offline_token(SHORT_CLIENT, "dave");
     let revoked = kc.offline_token(CLIENT, "carol");
@@ -307,13 +306,11 @@ fn offline_session_revoked_or_idle_expired_is_eio_with_the_reason() {
 /// `token_expired` once, then `not_linked`: both are consent expired).
 #[test]
 fn exchange_without_permission_and_after_the_idp_revoked_the_grant() {
-    let test = "exchange_without_permission_and_after_the_idp_revoked_the_grant";
-    let Some(kc) = Keycloak::get(test) else {
+    let Some(kc) =
+        keycloak_and_fuse("exchange_without_permission_and_after_the_idp_revoked_the_grant")
+    else {
         return;
     };
-    if !fuse_available(test) {
-        return;
-    }
     // 403: the other client, with an offline token of its own.
     let tmp = tempdir();
     let other = kc.offline_token(OTHER_CLIENT, "frank");
@@ -536,13 +533,11 @@ fn the_dev_issuer_answers_as_keycloak_does() {
 /// session whose login made that session.
 #[test]
 fn account_link_url_works_only_in_the_session_that_minted_the_offline_token() {
-    let test = "account_link_url_works_only_in_the_session_that_minted_the_offline_token";
-    let Some(kc) = Keycloak::get(test) else {
+    let Some(kc) = keycloak_and_fuse(
+        "account_link_url_works_only_in_the_session_that_minted_the_offline_token",
+    ) else {
         return;
     };
-    if !fuse_available(test) {
-        return;
-    }
     let user = "frank";
     let platform = Browser::new();
     let offline = kc.redeem_code(&platform.login(&kc.login_url(), user));

@@ -22,7 +22,8 @@ pub struct TokenFs {
     rt: tokio::runtime::Handle,
     /// Serve every read from the daemon even if the kernel could cache.
     force_direct_io: bool,
-    /// Whether the kernel serves opens and warm reads itself (design.md §4).
+    /// Whether the kernel serves opens and warm reads itself (`FUSE_NO_OPEN_SUPPORT`
+    /// granted), which is what makes warm reads cost about what tmpfs reads do.
     fast_path: AtomicBool,
     /// Direct I/O only: the content each open file reads, pinned at open, so that
     /// one open file never mixes two tokens.

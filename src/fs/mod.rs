@@ -1,7 +1,9 @@
 //! The filesystem's logic, without FUSE: inode table, attributes, what a read
 //! returns and how long the kernel may cache it. [`fuse`] is the thin adapter.
 //!
-//! The kernel caches each file's pages and attributes (design.md §4), so the
+//! The kernel caches each file's pages and attributes (no-open, page cache, TTLs
+//! bounded by the token's deadline: that is what keeps warm reads near tmpfs
+//! speed), so the
 //! daemon only sees a file when its TTL ran out or it was invalidated. To keep
 //! every read consistent with the size the kernel last saw, each file remembers
 //! the content it last *announced* in an attribute reply, and reads serve exactly

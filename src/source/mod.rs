@@ -60,7 +60,8 @@ pub enum SourceError {
 }
 
 impl SourceError {
-    /// The errno a reader sees when no valid token is cached (design.md §2).
+    /// The errno a reader sees when no valid token is cached: the README's
+    /// "Errors a reader sees" table, which readers and scripts rely on.
     pub fn errno(&self) -> i32 {
         match self {
             SourceError::Unavailable(_)
