@@ -190,10 +190,12 @@ fn an_azure_token_shorter_than_min_valid_is_served_down_to_the_floor() {
         .unwrap()
         .to_owned();
     assert!(why.contains("less than min_valid (30s)"), "{why}");
-    assert_eq!(
-        short_warnings(&mount.proc.stderr()),
-        tokens.len(),
-        "one warn line per token"
+    // A token obtained after the last read was never read: one more line then.
+    let warned = short_warnings(&mount.proc.stderr());
+    assert!(
+        (tokens.len()..=tokens.len() + 1).contains(&warned),
+        "one warn line per token: {warned} for {} tokens",
+        tokens.len()
     );
 }
 
@@ -241,9 +243,12 @@ fn failed_reads_per_lifetime(lifetime: u64, min_valid: u64, lifetimes: u64) -> (
         }
         std::thread::sleep(step);
     }
+    // A token obtained after the last read was never read: one more line then.
+    let warned = short_warnings(&mount.proc.stderr());
     assert!(
-        short_warnings(&mount.proc.stderr()) <= tokens.len(),
-        "one warn line per token"
+        warned <= tokens.len() + 1,
+        "one warn line per token: {warned} for {} tokens",
+        tokens.len()
     );
     (failed.as_secs_f64() / lifetimes as f64, tokens.len())
 }
