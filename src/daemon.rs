@@ -1,13 +1,12 @@
 //! `tokenfs mount`: wire config → sources → cells → filesystem, mount, serve in
 //! the foreground, and unmount cleanly on SIGTERM/SIGINT.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use fuser::{MountOption, Session, SessionACL};
+use fuser::{Session, SessionACL};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cell::{random_jitter, Cell, SystemClock};
@@ -24,12 +23,15 @@ use secrecy::SecretString;
 
 /// Longest the kernel may cache a file's pages and attributes, whatever the token.
 const TTL_CAP: Duration = Duration::from_secs(600);
+/// How long a stop waits for the detached session to end before exiting anyway.
+const SESSION_END_WAIT: Duration = Duration::from_secs(2);
 
 pub fn run(args: MountArgs) -> Result<()> {
     limit_malloc_arenas();
     crate::mountpoint::check_privileges()?;
     // Before anything else starts: a second daemon stops here, a stale mount is detached.
-    let mountpoint = crate::mountpoint::prepare(&args.mountpoint)?;
+    let prepared = crate::mountpoint::prepare(&args.mountpoint)?;
+    let mountpoint = prepared.path.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Blocking work is rare and short (cache invalidations, secret-file writes):
@@ -59,7 +61,7 @@ pub fn run(args: MountArgs) -> Result<()> {
     };
     let owner = match config.owner {
         Some(owner) => owner,
-        None => owner_of_parent(&mountpoint)?,
+        None => owner_of_parent(&prepared)?,
     };
 
     let _enter = rt.enter();
@@ -82,28 +84,38 @@ pub fn run(args: MountArgs) -> Result<()> {
     );
 
     let fs = TokenFs::new(files.clone(), rt.handle().clone(), args.direct_io);
+    // The files belong to the user, not to the root daemon: the kernel's mode
+    // checks (default_permissions, set by `mount_fuse`) decide who reads.
     let mut fuse_config = fuser::Config::default();
-    fuse_config.mount_options = vec![
-        MountOption::RO,
-        MountOption::DefaultPermissions,
-        MountOption::NoSuid,
-        MountOption::NoDev,
-        MountOption::NoExec,
-        MountOption::FSName("tokenfs".into()),
-        MountOption::Subtype("tokenfs".into()),
-    ];
-    // The files belong to the user, not to the root daemon: let the kernel's mode
-    // checks (default_permissions) decide who reads.
     fuse_config.acl = SessionACL::All;
     fuse_config.n_threads = Some(2);
-    let mut session = Session::new(fs, &mountpoint, &fuse_config).with_context(|| {
+    let mounted = crate::mountpoint::kernel::mount_fuse(
+        &prepared.dir,
+        &crate::mountpoint::kernel::FuseOptions {
+            source: crate::mountpoint::FSNAME,
+            subtype: crate::mountpoint::FSNAME,
+        },
+    )
+    .with_context(|| {
         format!(
             "cannot mount on {} (needs root or CAP_SYS_ADMIN and /dev/fuse)",
             mountpoint.display()
         )
     })?;
+    drop(prepared);
+    let ours = crate::mountpoint::Ours {
+        path: mountpoint.clone(),
+        id: mounted.id,
+    };
+    let session = Session::from_fd(fs, mounted.dev, SessionACL::All, fuse_config);
+    let session = match session {
+        Ok(session) => session,
+        Err(e) => {
+            let _ = crate::mountpoint::kernel::detach(&mounted.root);
+            return Err(e).context("the kernel did not start the FUSE session");
+        }
+    };
     let notifier = session.notifier();
-    let mut unmounter = session.unmount_callable();
 
     let refreshers: Vec<_> = cells
         .iter()
@@ -114,7 +126,7 @@ pub fn run(args: MountArgs) -> Result<()> {
         rt.spawn(crate::metrics::http::serve(listener, cells.clone()));
     }
 
-    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+    let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel();
     let serving = std::thread::Builder::new()
         .name("tokenfs-fuse".into())
         .spawn(move || {
@@ -132,15 +144,17 @@ pub fn run(args: MountArgs) -> Result<()> {
         "mounted"
     );
     let notify = Notify::from_env();
+    // Held only until here: an open descriptor on the mount keeps it busy, and
+    // an unmount from outside must end the session.
+    let answered = crate::mountpoint::read_status(mounted.root);
     if notify.enabled() {
         // Ready means the mount answers: ask it, as a reader would.
-        let status = mountpoint.join(crate::fs::STATUS_NAME);
-        match crate::mountpoint::probe_status(&mountpoint) {
-            crate::mountpoint::Probe::Alive => {}
-            other => bail!(
-                "mounted, but {} does not answer ({other:?}); not signalling readiness",
-                status.display()
-            ),
+        if let Err(probe) = answered {
+            bail!(
+                "mounted, but {}/{} does not answer ({probe:?}); not signalling readiness",
+                mountpoint.display(),
+                crate::fs::STATUS_NAME
+            );
         }
         notify.send_or_warn(&format!(
             "READY=1\nSTATUS=serving {} file(s) on {}",
@@ -156,19 +170,32 @@ pub fn run(args: MountArgs) -> Result<()> {
         anyhow::Ok(tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: unmounting"); false }
             _ = int.recv() => { tracing::info!("SIGINT: unmounting"); false }
-            _ = ended_rx => true,
+            _ = &mut ended_rx => true,
         })
     })?;
     notify.send_or_warn("STOPPING=1");
     if external_unmount {
         tracing::warn!(mountpoint = %mountpoint.display(), "the filesystem was unmounted from outside; exiting");
-    } else if let Err(e) = unmounter.unmount() {
-        // Busy: a reader holds a file open. Detach the mount now; the kernel ends the
-        // connection when this process exits and closes /dev/fuse, and the holder's
-        // later reads fail with ENOTCONN instead of returning a token nobody refreshes.
-        tracing::warn!("unmount failed ({e}); detaching lazily");
-        crate::mountpoint::umount(&mountpoint, libc::MNT_DETACH)?;
-        tracing::info!("unmounted (detached); bye");
+    } else {
+        match crate::mountpoint::unmount_ours(&ours)? {
+            crate::mountpoint::Unmounted::Detached => {}
+            crate::mountpoint::Unmounted::NotOurs => tracing::warn!(
+                mountpoint = %mountpoint.display(),
+                "the mountpoint no longer names this daemon's mount (moved or replaced): \
+                 unmounting nothing by path; exiting ends the mount, wherever it is now"
+            ),
+        }
+    }
+    // Detached: the session ends as soon as no reader holds a file of it. One that
+    // does gets ENOTCONN once we exit, instead of a token nobody refreshes.
+    let ended = external_unmount
+        || rt.block_on(async {
+            tokio::time::timeout(SESSION_END_WAIT, ended_rx)
+                .await
+                .is_ok()
+        });
+    if !ended {
+        tracing::info!("unmounted (a reader still held a file; its next read fails); bye");
         return Ok(());
     }
     match serving.join() {
@@ -276,12 +303,15 @@ fn default_user() -> String {
 }
 
 /// On the platform the mountpoint's parent is the user's home: its owner owns the files.
-fn owner_of_parent(mountpoint: &Path) -> Result<Owner> {
-    let parent = mountpoint.parent().unwrap_or(Path::new("/"));
-    let meta = std::fs::metadata(parent)
-        .with_context(|| format!("cannot stat {} to find the files' owner", parent.display()))?;
+fn owner_of_parent(prepared: &crate::mountpoint::Prepared) -> Result<Owner> {
+    let meta = rustix::fs::fstat(&prepared.parent).with_context(|| {
+        format!(
+            "cannot stat the parent of {} to find the files' owner",
+            prepared.path.display()
+        )
+    })?;
     Ok(Owner {
-        uid: meta.uid(),
-        gid: meta.gid(),
+        uid: meta.st_uid,
+        gid: meta.st_gid,
     })
 }

@@ -3,7 +3,6 @@
 //! process's exit code; none ever prints a token.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
@@ -11,7 +10,7 @@ use anyhow::{Context, Result};
 use crate::cell::StateName;
 use crate::cli::{CheckArgs, StatusArgs, WaitArgs};
 use crate::config::Config;
-use crate::mountpoint::{self, MountpointError, Probe, Unmounted};
+use crate::mountpoint::{self, MountpointError, Probe, Unanswered};
 
 /// Exit codes of `status`.
 pub const HEALTHY: u8 = 0;
@@ -32,33 +31,33 @@ pub fn status(args: StatusArgs) -> u8 {
             return UNREACHABLE;
         }
     };
-    if !mountpoint::tokenfs_mounted(&path) {
-        eprintln!(
-            "tokenfs: error: tokenfs is not mounted on {}: start it with `tokenfs mount {0}`",
-            path.display()
-        );
-        return UNREACHABLE;
-    }
-    let problem = match mountpoint::probe_status(&path) {
-        Probe::Alive => None,
-        Probe::Dead => Some("its daemon is dead (stale mount): restart it; `tokenfs mount` detaches the stale mount".to_owned()),
-        Probe::Hung => Some("it does not answer (is its daemon stopped?)".to_owned()),
-        Probe::Error(e) => Some(format!("cannot read .status: {e}")),
-    };
-    if let Some(problem) = problem {
-        eprintln!("tokenfs: error: {}: {problem}", path.display());
-        return UNREACHABLE;
-    }
-    let doc = std::fs::read(path.join(crate::fs::STATUS_NAME))
-        .map_err(anyhow::Error::from)
-        .and_then(|b| Ok(serde_json::from_slice::<serde_json::Value>(&b)?));
-    let doc = match doc {
-        Ok(doc) => doc,
-        Err(e) => {
+    let mount = match mountpoint::find(&path) {
+        Ok(Some(m)) if m.is_tokenfs() => m,
+        Ok(_) => {
             eprintln!(
-                "tokenfs: error: cannot read {}/.status: {e}",
+                "tokenfs: error: tokenfs is not mounted on {}: start it with `tokenfs mount {0}`",
                 path.display()
             );
+            return UNREACHABLE;
+        }
+        Err(e) => {
+            eprintln!("tokenfs: error: {e}");
+            return UNREACHABLE;
+        }
+    };
+    let problem = match mount.read_status() {
+        Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(doc) => Ok(doc),
+            Err(e) => Err(format!("its .status is not JSON: {e}")),
+        },
+        Err(Unanswered::Dead) => Err("its daemon is dead (stale mount): restart it; `tokenfs mount` detaches the stale mount".to_owned()),
+        Err(Unanswered::Hung) => Err("it does not answer (is its daemon stopped?)".to_owned()),
+        Err(Unanswered::Error(e)) => Err(format!("cannot read .status: {e}")),
+    };
+    let doc = match problem {
+        Ok(doc) => doc,
+        Err(problem) => {
+            eprintln!("tokenfs: error: {}: {problem}", path.display());
             return UNREACHABLE;
         }
     };
@@ -185,15 +184,11 @@ pub fn check(args: CheckArgs) -> Result<u8> {
 
 /// `tokenfs unmount [MOUNTPOINT]`.
 pub fn unmount(args: StatusArgs) -> Result<u8, MountpointError> {
-    let path: PathBuf = mountpoint::absolute(&args.mountpoint)?;
-    match mountpoint::unmount(&path)? {
-        Unmounted::Clean => println!("unmounted {}", path.display()),
-        Unmounted::Lazily => println!(
-            "{} is busy (a reader holds a file open): detached it; the kernel ends it \
-             when the last file is closed",
-            path.display()
-        ),
-    }
+    let path = mountpoint::unmount(&args.mountpoint)?;
+    println!(
+        "unmounted {} (a reader still holding one of its files keeps it until closing it)",
+        path.display()
+    );
     Ok(0)
 }
 
@@ -204,9 +199,8 @@ pub fn wait(args: WaitArgs) -> Result<u8> {
     let path = mountpoint::absolute(&args.mountpoint)?;
     let deadline = std::time::Instant::now() + args.timeout;
     loop {
-        if mountpoint::tokenfs_mounted(&path)
-            && matches!(mountpoint::probe_status(&path), Probe::Alive)
-        {
+        let mount = mountpoint::find(&path).ok().flatten();
+        if mount.is_some_and(|m| m.is_tokenfs() && matches!(m.probe(), Probe::Alive)) {
             return Ok(HEALTHY);
         }
         if let Some(pid) = args.pid {
