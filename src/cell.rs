@@ -116,10 +116,7 @@ impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Token")
             .field("generation", &self.generation)
-            .field(
-                "expires_at",
-                &humantime::format_rfc3339_seconds(self.expires_at),
-            )
+            .field("expires_at", &rfc3339(self.expires_at))
             .field("claims", &self.claims)
             .finish_non_exhaustive()
     }
@@ -449,8 +446,16 @@ impl From<SystemTime> for Timestamp {
 
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_seconds(self.0))
+        s.collect_str(&rfc3339(self.0))
     }
+}
+
+/// `t` in RFC 3339, clamped to the format's last second (9999-12-31T23:59:59Z):
+/// humantime panics past it, and no rendering may fail.
+pub fn rfc3339(t: SystemTime) -> String {
+    const LAST: Duration = Duration::from_secs(253_402_300_799);
+    let t = t.min(std::time::UNIX_EPOCH + LAST);
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// One file's entry in `.status`.

@@ -95,6 +95,7 @@ pub mod fuzzing {
             consent_url: setup.consent_url.as_deref(),
             token_exchange: setup.token_exchange,
             redirect_uri: setup.redirect_uri.as_deref(),
+            sent: &[],
         };
         crate::source::oauth::error_from_body(&ctx, status, body)
     }

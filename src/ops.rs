@@ -151,7 +151,7 @@ pub fn check(args: CheckArgs) -> Result<u8> {
         let outcome = rt.block_on(tokio::time::timeout(args.timeout, cell.get()));
         let line = match outcome {
             Ok(Ok(token)) => {
-                let exp = humantime::format_rfc3339_seconds(token.expires_at);
+                let exp = crate::cell::rfc3339(token.expires_at);
                 let left = token
                     .expires_at
                     .duration_since(SystemTime::now())

@@ -236,13 +236,25 @@ fn unmount_ends_the_mount_and_the_daemon() {
     let status = m.proc.exits_within(STOP_LIMIT, "tokenfs unmount");
     assert!(status.success(), "{}", m.proc.stderr());
 
-    // Busy (a file held open): detached lazily; the daemon ends once it is closed.
+    // Busy (a file held open): detached at once, the holder still reads; the
+    // daemon ends once it is closed.
     let mut m = Mount::start(&["--dev"]);
-    let held = std::fs::File::open(m.path("token")).unwrap();
+    let mut held = std::fs::File::open(m.path("token")).unwrap();
     let out = run(&["unmount", m.dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("busy"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("unmounted"),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(!is_mounted(&m.dir));
+    let mut token = String::new();
+    std::io::Read::read_to_string(&mut held, &mut token).unwrap();
+    assert!(token.starts_with("eyJ"), "{token}");
+    assert!(
+        m.proc.child.try_wait().unwrap().is_none(),
+        "ended while a file was held"
+    );
     drop(held);
     m.proc
         .exits_within(STOP_LIMIT, "a lazy unmount and the last close");

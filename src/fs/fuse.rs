@@ -52,10 +52,22 @@ impl TokenFs {
     }
 
     /// Answer `reply` with a view of `ino`: now if ready, else once the cell has a token.
-    fn with_view<F>(&self, now: Now, ino: u64, answer: F)
+    /// A panic while looking (a bug) answers `EIO` and is logged: it must not take
+    /// the FUSE thread, and with it the whole mount, down.
+    fn with_view<F>(&self, ino: u64, now: impl FnOnce(&Files) -> Now, answer: F)
     where
         F: FnOnce(Result<View, i32>) + Send + 'static,
     {
+        let now = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| now(&self.files)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(ino, panic = %what, "a bug: answering EIO");
+                Now::Err(libc::EIO)
+            });
         match now {
             Now::Ready(view) => answer(Ok(view)),
             Now::Err(errno) => answer(Err(errno)),
@@ -110,17 +122,25 @@ impl Filesystem for TokenFs {
         let Some(ino) = self.files.lookup(parent.0, name) else {
             return reply.error(Errno::ENOENT);
         };
-        self.with_view(self.files.attr_now(ino), ino, move |view| match view {
-            Ok(v) => reply.entry_with_ttls(&v.ttl, &v.ttl, &file_attr(&v.attr), Generation(0)),
-            Err(errno) => reply.error(Errno::from_i32(errno)),
-        });
+        self.with_view(
+            ino,
+            |f| f.attr_now(ino),
+            move |view| match view {
+                Ok(v) => reply.entry_with_ttls(&v.ttl, &v.ttl, &file_attr(&v.attr), Generation(0)),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            },
+        );
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.with_view(self.files.attr_now(ino.0), ino.0, move |view| match view {
-            Ok(v) => reply.attr(&v.ttl, &file_attr(&v.attr)),
-            Err(errno) => reply.error(Errno::from_i32(errno)),
-        });
+        self.with_view(
+            ino.0,
+            |f| f.attr_now(ino.0),
+            move |view| match view {
+                Ok(v) => reply.attr(&v.ttl, &file_attr(&v.attr)),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            },
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -131,20 +151,24 @@ impl Filesystem for TokenFs {
         }
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let handles = self.handles.clone();
-        self.with_view(self.files.read_now(ino.0), ino.0, move |view| match view {
-            Ok(View {
-                content: Some(content),
-                ..
-            }) => {
-                handles
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(fh, content);
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
-            }
-            Ok(_) => reply.error(Errno::EISDIR),
-            Err(errno) => reply.error(Errno::from_i32(errno)),
-        });
+        self.with_view(
+            ino.0,
+            |f| f.read_now(ino.0),
+            move |view| match view {
+                Ok(View {
+                    content: Some(content),
+                    ..
+                }) => {
+                    handles
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(fh, content);
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+                }
+                Ok(_) => reply.error(Errno::EISDIR),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            },
+        );
     }
 
     fn release(
@@ -190,23 +214,27 @@ impl Filesystem for TokenFs {
         }
         let handles = self.handles.clone();
         let files = self.files.clone();
-        self.with_view(self.files.read_now(ino.0), ino.0, move |view| match view {
-            Ok(View {
-                content: Some(content),
-                ..
-            }) => {
-                files.note_read(ino.0);
-                if fh.0 != 0 {
-                    let mut pins = handles.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(pin) = pins.get_mut(&fh.0) {
-                        *pin = content.clone();
+        self.with_view(
+            ino.0,
+            |f| f.read_now(ino.0),
+            move |view| match view {
+                Ok(View {
+                    content: Some(content),
+                    ..
+                }) => {
+                    files.note_read(ino.0);
+                    if fh.0 != 0 {
+                        let mut pins = handles.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(pin) = pins.get_mut(&fh.0) {
+                            *pin = content.clone();
+                        }
                     }
+                    reply.data(content.slice(offset, size))
                 }
-                reply.data(content.slice(offset, size))
-            }
-            Ok(_) => reply.error(Errno::EISDIR),
-            Err(errno) => reply.error(Errno::from_i32(errno)),
-        });
+                Ok(_) => reply.error(Errno::EISDIR),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            },
+        );
     }
 
     fn readdir(

@@ -345,7 +345,7 @@ fn is_empty(dir: &OwnedFd) -> std::io::Result<bool> {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let mut entries = rustix::fs::Dir::read_from(&fd)?;
+    let mut entries = rustix::fs::Dir::new(fd)?;
     while let Some(entry) = entries.next() {
         let name = entry?.file_name().to_bytes().to_owned();
         if name != b"." && name != b".." {

@@ -257,8 +257,59 @@ pub fn status_error(status: StatusCode, url: &Url, detail: Option<&str>) -> Sour
     }
 }
 
-/// Upstream-provided text (an OAuth `error_description`) made safe for one log
-/// line: control characters replaced, length capped.
+/// Secret values shorter than this are not searched for in upstream text: a
+/// few letters would blank ordinary words, and a secret that short is guessed anyway.
+const MIN_REDACTED_SECRET: usize = 8;
+/// An unbroken run of token characters this long is taken for a credential.
+const MIN_TOKEN_RUN: usize = 32;
+const REDACTED: &str = "[redacted]";
+
+/// Upstream-provided text (an OAuth `error_description`) made safe to show the
+/// user and log: an upstream may echo what it was sent, so every value in
+/// `sent` (the request's form: refresh token, client secret, subject token),
+/// anything JWT-shaped and any long token-like run are replaced by
+/// `[redacted]`; control characters are replaced and the length capped.
+pub fn upstream_text(s: &str, sent: &[&str]) -> String {
+    let mut text = s.to_owned();
+    for secret in sent.iter().filter(|v| v.len() >= MIN_REDACTED_SECRET) {
+        // As sent (form-encoded) and as the upstream may have decoded it.
+        let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        text = text.replace(secret, REDACTED).replace(&encoded, REDACTED);
+    }
+    sanitize_upstream_text(&redact_token_runs(&text))
+}
+
+/// Replace runs of base64url/JWT characters that look like a credential: three
+/// dot-separated parts starting `eyJ` (a JWT), or [`MIN_TOKEN_RUN`] characters
+/// or more that are not a UUID (trace IDs in error texts are useful).
+fn redact_token_runs(s: &str) -> String {
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "-_.~+=".contains(c);
+    let mut out = String::with_capacity(s.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        let jwt = run.starts_with("eyJ") && run.matches('.').count() >= 2;
+        let uuid = run.len() == 36 && run.bytes().filter(|b| *b == b'-').count() == 4;
+        if jwt || (run.len() >= MIN_TOKEN_RUN && !uuid) {
+            out.push_str(REDACTED);
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in s.chars() {
+        if is_token_char(c) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+/// Upstream-provided text made safe for one log line: control characters
+/// replaced, length capped (see [`upstream_text`] for text that may hold secrets).
 pub fn sanitize_upstream_text(s: &str) -> String {
     const MAX: usize = 300;
     let mut out: String = s
@@ -477,6 +528,31 @@ pub(crate) mod tests {
             ..HttpSettings::default()
         };
         client(&s).unwrap();
+    }
+
+    #[test]
+    fn upstream_text_redacts_what_was_sent_and_anything_token_like() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln";
+        let echoed = format!(
+            "bad refresh_token=rt-0123456789 client_secret=cs%2Fsecret+value and {jwt}; \
+             AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA; trace 6f1c2a3b-1111-2222-3333-444455556666; short"
+        );
+        let text = upstream_text(&echoed, &["rt-0123456789", "cs/secret value", "short"]);
+        assert!(
+            !text.contains("rt-0123456789") && !text.contains("secret"),
+            "{text}"
+        );
+        assert!(!text.contains(jwt) && !text.contains("AAAAAAAA"), "{text}");
+        assert!(
+            text.contains("trace 6f1c2a3b-1111-2222-3333-444455556666"),
+            "{text}"
+        );
+        // Under 8 characters a value is not searched for.
+        assert!(text.ends_with("; short"), "{text}");
+        assert_eq!(
+            upstream_text("invalid_grant: Session not active", &[]),
+            "invalid_grant: Session not active"
+        );
     }
 
     #[test]

@@ -36,8 +36,8 @@ pub fn expiry(
     now: SystemTime,
 ) -> Result<(SystemTime, SystemTime, LogClaims), SourceError> {
     check_shape(token)?;
-    match jwt_claims(token) {
-        Some(claims) => jwt_expiry(&claims, now),
+    let (expires_at, issued_at, claims) = match jwt_claims(token) {
+        Some(claims) => jwt_expiry(&claims, now)?,
         None => {
             let secs = expires_in.ok_or_else(|| {
                 SourceError::Malformed(
@@ -51,10 +51,24 @@ pub fn expiry(
             let expires_at = now.checked_add(Duration::from_secs(secs)).ok_or_else(|| {
                 SourceError::Malformed(format!("expires_in {secs} is out of range"))
             })?;
-            Ok((expires_at, now, LogClaims::default()))
+            (expires_at, now, LogClaims::default())
         }
+    };
+    if expires_at > now + MAX_LIFETIME {
+        return Err(SourceError::Malformed(format!(
+            "the token claims to stay valid until {} (unix time), over {} years from now: \
+             no short-lived credential does; the upstream's answer is wrong",
+            unix_secs(expires_at),
+            MAX_LIFETIME.as_secs() / YEAR.as_secs()
+        )));
     }
+    Ok((expires_at, issued_at, claims))
 }
+
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest lifetime accepted: beyond it an expiry is a broken or hostile
+/// answer (a year-10000 `exp` once overflowed every date formatter downstream).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 fn check_shape(token: &str) -> Result<(), SourceError> {
     if token.is_empty() {
@@ -127,7 +141,7 @@ fn jwt_expiry(
         claims
             .get(name)
             .and_then(Value::as_str)
-            .map(|s| s.chars().take(MAX_LOG_CLAIM).collect::<String>())
+            .map(|s| printable(&s.chars().take(MAX_LOG_CLAIM).collect::<String>()))
     };
     Ok((
         exp,
@@ -137,6 +151,21 @@ fn jwt_expiry(
             jti: log_claim("jti"),
         },
     ))
+}
+
+/// `s` with control characters escaped (`\u{1b}`, `\r`): a claim printed on an
+/// operator's terminal or in a log line cannot move the cursor or forge a line.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// A JWT NumericDate: seconds since the epoch, possibly fractional (RFC 7519 §2).
@@ -171,6 +200,26 @@ pub(crate) mod tests {
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn an_expiry_past_ten_years_is_malformed_and_claims_are_printable() {
+        let now = at(1_800_000_000);
+        let far = make_jwt(&serde_json::json!({"exp": 253_402_300_800u64, "sub": "a"}));
+        let err = expiry(&far, None, now).unwrap_err();
+        assert!(err.to_string().contains("over 10 years"), "{err}");
+        let err = expiry("opaque", Some(u64::MAX / 2), now).unwrap_err();
+        assert!(matches!(err, SourceError::Malformed(_)), "{err}");
+        let err = expiry("opaque", Some(MAX_LIFETIME.as_secs() + 1), now).unwrap_err();
+        assert!(err.to_string().contains("over 10 years"), "{err}");
+        assert!(expiry("opaque", Some(MAX_LIFETIME.as_secs()), now).is_ok());
+
+        let forged = make_jwt(&serde_json::json!({
+            "exp": 1_800_000_600u64, "sub": "x\u{1b}[2K\rOK   token", "jti": "é\n"
+        }));
+        let (_, _, claims) = expiry(&forged, None, now).unwrap();
+        assert_eq!(claims.sub.as_deref(), Some("x\\u{1b}[2K\\rOK   token"));
+        assert_eq!(claims.jti.as_deref(), Some("é\\n"));
     }
 
     const NOW: u64 = 1_700_000_000;

@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::http::{
-    self, map_send_error, read_body, redact_url, sanitize_upstream_text, status_error, BuildError,
+    self, map_send_error, read_body, redact_url, status_error, upstream_text, BuildError,
     HttpSettings,
 };
 use super::{jwt, Issued, Source, SourceError, Subject};
@@ -332,7 +332,8 @@ impl Inner {
             // The body only explains the failure; if it cannot be read the
             // status alone decides.
             let body = read_body(resp, &http).await.ok();
-            let err = self.error_from_answer(status, body.as_deref());
+            let sent: Vec<&str> = form.iter().map(|(_, v)| *v).collect();
+            let err = self.error_from_answer(status, body.as_deref(), &sent);
             tracing::debug!(grant, status = status.as_u16(), error = %err, "token request failed");
             return Err(err);
         }
@@ -497,7 +498,12 @@ impl Inner {
     }
 
     /// Map a non-2xx answer; see [`error_from_body`].
-    fn error_from_answer(&self, status: StatusCode, body: Option<&[u8]>) -> SourceError {
+    fn error_from_answer(
+        &self,
+        status: StatusCode,
+        body: Option<&[u8]>,
+        sent: &[&str],
+    ) -> SourceError {
         let (token_exchange, redirect_uri) = match &self.grant {
             GrantState::TokenExchange { params, .. } => (true, params.redirect_uri.as_deref()),
             _ => (false, None),
@@ -508,6 +514,7 @@ impl Inner {
             consent_url: self.consent_url.as_deref(),
             token_exchange,
             redirect_uri,
+            sent,
         };
         error_from_body(&ctx, status, body)
     }
@@ -524,6 +531,8 @@ pub(crate) struct ErrorContext<'a> {
     pub token_exchange: bool,
     /// The exchange's `redirect_uri`, added to Keycloak's `account-link-url`.
     pub redirect_uri: Option<&'a str>,
+    /// The request form's values, redacted wherever the upstream echoes them.
+    pub sent: &'a [&'a str],
 }
 
 /// Map a non-2xx answer. The OAuth `error` and `error_description` are not
@@ -540,7 +549,7 @@ pub(crate) fn error_from_body(
     let code = parsed
         .as_ref()
         .and_then(|e| e.error.as_deref())
-        .map(|c| sanitize_upstream_text(c.trim()))
+        .map(|c| upstream_text(c.trim(), ctx.sent))
         .filter(|c| !c.is_empty());
     // Keycloak's internal→external exchange: the user must link the IdP account.
     if let (Some(code), Some(link)) = (
@@ -583,7 +592,7 @@ pub(crate) fn error_from_body(
             .and_then(|e| e.error_description.as_deref())
             .map(str::trim)
         {
-            Some(d) if !d.is_empty() => format!("{code}: {}", sanitize_upstream_text(d)),
+            Some(d) if !d.is_empty() => format!("{code}: {}", upstream_text(d, ctx.sent)),
             _ => code,
         }
     });

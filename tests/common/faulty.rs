@@ -39,6 +39,13 @@ pub enum Fault {
     IssuedInFuture,
     /// `nbf` ten minutes in the future.
     NotYetValid,
+    /// A good token whose `exp` is in the year 10000.
+    FarFuture,
+    /// HTTP 400 whose `error_description` echoes the request form (its refresh
+    /// token and client secret) and a JWT.
+    EchoRequest,
+    /// A good token whose `sub` and `jti` hold terminal escapes and CR/LF.
+    ForgedClaims,
 }
 
 /// RS256 signing for the fault upstream's tokens, with its JWKS.
@@ -266,6 +273,9 @@ fn answer(
     };
     let now = now_secs() as u64;
     let json = |v: serde_json::Value| v.to_string();
+    let form =
+        String::from_utf8_lossy(&req[req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..])
+            .into_owned();
     let (status, extra_header, body): (u16, &str, String) = match fault {
         Fault::Ok(lifetime) => (
             200,
@@ -275,6 +285,30 @@ fn answer(
             ),
         ),
         Fault::Refuse => return,
+        Fault::FarFuture => (
+            200,
+            "",
+            json(
+                serde_json::json!({"access_token": signed(fault, now, 253_402_300_800 + 3600, now), "expires_in": 60}),
+            ),
+        ),
+        Fault::EchoRequest => (
+            400,
+            "",
+            json(serde_json::json!({
+                "error": "invalid_request",
+                "error_description": format!("cannot parse {form} near {}", signed(fault, now, now + 60, now)),
+            })),
+        ),
+        Fault::ForgedClaims => (
+            200,
+            "",
+            json(
+                serde_json::json!({"access_token": signer.token(fault, serde_json::json!({
+                "sub": "x\u{1b}[2K\rOK     sub=admin", "jti": "j\nOK", "iat": now, "nbf": now, "exp": now + 300,
+            })), "expires_in": 300}),
+            ),
+        ),
         Fault::Status(code, retry_after) => (
             code,
             if retry_after {

@@ -1,0 +1,424 @@
+//! The workload user (uid 4242, owner of the home the mount lives in) and other
+//! local uids, attacking a root daemon: every attack runs as that uid against a
+//! real mount, and each test asserts that it fails and that tokenfs keeps working.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// The workload user.
+const USER: u32 = 4242;
+
+/// A home owned by the workload user inside a root-owned temporary directory.
+struct Home {
+    tmp: tempfile::TempDir,
+    home: PathBuf,
+}
+
+impl Home {
+    fn new() -> Home {
+        let tmp = tempdir();
+        let home = tmp.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(USER), Some(USER)).unwrap();
+        Home { tmp, home }
+    }
+
+    fn api(&self) -> PathBuf {
+        self.home.join(".api")
+    }
+
+    /// A root-owned directory outside the home, holding one file.
+    fn victim(&self) -> PathBuf {
+        let victim = self.tmp.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("precious"), "root's file").unwrap();
+        victim
+    }
+}
+
+/// `sh -c script` as the workload user, in `dir`.
+fn as_user(dir: &Path, script: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script])
+        .current_dir(dir)
+        .uid(USER)
+        .gid(USER)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run_as_user(dir: &Path, script: &str) -> String {
+    let out = as_user(dir, script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A tmpfs the test mounts, standing for another mount root must not touch;
+/// unmounted on drop.
+struct OtherMount(PathBuf);
+
+impl OtherMount {
+    fn at(dir: &Path) -> OtherMount {
+        std::fs::create_dir_all(dir).unwrap();
+        let c = |s: &str| std::ffi::CString::new(s).unwrap();
+        let target = c(dir.to_str().unwrap());
+        let rc = unsafe {
+            libc::mount(
+                c("victim").as_ptr(),
+                target.as_ptr(),
+                c("tmpfs").as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        std::fs::write(dir.join("precious"), "another mount's file").unwrap();
+        OtherMount(dir.to_owned())
+    }
+
+    fn intact(&self) -> bool {
+        is_mounted(&self.0) && self.0.join("precious").exists()
+    }
+}
+
+impl Drop for OtherMount {
+    fn drop(&mut self) {
+        detach(&self.0);
+    }
+}
+
+/// A mount the test did not start by `Mount` (it moved): detached on drop.
+struct DetachOnDrop(PathBuf);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            detach(&self.0);
+        }
+    }
+}
+
+/// `tokenfs mount --dev <path>` expected to fail: its stderr.
+fn mount_fails(path: &Path) -> String {
+    let mut p = Proc::spawn(&["mount", path.to_str().unwrap(), "--dev"], &[]);
+    let status = p.exits_within(STOP_LIMIT, "a refused mount");
+    assert!(!status.success(), "mounted on {}", path.display());
+    p.stderr()
+}
+
+#[test]
+fn a_symlinked_mountpoint_is_refused_and_nothing_is_mounted_where_it_points() {
+    if !fuse_available("a_symlinked_mountpoint_is_refused") {
+        return;
+    }
+    let h = Home::new();
+    let empty = h.tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    run_as_user(&h.home, &format!("ln -s {} .api", empty.display()));
+
+    let err = mount_fails(&h.api());
+    assert!(err.contains("symbolic link"), "{err}");
+    assert!(!is_mounted(&empty));
+    // A link deeper in the path is refused the same way.
+    run_as_user(&h.home, "mkdir real && ln -s real sub");
+    let err = mount_fails(&h.home.join("sub/.api"));
+    assert!(err.contains("symbolic link"), "{err}");
+    assert!(!is_mounted(&h.home.join("real/.api")));
+}
+
+/// fanotify permission events make the race exact: the daemon's open of the
+/// mountpoint (to check it is empty) waits while the user swaps it.
+struct OpenGate {
+    fan: std::os::fd::OwnedFd,
+}
+
+impl OpenGate {
+    fn on(dir: &Path) -> OpenGate {
+        let fd = unsafe { libc::fanotify_init(libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC, 0) };
+        assert!(
+            fd >= 0,
+            "fanotify_init: {}",
+            std::io::Error::last_os_error()
+        );
+        let fan = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let path = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+        let rc = unsafe {
+            libc::fanotify_mark(
+                std::os::fd::AsRawFd::as_raw_fd(&fan),
+                libc::FAN_MARK_ADD,
+                libc::FAN_OPEN_PERM | libc::FAN_ONDIR,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+            )
+        };
+        assert_eq!(rc, 0, "fanotify_mark: {}", std::io::Error::last_os_error());
+        OpenGate { fan }
+    }
+
+    /// Wait for an open by `pid`, run `meanwhile` while it is held, then let it
+    /// (and, by closing the gate, every later open) through.
+    fn hold_open_by(self, pid: i32, meanwhile: impl FnOnce()) {
+        let mut meanwhile = Some(meanwhile);
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&self.fan);
+        while meanwhile.is_some() {
+            let mut event: libc::fanotify_event_metadata = unsafe { std::mem::zeroed() };
+            let n = unsafe {
+                libc::read(
+                    raw,
+                    (&mut event as *mut libc::fanotify_event_metadata).cast(),
+                    std::mem::size_of::<libc::fanotify_event_metadata>(),
+                )
+            };
+            assert!(n > 0, "fanotify read: {}", std::io::Error::last_os_error());
+            if event.pid == pid {
+                (meanwhile.take().unwrap())();
+            }
+            let response = libc::fanotify_response {
+                fd: event.fd,
+                response: libc::FAN_ALLOW,
+            };
+            unsafe {
+                libc::write(
+                    raw,
+                    (&response as *const libc::fanotify_response).cast(),
+                    std::mem::size_of::<libc::fanotify_response>(),
+                );
+                libc::close(event.fd);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_mountpoint_swapped_during_the_checks_gets_the_mount_on_the_checked_directory() {
+    if !fuse_available("a_mountpoint_swapped_during_the_checks") {
+        return;
+    }
+    let h = Home::new();
+    let victim = h.victim();
+    // Root created .api, as a platform's init does; the user owns the home around it.
+    std::fs::create_dir(h.api()).unwrap();
+    let gate = OpenGate::on(&h.api());
+    let moved = h.home.join(".api-old");
+    let _moved_mount = DetachOnDrop(moved.clone());
+    let mut p = Proc::spawn(&["mount", h.api().to_str().unwrap(), "--dev"], &[]);
+    gate.hold_open_by(p.pid(), || {
+        run_as_user(
+            &h.home,
+            &format!("mv .api .api-old && ln -s {} .api", victim.display()),
+        );
+    });
+    let token = eventually(
+        Duration::from_secs(30),
+        "the mount on the checked directory",
+        || {
+            let token = std::fs::read_to_string(moved.join("token")).ok();
+            if token.is_none() && p.child.try_wait().unwrap().is_some() {
+                panic!("tokenfs exited:\n{}", p.stderr());
+            }
+            token
+        },
+    );
+    assert!(token.starts_with("eyJ"), "{token}");
+    assert!(!is_mounted(&victim), "root mounted over the victim");
+    assert!(victim.join("precious").exists());
+
+    // At stop the path names the victim now: nothing is unmounted by it.
+    p.signal(libc::SIGTERM);
+    p.exits_within(STOP_LIMIT, "SIGTERM");
+    assert!(
+        p.stderr().contains("no longer names this daemon's mount"),
+        "{}",
+        p.stderr()
+    );
+    assert!(victim.join("precious").exists());
+}
+
+/// The user's own user and mount namespace, made before the mount: there the
+/// mountpoint is a plain directory, which the user may rename away.
+struct UserNamespace {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl UserNamespace {
+    /// `script` runs in the namespace each time `step` is called.
+    fn enter(home: &Path) -> UserNamespace {
+        let mut child = as_user(
+            home,
+            "exec unshare -Urm sh -c 'echo in; while read -r line; do eval \"$line\"; echo done; done'",
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "in", "unshare -Urm failed");
+        UserNamespace { child, out }
+    }
+
+    fn step(&mut self, script: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{script}").unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "done", "{script}");
+    }
+}
+
+impl Drop for UserNamespace {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_path_swapped_from_the_users_own_namespace_unmounts_nothing_else() {
+    if !fuse_available("a_path_swapped_from_the_users_own_namespace") {
+        return;
+    }
+    let h = Home::new();
+    let other = OtherMount::at(&h.tmp.path().join("other"));
+    let mut ns = UserNamespace::enter(&h.home);
+    let moved = h.home.join(".api-old");
+    let _moved_mount = DetachOnDrop(moved.clone());
+
+    // At stop: the path is a link to another mount by then.
+    let mut m = Mount::start_at(&h.api(), &["--dev"]);
+    ns.step(&format!(
+        "mv .api .api-old && ln -s {} .api",
+        other.0.display()
+    ));
+    let token = std::fs::read_to_string(moved.join("token")).unwrap();
+    assert!(token.starts_with("eyJ"), "{token}");
+    m.stop();
+    assert!(other.intact(), "root unmounted another mount at stop");
+    assert!(
+        m.proc.stderr().contains("no longer names"),
+        "{}",
+        m.proc.stderr()
+    );
+
+    // At start, over a stale mount: the same link is refused, nothing detached.
+    // (Its dead mount moves back with the directory; the next start detaches it.)
+    ns.step("rm .api && mv .api-old .api");
+    let mut m = Mount::start_at(&h.api(), &["--dev"]);
+    m.proc.signal(libc::SIGKILL);
+    m.proc.exits_within(STOP_LIMIT, "SIGKILL");
+    ns.step(&format!(
+        "mv .api .api-old && ln -s {} .api",
+        other.0.display()
+    ));
+    let err = mount_fails(&h.api());
+    assert!(err.contains("symbolic link"), "{err}");
+    assert!(other.intact(), "root detached another mount at start");
+    // `tokenfs unmount` on the path refuses the same way.
+    let out = run(&["unmount", h.api().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(other.intact(), "tokenfs unmount detached another mount");
+}
+
+/// A config for the fault upstream whose secrets are long enough to be searched
+/// for in what comes back.
+fn fault_config(up: &FaultyUpstream, dir: &Path) -> PathBuf {
+    let config = up.config(dir, "");
+    write_file(&dir.join("secret"), "cs-0123456789abcdef", 0o600);
+    config
+}
+
+#[test]
+fn a_far_future_expiry_is_malformed_and_the_service_keeps_working() {
+    if !fuse_available("a_far_future_expiry_is_malformed") {
+        return;
+    }
+    let up = FaultyUpstream::start(Fault::FarFuture);
+    let dir = tempdir();
+    let config = fault_config(&up, dir.path());
+    let config = config.to_str().unwrap();
+
+    let out = run(&["check", "--config", config]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("over 10 years"), "{stdout}");
+
+    let mut m = Mount::start(&["--config", config]);
+    assert_eq!(errno(m.read("token")), libc::EIO);
+    let last_error = m.file_status("token")["last_error"].to_string();
+    assert!(last_error.contains("over 10 years"), "{last_error}");
+    // The mount lives on and recovers once the upstream answers sanely.
+    up.set(Fault::Ok(300));
+    let token = eventually(Duration::from_secs(30), "a sane token", || {
+        m.read("token").ok()
+    });
+    assert!(token.starts_with(b"eyJ"));
+    assert!(m.proc.child.try_wait().unwrap().is_none());
+}
+
+#[test]
+fn an_upstream_echoing_the_request_shows_no_secret_anywhere() {
+    if !fuse_available("an_upstream_echoing_the_request") {
+        return;
+    }
+    let up = FaultyUpstream::start(Fault::EchoRequest);
+    let dir = tempdir();
+    let config = fault_config(&up, dir.path());
+    let config = config.to_str().unwrap();
+    let secrets = ["cs-0123456789abcdef", "offline-token", "eyJ"];
+
+    let out = run(&["check", "--config", config]);
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("invalid_request: cannot parse"), "{shown}");
+
+    let mut m = Mount::start(&["--config", config]);
+    assert_eq!(errno(m.read("token")), libc::EIO);
+    let status = String::from_utf8(m.read(".status").unwrap()).unwrap();
+    assert!(status.contains("[redacted]"), "{status}");
+    m.stop();
+    let log = m.proc.stderr();
+    for secret in secrets {
+        assert!(!shown.contains(secret), "check printed {secret}: {shown}");
+        assert!(!status.contains(secret), ".status shows {secret}: {status}");
+        assert!(!log.contains(secret), "the log holds {secret}: {log}");
+    }
+}
+
+#[test]
+fn claims_with_terminal_escapes_cannot_forge_check_lines() {
+    let up = FaultyUpstream::start(Fault::ForgedClaims);
+    let dir = tempdir();
+    let config = fault_config(&up, dir.path());
+    let out = run(&["check", "--config", config.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        !stdout.contains('\u{1b}') && !stdout.contains('\r'),
+        "{stdout:?}"
+    );
+    // The config line and one line for the file: no line was forged.
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(stdout.contains(r"sub=x\u{1b}[2K\rOK"), "{stdout}");
+}
