@@ -1,6 +1,5 @@
 //! Command-line interface.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -104,10 +103,12 @@ pub struct MountArgs {
 
     /// Also serve the metrics (the text of `.metrics`) at http://ADDR/metrics, and
     /// health at /healthz (200, or 503 naming the unhealthy files). ADDR is a port
-    /// (bound on 127.0.0.1) or IP:PORT. Off by default; no authentication, so keep
-    /// it on loopback unless the network is trusted.
-    #[arg(long, value_name = "ADDR", value_parser = parse_listen, env = "TOKENFS_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
+    /// (bound on 127.0.0.1), IP:PORT, or unix:/PATH (a socket only root can use,
+    /// in a directory only root writes). Off by default; no authentication: any
+    /// local user can connect to a TCP port, and one that binds it first answers
+    /// in our place, so prefer a socket or a port below 1024.
+    #[arg(long, value_name = "ADDR", env = "TOKENFS_METRICS_LISTEN")]
+    pub metrics_listen: Option<crate::metrics::http::Listen>,
 
     /// With --dev: lifetime of the tokens the embedded issuer issues.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration, requires = "dev")]
@@ -169,13 +170,4 @@ pub struct ManArgs {
     /// tokenfs.1 to stdout.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-}
-
-/// `PORT` (on loopback) or `IP:PORT`.
-fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(port) = s.parse::<u16>() {
-        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-    }
-    s.parse()
-        .map_err(|_| format!("{s:?} is neither a port nor IP:PORT (e.g. 9464 or 127.0.0.1:9464)"))
 }

@@ -28,6 +28,7 @@ const SESSION_END_WAIT: Duration = Duration::from_secs(2);
 
 pub fn run(args: MountArgs) -> Result<()> {
     limit_malloc_arenas();
+    raise_open_files_limit();
     crate::mountpoint::check_privileges()?;
     // Before anything else starts: a second daemon stops here, a stale mount is detached.
     let prepared = crate::mountpoint::prepare(&args.mountpoint)?;
@@ -70,10 +71,6 @@ pub fn run(args: MountArgs) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let cells = build_cells(config.files)?;
-    let metrics_listener = args
-        .metrics_listen
-        .map(crate::metrics::http::bind)
-        .transpose()?;
     let files = Files::new(
         cells.clone(),
         Options {
@@ -122,8 +119,8 @@ pub fn run(args: MountArgs) -> Result<()> {
         .map(|cell| rt.spawn(cell.clone().keep_fresh()))
         .collect();
     rt.spawn(invalidate_on_change(files.clone(), notifier));
-    if let Some(listener) = metrics_listener {
-        rt.spawn(crate::metrics::http::serve(listener, cells.clone()));
+    if let Some(listen) = args.metrics_listen {
+        rt.spawn(crate::metrics::http::serve(listen, cells.clone()));
     }
 
     let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel();
@@ -292,6 +289,20 @@ fn limit_malloc_arenas() {
     // thread of this process exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// The soft limit on open descriptors raised to the hard one (often 1024 of
+/// 524288): a flood of connections must not leave the daemon unable to open a
+/// file to save a rotated refresh token, or a socket to reach its upstream.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!("cannot raise the open-files limit: {e}");
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod mountpoint;
 pub mod notify;
 pub mod ops;
+pub mod resolve;
 pub mod secret_file;
 pub mod source;
 pub mod status;

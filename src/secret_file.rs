@@ -6,13 +6,19 @@
 //! a rotated refresh token replaces one the upstream may already have revoked,
 //! so a torn or lost write would lose the user's access.
 
-use std::fs::{File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{Mode, OFlags};
 use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::resolve;
 
 /// Largest secret file accepted. Refresh tokens are a few KiB; anything far
 /// bigger is the wrong file, and reading it whole would waste memory.
@@ -42,24 +48,36 @@ pub enum SecretFileError {
     Empty { path: PathBuf },
     #[error("cannot write {}: {source}; check that its directory exists and tokenfs may write there", path.display())]
     Write { path: PathBuf, source: io::Error },
+    #[error("{} belongs to uid {uid}: a file root trusts must be root's; run: chown root {}", path.display(), path.display())]
+    NotRoots { path: PathBuf, uid: u32 },
+    #[error(
+        "the directory of {} is writable by users other than root, who could swap the file: \
+         keep it in a directory only root writes (chmod go-w; chown root)",
+        path.display()
+    )]
+    UntrustedDir { path: PathBuf },
+    #[error(transparent)]
+    Untrusted(resolve::ResolveError),
 }
 
 /// Read a secret from `path`, refusing files open to group or others, empty
-/// files and files over [`MAX_SECRET_FILE`]. One trailing `"\n"` or `"\r\n"`
-/// (what editors and `echo` add) is removed; anything else is kept as is.
+/// files and files over [`MAX_SECRET_FILE`] (see [`open_checked`] for the
+/// rest). One trailing `"\n"` or `"\r\n"` (what editors and `echo` add) is
+/// removed; anything else is kept as is.
 pub fn read_secret_file(path: &Path) -> Result<SecretString, SecretFileError> {
+    read_checked(path, true)
+}
+
+/// Read a token another service writes and others may read (a Kubernetes
+/// projected service-account token is 0644): as [`read_secret_file`] but
+/// without the mode check.
+pub fn read_token_file(path: &Path) -> Result<SecretString, SecretFileError> {
+    read_checked(path, false)
+}
+
+fn read_checked(path: &Path, private: bool) -> Result<SecretString, SecretFileError> {
     let err_path = || path.to_path_buf();
-    // O_NONBLOCK so that a FIFO at this path cannot hang the daemon in open();
-    // it is then refused as not a regular file. Symlinks are followed on
-    // purpose: Kubernetes secret volumes are symlinks into `..data/`.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|source| SecretFileError::Open {
-            path: err_path(),
-            source,
-        })?;
+    let file = open_checked(path)?;
     // Check the opened file, not the path, so that a swap between the check
     // and the read cannot slip a different file in.
     let meta = file.metadata().map_err(|source| SecretFileError::Read {
@@ -69,8 +87,14 @@ pub fn read_secret_file(path: &Path) -> Result<SecretString, SecretFileError> {
     if !meta.is_file() {
         return Err(SecretFileError::NotRegular { path: err_path() });
     }
+    if !resolve::trusted_uid(meta.uid()) {
+        return Err(SecretFileError::NotRoots {
+            path: err_path(),
+            uid: meta.uid(),
+        });
+    }
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
+    if private && mode & 0o077 != 0 {
         return Err(SecretFileError::TooOpen {
             path: err_path(),
             mode,
@@ -113,58 +137,252 @@ pub fn read_secret_file(path: &Path) -> Result<SecretString, SecretFileError> {
     Ok(secret)
 }
 
-/// Replace `path` with `secret` (exact bytes, no newline added) so that after a
-/// crash the file holds either the old or the new secret, never a mix or
-/// nothing: a temp file in the same directory (created exclusively, mode
-/// 0600) is written and synced, renamed over `path`, and the directory synced
-/// so the rename itself survives a power loss.
-pub fn write_secret_file(path: &Path, secret: &SecretString) -> Result<(), SecretFileError> {
-    let write_err = |source| SecretFileError::Write {
+/// Open `path` for reading as root must among files users control: resolved by
+/// [`resolve`] (a link is followed only where no other user could swap it, so
+/// Kubernetes secret volumes, links into `..data/`, work), in a directory only
+/// root writes, the last step `O_NOFOLLOW`, and `O_NONBLOCK` so that a FIFO
+/// cannot hang the daemon in open() (it is then refused as not a regular file).
+fn open_checked(path: &Path) -> Result<File, SecretFileError> {
+    let open_err = |source| SecretFileError::Open {
         path: path.to_path_buf(),
         source,
     };
-    let (dir, file_name) = dir_and_name(path).map_err(write_err)?;
-
-    let (tmp_path, mut tmp) = create_temp(dir, file_name).map_err(write_err)?;
-    let written = tmp
-        .write_all(secret.expose_secret().as_bytes())
-        .and_then(|()| tmp.sync_all())
-        .and_then(|()| {
-            drop(tmp);
-            std::fs::rename(&tmp_path, path)
-        });
-    if let Err(e) = written {
-        // Best effort: a leftover temp file holds a live secret.
-        let _ = std::fs::remove_file(&tmp_path);
-        return Err(write_err(e));
+    let resolved = resolve::resolve(path).map_err(|e| match e {
+        resolve::ResolveError::Io(_, source) => open_err(source),
+        untrusted => SecretFileError::Untrusted(untrusted),
+    })?;
+    if resolved.leaf.is_none() {
+        return Err(open_err(io::Error::from(io::ErrorKind::NotFound)));
     }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(write_err)
+    let dir = trusted_dir(path, &resolved.parent)?;
+    let fd = rustix::fs::openat(
+        &dir,
+        &resolved.name,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| open_err(e.into()))?;
+    Ok(File::from(fd))
 }
 
-/// Make sure [`write_secret_file`] can write `path` when the time comes: its
-/// directory is created (mode 0700, parents too) if missing, and a temp file is
-/// created in it and removed. Called at start, so that a rotated refresh token
-/// is never received with nowhere to keep it.
+/// `dir` (the directory holding `path`), if only root can change its entries:
+/// elsewhere a secret could be swapped for another file or link under us.
+fn trusted_dir<'a>(path: &Path, dir: &'a OwnedFd) -> Result<&'a OwnedFd, SecretFileError> {
+    match resolve::only_root_writes(dir) {
+        Ok(true) => Ok(dir),
+        Ok(false) => Err(SecretFileError::UntrustedDir {
+            path: path.to_path_buf(),
+        }),
+        Err(e) => Err(SecretFileError::Open {
+            path: path.to_path_buf(),
+            source: e.into(),
+        }),
+    }
+}
+
+/// Replace `path` with `secret` once (see [`SecretWriter::write`]).
+pub fn write_secret_file(path: &Path, secret: &SecretString) -> Result<(), SecretFileError> {
+    SecretWriter::open(path)?.write(secret)
+}
+
+/// Make sure `path` can be written when the time comes: its directory is created
+/// (mode 0700, parents too) if missing and must be root's alone, and a temp file
+/// is created in it and removed. Called at start, so that a rotated refresh
+/// token is never received with nowhere to keep it.
 pub fn ensure_writable(path: &Path) -> Result<(), SecretFileError> {
-    let write_err = |source| SecretFileError::Write {
-        path: path.to_path_buf(),
-        source,
+    SecretWriter::open(path).map(drop)
+}
+
+/// Where one secret is saved: its directory, resolved once and held open (only
+/// root may write it), and a temp file created ahead, so that a save needs no
+/// new descriptor: a process out of descriptors still saves a rotated refresh
+/// token. Writes are crash-safe: after a crash the file holds either the old or
+/// the new secret, never a mix or nothing.
+pub struct SecretWriter {
+    path: PathBuf,
+    dir: OwnedFd,
+    name: OsString,
+    spare: Option<(OsString, File)>,
+}
+
+impl std::fmt::Debug for SecretWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretWriter")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecretWriter {
+    pub fn open(path: &Path) -> Result<SecretWriter, SecretFileError> {
+        let write_err = |source| SecretFileError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let (dir_path, name) = dir_and_name(path).map_err(write_err)?;
+        let dir_path = std::path::absolute(dir_path).map_err(write_err)?;
+        let dir = ensure_dir(&dir_path, 16).map_err(|e| match e {
+            resolve::ResolveError::Io(_, source) => write_err(source),
+            untrusted => SecretFileError::Untrusted(untrusted),
+        })?;
+        trusted_dir(path, &dir)?;
+        let dir = rustix::fs::openat(
+            &dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| write_err(e.into()))?;
+        let mut writer = SecretWriter {
+            path: path.to_path_buf(),
+            dir,
+            name: name.to_owned(),
+            spare: None,
+        };
+        writer.spare = Some(writer.create_temp().map_err(write_err)?);
+        Ok(writer)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replace the file with `secret` (exact bytes, no newline added): the temp
+    /// file (0600, created exclusively) is written and synced, renamed over the
+    /// file, and the directory synced so the rename survives a power loss.
+    pub fn write(&mut self, secret: &SecretString) -> Result<(), SecretFileError> {
+        let write_err = |source| SecretFileError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let (tmp_name, mut tmp) = match self.spare.take() {
+            Some(spare) => spare,
+            None => self.create_temp().map_err(write_err)?,
+        };
+        let written = tmp
+            .write_all(secret.expose_secret().as_bytes())
+            .and_then(|()| tmp.sync_all())
+            .and_then(|()| {
+                drop(tmp);
+                rustix::fs::renameat(&self.dir, &tmp_name, &self.dir, &self.name)
+                    .map_err(io::Error::from)
+            })
+            .and_then(|()| rustix::fs::fsync(&self.dir).map_err(io::Error::from));
+        if let Err(e) = written {
+            // A leftover temp file holds a live secret.
+            let _ = rustix::fs::unlinkat(&self.dir, &tmp_name, rustix::fs::AtFlags::empty());
+            return Err(write_err(e));
+        }
+        // For the next save; if it cannot be made now, that save makes it.
+        self.spare = self.create_temp().ok();
+        Ok(())
+    }
+
+    /// Create `.<name>.tmp.<random>` with `O_EXCL | O_NOFOLLOW`, so an existing
+    /// file or a link planted at that name is never written through.
+    fn create_temp(&self) -> io::Result<(OsString, File)> {
+        let mut last_err = None;
+        for _ in 0..8 {
+            let mut tmp = OsString::from(".");
+            tmp.push(&self.name);
+            tmp.push(format!(".tmp.{:016x}", rand::random::<u64>()));
+            match rustix::fs::openat(
+                &self.dir,
+                &tmp,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            ) {
+                Ok(fd) => return Ok((tmp, File::from(fd))),
+                Err(rustix::io::Errno::EXIST) => {
+                    last_err = Some(io::Error::from(rustix::io::Errno::EXIST))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("could not create a temp file")))
+    }
+
+    /// Remove temp files a killed run left beside the file: each holds a live
+    /// secret. Called at start, before anything writes it.
+    pub fn remove_stale_temps(&self) {
+        let mut prefix = OsString::from(".");
+        prefix.push(&self.name);
+        prefix.push(".tmp.");
+        let ours = self.spare.as_ref().map(|(n, _)| n.clone());
+        let Ok(fd) = rustix::fs::openat(
+            &self.dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return;
+        };
+        let Ok(entries) = rustix::fs::Dir::new(fd) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = OsStr::from_bytes(entry.file_name().to_bytes()).to_owned();
+            if !name.as_bytes().starts_with(prefix.as_bytes()) || Some(&name) == ours.as_ref() {
+                continue;
+            }
+            let shown = self.path.with_file_name(&name);
+            match rustix::fs::unlinkat(&self.dir, &name, rustix::fs::AtFlags::empty()) {
+                Ok(()) => {
+                    tracing::info!(file = %shown.display(), "removed a temp file left by an interrupted write")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %shown.display(), "cannot remove a leftover temp file: {e}")
+                }
+            }
+        }
+    }
+}
+
+impl Drop for SecretWriter {
+    fn drop(&mut self) {
+        if let Some((name, _)) = self.spare.take() {
+            let _ = rustix::fs::unlinkat(&self.dir, &name, rustix::fs::AtFlags::empty());
+        }
+    }
+}
+
+/// Remove temp files a killed run of a write left beside `path` (see
+/// [`SecretWriter::remove_stale_temps`]).
+pub fn remove_stale_temps(path: &Path) {
+    if let Ok(writer) = SecretWriter::open(path) {
+        writer.remove_stale_temps();
+    }
+}
+
+/// The directory `dir` resolved by [`resolve`], created (0700) with its missing
+/// parents, each through its parent's descriptor.
+fn ensure_dir(dir: &Path, depth: usize) -> Result<OwnedFd, resolve::ResolveError> {
+    let resolved = match resolve::resolve(dir) {
+        Err(resolve::ResolveError::Io(_, e))
+            if e.kind() == io::ErrorKind::NotFound && depth > 0 =>
+        {
+            let parent = dir
+                .parent()
+                .ok_or(resolve::ResolveError::Io(dir.to_owned(), e))?;
+            drop(ensure_dir(parent, depth - 1)?);
+            resolve::resolve(dir)?
+        }
+        other => other?,
     };
-    let (dir, file_name) = dir_and_name(path).map_err(write_err)?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(write_err)?;
-    let (tmp_path, tmp) = create_temp(dir, file_name).map_err(write_err)?;
-    drop(tmp);
-    std::fs::remove_file(&tmp_path).map_err(write_err)
+    match resolved.leaf {
+        Some(fd) => Ok(fd),
+        None => {
+            match rustix::fs::mkdirat(&resolved.parent, &resolved.name, Mode::from_raw_mode(0o700))
+            {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => resolve::open_dir(dir),
+                Err(e) => Err(resolve::ResolveError::Io(dir.to_owned(), e.into())),
+            }
+        }
+    }
 }
 
 /// The directory a file is in (`.` for a bare name) and its name.
-fn dir_and_name(path: &Path) -> io::Result<(&Path, &std::ffi::OsStr)> {
+fn dir_and_name(path: &Path) -> io::Result<(&Path, &OsStr)> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
@@ -173,54 +391,6 @@ fn dir_and_name(path: &Path) -> io::Result<(&Path, &std::ffi::OsStr)> {
         _ => Path::new("."),
     };
     Ok((dir, name))
-}
-
-/// Remove temp files a killed run of [`write_secret_file`] left beside `path`:
-/// each holds a live secret. Called at start, before anything writes `path`.
-pub fn remove_stale_temps(path: &Path) {
-    let Ok((dir, name)) = dir_and_name(path) else {
-        return;
-    };
-    let prefix = format!(".{}.tmp.", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => {
-                    tracing::info!(file = %entry.path().display(), "removed a temp file left by an interrupted write")
-                }
-                Err(e) => {
-                    tracing::warn!(file = %entry.path().display(), "cannot remove a leftover temp file: {e}")
-                }
-            }
-        }
-    }
-}
-
-/// Create `.<name>.tmp.<random>` in `dir` with O_EXCL, so an existing file or a
-/// symlink planted at that name is never written through.
-fn create_temp(dir: &Path, file_name: &std::ffi::OsStr) -> io::Result<(PathBuf, File)> {
-    let mut last_err = None;
-    for _ in 0..8 {
-        let mut name = std::ffi::OsString::from(".");
-        name.push(file_name);
-        name.push(format!(".tmp.{:016x}", rand::random::<u64>()));
-        let tmp_path = dir.join(name);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&tmp_path)
-        {
-            Ok(f) => return Ok((tmp_path, f)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last_err.unwrap_or_else(|| io::Error::other("could not create a temp file")))
 }
 
 #[cfg(test)]
@@ -353,13 +523,61 @@ mod tests {
     }
 
     #[test]
-    fn write_into_missing_dir_names_the_path() {
+    fn write_creates_missing_directories_0700_and_refuses_open_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("nope").join("refresh_token");
-        let err = write_secret_file(&p, &SecretString::from("s3cr3t")).unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("nope/refresh_token"), "{msg}");
-        assert!(!msg.contains("s3cr3t"));
+        let p = dir.path().join("a/b/refresh_token");
+        write_secret_file(&p, &SecretString::from("s3cr3t")).unwrap();
+        let mode = std::fs::metadata(dir.path().join("a/b"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert_eq!(read_secret_file(&p).unwrap().expose_secret(), "s3cr3t");
+
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = write_secret_file(&open.join("t"), &SecretString::from("s3cr3t")).unwrap_err();
+        assert!(matches!(err, SecretFileError::UntrustedDir { .. }), "{err}");
+        assert!(!err.to_string().contains("s3cr3t"));
+        // Reading from such a directory is refused too.
+        write_with_mode(&open.join("r"), b"s3cr3t", 0o600);
+        assert!(matches!(
+            read_secret_file(&open.join("r")),
+            Err(SecretFileError::UntrustedDir { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_a_file_of_another_owner_and_a_link_another_user_could_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret");
+        write_with_mode(&p, b"s3cr3t", 0o600);
+        if !resolve::trusted_uid(4242) {
+            std::os::unix::fs::chown(&p, Some(4242), None).unwrap();
+            let err = read_secret_file(&p).unwrap_err();
+            assert!(
+                matches!(err, SecretFileError::NotRoots { uid: 4242, .. }),
+                "{err}"
+            );
+            std::os::unix::fs::chown(&p, Some(0), None).unwrap();
+        }
+        // A link in a root-only directory is followed (Kubernetes secret volumes).
+        std::os::unix::fs::symlink("secret", dir.path().join("link")).unwrap();
+        assert_eq!(
+            read_secret_file(&dir.path().join("link"))
+                .unwrap()
+                .expose_secret(),
+            "s3cr3t"
+        );
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::symlink(&p, open.join("link")).unwrap();
+        assert!(matches!(
+            read_secret_file(&open.join("link")),
+            Err(SecretFileError::Untrusted(_))
+        ));
     }
 
     #[test]

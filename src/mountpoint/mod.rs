@@ -12,7 +12,7 @@ use std::time::Duration;
 use rustix::fs::{Mode, OFlags};
 
 pub mod kernel;
-pub mod resolve;
+use crate::resolve;
 
 pub use kernel::MountId;
 

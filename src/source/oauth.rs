@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use reqwest::{StatusCode, Url};
@@ -19,7 +19,7 @@ use super::http::{
     HttpSettings,
 };
 use super::{jwt, Issued, Source, SourceError, Subject};
-use crate::secret_file;
+use crate::secret_file::{self, SecretWriter};
 
 /// How many times `timeout` a refresh-token request may take (see `exchange`).
 pub const ROTATING_TIMEOUT_FACTOR: u32 = 6;
@@ -118,8 +118,6 @@ struct Inner {
     consent_url: Option<String>,
     http: HttpSettings,
     grant: GrantState,
-    /// Why the last rotated refresh token could not be saved, until one is.
-    unsaved: std::sync::Mutex<Option<String>>,
     /// An exchange got a token (or was told the stored one expired) since start.
     had_consent: AtomicBool,
 }
@@ -139,7 +137,7 @@ enum GrantState {
         /// made the upstream revoke.
         held: tokio::sync::Mutex<Held>,
         file: Option<PathBuf>,
-        rotated_file: Option<PathBuf>,
+        saver: Option<Arc<Saver>>,
     },
     ClientCredentials,
     TokenExchange {
@@ -216,7 +214,7 @@ impl OAuthSource {
                         file_mtime,
                     }),
                     file,
-                    rotated_file,
+                    saver: rotated_file.map(|path| Arc::new(Saver::new(path))),
                 }
             }
             Grant::ClientCredentials | Grant::TokenExchange(_) if cfg.client_secret.is_none() => {
@@ -249,7 +247,6 @@ impl OAuthSource {
             consent_url: cfg.consent_url,
             http: cfg.http,
             grant,
-            unsaved: std::sync::Mutex::new(None),
             had_consent: AtomicBool::new(false),
         };
         Ok(OAuthSource {
@@ -285,10 +282,12 @@ impl Source for OAuthSource {
 
 impl Inner {
     fn unsaved_now(&self) -> Option<String> {
-        self.unsaved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        match &self.grant {
+            GrantState::RefreshToken {
+                saver: Some(saver), ..
+            } => saver.unsaved(),
+            _ => None,
+        }
     }
 
     /// POST the form and return the parsed 2xx answer and when the request was
@@ -355,26 +354,10 @@ impl Inner {
     /// Adopt a rotated refresh token: persist it first, so that a crash
     /// right after cannot lose it, then use it. A failed write does not stop
     /// its use, since the upstream may already have revoked the old one.
-    async fn rotate(&self, held: &mut Held, new: SecretString, rotated_file: Option<&PathBuf>) {
-        if let Some(path) = rotated_file {
-            let (p, secret) = (path.clone(), new.clone());
-            let written =
-                tokio::task::spawn_blocking(move || secret_file::write_secret_file(&p, &secret))
-                    .await;
-            let failure = match written {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(format!("saving it to {} failed: {e}", path.display())),
-            };
-            match &failure {
-                None => tracing::debug!(file = %path.display(), "saved the rotated refresh token"),
-                Some(e) => tracing::error!(
-                    "{e}; the rotated refresh token is kept in memory only and is lost when tokenfs restarts"
-                ),
-            }
-            *self.unsaved.lock().unwrap_or_else(|e| e.into_inner()) = failure;
-        } else {
-            tracing::debug!("the upstream rotated the refresh token (kept in memory only)");
+    async fn rotate(&self, held: &mut Held, new: SecretString, saver: Option<&Arc<Saver>>) {
+        match saver {
+            Some(saver) => saver.clone().save_or_retry(new.clone()).await,
+            None => tracing::debug!("the upstream rotated the refresh token (kept in memory only)"),
         }
         held.token = Some(new);
     }
@@ -468,11 +451,7 @@ impl Inner {
                     Err(e) => return Err(e),
                 }
             }
-            GrantState::RefreshToken {
-                held,
-                file,
-                rotated_file,
-            } => {
+            GrantState::RefreshToken { held, file, saver } => {
                 let mut held = held.lock().await;
                 if let Some(file) = file {
                     self.reload(&mut held, file).await;
@@ -486,7 +465,7 @@ impl Inner {
                 // may have rotated (and so revoked) the refresh token we hold.
                 if let Some(new) = answer.refresh_token.take() {
                     if new.expose_secret() != token.expose_secret() {
-                        self.rotate(&mut held, new, rotated_file.as_ref()).await;
+                        self.rotate(&mut held, new, saver.as_ref()).await;
                     }
                 }
                 (answer, sent)
@@ -517,6 +496,136 @@ impl Inner {
             sent,
         };
         error_from_body(&ctx, status, body)
+    }
+}
+
+/// Saves the rotations of one refresh token. A rotation that cannot be saved
+/// (a full disk, no descriptor left) is retried in the background until it is,
+/// not only at the next rotation: until then a restart would lose the grant.
+#[derive(Debug)]
+struct Saver {
+    path: PathBuf,
+    /// Opened at the first save (the config checked it can be).
+    writer: std::sync::Mutex<Option<SecretWriter>>,
+    /// The newest rotation not saved yet, and why.
+    unsaved: std::sync::Mutex<Option<(SecretString, String)>>,
+    retrying: AtomicBool,
+}
+
+/// Waits between attempts to save a rotation that failed to save.
+const SAVE_RETRY_FIRST: Duration = Duration::from_secs(1);
+const SAVE_RETRY_MAX: Duration = Duration::from_secs(60);
+
+impl Saver {
+    fn new(path: PathBuf) -> Saver {
+        let writer = SecretWriter::open(&path).ok();
+        Saver {
+            path,
+            writer: std::sync::Mutex::new(writer),
+            unsaved: std::sync::Mutex::new(None),
+            retrying: AtomicBool::new(false),
+        }
+    }
+
+    fn unsaved(&self) -> Option<String> {
+        self.unsaved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(_, why)| why.clone())
+    }
+
+    /// Write `token` now (blocking I/O); on failure it becomes the unsaved one.
+    fn save(&self, token: &SecretString) -> Result<(), String> {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.save_locked(&mut writer, token)
+    }
+
+    /// Write the unsaved rotation, if there still is one. Under the writer's lock,
+    /// so an older token can never overwrite a newer one saved meanwhile.
+    fn save_pending(&self) -> Option<Result<(), String>> {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let token = self
+            .unsaved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(t, _)| t.clone())?;
+        Some(self.save_locked(&mut writer, &token))
+    }
+
+    fn save_locked(
+        &self,
+        writer: &mut Option<SecretWriter>,
+        token: &SecretString,
+    ) -> Result<(), String> {
+        let written = match writer.as_mut() {
+            Some(w) => w.write(token),
+            None => SecretWriter::open(&self.path).and_then(|mut w| {
+                let written = w.write(token);
+                *writer = Some(w);
+                written
+            }),
+        };
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+        match written {
+            Ok(()) => {
+                *unsaved = None;
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!(
+                    "{e}; the rotated refresh token is kept in memory only (retrying) and is \
+                     lost if tokenfs restarts before it is saved"
+                );
+                *unsaved = Some((token.clone(), why.clone()));
+                Err(why)
+            }
+        }
+    }
+
+    async fn save_or_retry(self: Arc<Self>, token: SecretString) {
+        let saver = self.clone();
+        match tokio::task::spawn_blocking(move || saver.save(&token)).await {
+            Ok(Ok(())) => {
+                tracing::debug!(file = %self.path.display(), "saved the rotated refresh token")
+            }
+            Ok(Err(why)) => {
+                tracing::error!("{why}");
+                if !self.retrying.swap(true, Ordering::SeqCst) {
+                    tokio::spawn(self.retry());
+                }
+            }
+            Err(e) => tracing::error!("saving the rotated refresh token failed: {e}"),
+        }
+    }
+
+    /// Retry the unsaved rotation (whichever is newest) until one save succeeds.
+    async fn retry(self: Arc<Self>) {
+        let mut wait = SAVE_RETRY_FIRST;
+        let mut attempt = 0u32;
+        loop {
+            if self.unsaved().is_none() {
+                // A failure between the look above and here finds `retrying`
+                // still set: look once more after clearing it.
+                self.retrying.store(false, Ordering::SeqCst);
+                if self.unsaved().is_none() || self.retrying.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(SAVE_RETRY_MAX);
+            attempt += 1;
+            let saver = self.clone();
+            let saved = tokio::task::spawn_blocking(move || saver.save_pending()).await;
+            if let Ok(Some(Ok(()))) = saved {
+                tracing::info!(
+                    file = %self.path.display(),
+                    attempt,
+                    "saved the rotated refresh token that could not be saved before"
+                );
+            }
+        }
     }
 }
 

@@ -454,9 +454,16 @@ async fn rotation_survives_a_failed_write_and_a_bad_access_token() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let unwritable = dir.path().join("missing-dir").join("refresh_token");
+    // Others may write this directory: saving into it is refused.
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    let mode = |m| std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(m));
+    mode(0o777).unwrap();
+    let unwritable = open.join("refresh_token");
     let src = OAuthSource::new(refresh_cfg(&url, "rt-old", Some(unwritable.clone()))).unwrap();
     assert!(matches!(src.issue().await, Err(SourceError::Malformed(_))));
+    let why = src.unsaved_refresh_token().unwrap();
+    assert!(why.contains("writable by users other than root"), "{why}");
     assert!(src.issue().await.is_ok());
     let sent: Vec<_> = seen
         .lock()
@@ -466,6 +473,18 @@ async fn rotation_survives_a_failed_write_and_a_bad_access_token() {
         .collect();
     assert_eq!(sent, ["rt-old", "rt-new"]);
     assert!(!unwritable.exists());
+
+    // Once the directory is fixed the rotation is saved without another one.
+    mode(0o700).unwrap();
+    for _ in 0..100 {
+        if src.unsaved_refresh_token().is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(src.unsaved_refresh_token(), None);
+    assert_eq!(std::fs::read_to_string(&unwritable).unwrap(), "rt-new");
+    assert_eq!(seen.lock().unwrap().len(), 2, "saved without a request");
 }
 
 // ---- token exchange (Keycloak internal→external) and Entra consent ----

@@ -1,8 +1,9 @@
 //! Resolving a path the way root must in a tree other users write: one component
 //! at a time from `/`, each opened `O_PATH | O_NOFOLLOW` relative to the last, so
-//! what is checked is what is used. A symbolic link is followed only when the
-//! directory holding it is writable by root alone: a link in a user's home could
-//! be swapped between our check and our use, so it is refused instead.
+//! what is checked is what is used. A symbolic link is followed only when no
+//! other user can swap it: its directory is writable by root alone, or it is
+//! root's own link in a sticky directory (a Kubernetes secret volume's `..data`).
+//! A link in a user's home is refused instead.
 //!
 //! `openat2(RESOLVE_NO_SYMLINKS)` would refuse every link, also the harmless
 //! root-owned ones distributions ship (`/var/run`, a `/home` on another disk);
@@ -98,7 +99,7 @@ pub fn resolve(path: &Path) -> Result<Resolved, ResolveError> {
                 if links > MAX_LINKS {
                     return Err(io(rustix::io::Errno::LOOP));
                 }
-                if !only_root_writes(&cur).map_err(io)? {
+                if !link_is_safe(&cur, &fd).map_err(io)? {
                     return Err(ResolveError::UntrustedLink {
                         link: shown.join(&name),
                         dir: shown,
@@ -179,11 +180,36 @@ pub fn file_type(fd: impl AsFd) -> rustix::io::Result<FileType> {
     Ok(FileType::from_raw_mode(st.stx_mode.into()))
 }
 
+fn is_ours(uid: u32) -> bool {
+    uid == 0 || uid == rustix::process::geteuid().as_raw()
+}
+
 /// Whether only root (or this process's user) can change the directory's entries.
 pub fn only_root_writes(dir: impl AsFd) -> rustix::io::Result<bool> {
     let st = rustix::fs::fstat(dir)?;
-    let owner_trusted = st.st_uid == 0 || st.st_uid == rustix::process::geteuid().as_raw();
-    Ok(owner_trusted && st.st_mode & 0o022 == 0)
+    Ok(is_ours(st.st_uid) && st.st_mode & 0o022 == 0)
+}
+
+/// Whether the link `link` in `dir` is beyond other users' reach: `dir` is
+/// only root's to write, or sticky (entries only their owner may rename or
+/// remove) with `link` root's own.
+fn link_is_safe(dir: impl AsFd, link: impl AsFd) -> rustix::io::Result<bool> {
+    let d = rustix::fs::fstat(dir)?;
+    if is_ours(d.st_uid) && d.st_mode & 0o022 == 0 {
+        return Ok(true);
+    }
+    let sticky = d.st_mode & 0o1000 != 0;
+    Ok(sticky && is_ours(rustix::fs::fstat(link)?.st_uid))
+}
+
+/// The owner of what `fd` names.
+pub fn owner(fd: impl AsFd) -> rustix::io::Result<u32> {
+    Ok(rustix::fs::fstat(fd)?.st_uid)
+}
+
+/// Whether `uid` is root or this process's user.
+pub fn trusted_uid(uid: u32) -> bool {
+    is_ours(uid)
 }
 
 /// Create `name` in `parent` as a directory (mode 0755, root's) and open it.
