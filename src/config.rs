@@ -223,6 +223,7 @@ fn validate_file(name: String, mut f: raw::RawFile) -> Result<FileConfig, Config
         timeout: f.timeout.unwrap_or(Duration::from_secs(10)),
         max_body: f.max_body.unwrap_or(64 * 1024),
         ca_file: f.ca_file.clone(),
+        proxy_from_env: f.proxy != Some(raw::ProxyMode::None),
     };
     if http.timeout.is_zero() || http.connect_timeout.is_zero() {
         return Err(invalid(key("timeout"), "timeouts must be more than 0s"));

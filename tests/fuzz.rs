@@ -1650,7 +1650,7 @@ fn near_valid_config() -> impl Strategy<Value = Input> {
         ],
         vec![
             ("source", "\"http\"".into()),
-            ("url", "\"http://localhost:8899/access-token\"".into()),
+            ("url", "\"http://127.0.0.1:8899/access-token\"".into()),
         ],
     ];
     let edit = prop::sample::select(FILE_KEYS.to_vec())

@@ -65,8 +65,17 @@ pub struct RawFile {
     pub timeout: Option<Duration>,
     pub max_body: Option<usize>,
     pub ca_file: Option<PathBuf>,
+    pub proxy: Option<ProxyMode>,
     /// `[files.NAME.verify]`: check each token before serving it (any source).
     pub verify: Option<RawVerify>,
+}
+
+/// `proxy`: whether the proxy variables of the daemon's environment apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    Env,
+    None,
 }
 
 /// `[files.NAME.verify]` as written.

@@ -31,7 +31,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// hyper's smallest allowed read buffer; a GET head is far shorter.
 const MAX_HEAD: usize = 8192;
-const RETRY_BIND: Duration = Duration::from_secs(30);
+const RETRY_BIND: Duration = Duration::from_secs(5);
 
 /// Where to listen: `PORT` (on 127.0.0.1), `IP:PORT`, or `unix:/PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,6 +22,9 @@ pub struct HttpSettings {
     pub max_body: usize,
     /// Extra PEM CA certificate(s) trusted in addition to the system roots.
     pub ca_file: Option<PathBuf>,
+    /// Whether `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` from the daemon's
+    /// environment apply (`proxy = "env"`, the default) or not (`"none"`).
+    pub proxy_from_env: bool,
 }
 
 impl Default for HttpSettings {
@@ -31,6 +34,7 @@ impl Default for HttpSettings {
             timeout: Duration::from_secs(10),
             max_body: 64 * 1024,
             ca_file: None,
+            proxy_from_env: true,
         }
     }
 }
@@ -71,11 +75,16 @@ pub enum BuildError {
 /// ones: each client carries its own TLS root store and connection pool (about
 /// 100 KiB), so a mount with many files would otherwise pay that per file.
 pub fn client(s: &HttpSettings) -> Result<reqwest::Client, BuildError> {
-    type Key = (Duration, Duration, Option<PathBuf>);
+    type Key = (Duration, Duration, Option<PathBuf>, bool);
     static CLIENTS: std::sync::OnceLock<
         std::sync::Mutex<std::collections::HashMap<Key, reqwest::Client>>,
     > = std::sync::OnceLock::new();
-    let key = (s.connect_timeout, s.timeout, s.ca_file.clone());
+    let key = (
+        s.connect_timeout,
+        s.timeout,
+        s.ca_file.clone(),
+        s.proxy_from_env,
+    );
     let mut clients = CLIENTS
         .get_or_init(Default::default)
         .lock()
@@ -99,6 +108,9 @@ fn build_client(s: &HttpSettings) -> Result<reqwest::Client, BuildError> {
         .connect_timeout(s.connect_timeout)
         .timeout(s.timeout)
         .user_agent(concat!("tokenfs/", env!("CARGO_PKG_VERSION")));
+    if !s.proxy_from_env {
+        builder = builder.no_proxy();
+    }
     if let Some(path) = &s.ca_file {
         let pem = std::fs::read(path).map_err(|source| BuildError::CaFileUnreadable {
             path: path.clone(),
@@ -129,7 +141,36 @@ pub fn parse_url(setting: &'static str, url: &str) -> Result<Url, BuildError> {
             "only http:// and https:// URLs with a host work".into(),
         ));
     }
+    if parsed.scheme() == "http" {
+        match parsed.host() {
+            Some(url::Host::Ipv4(ip)) if ip.is_loopback() => {}
+            Some(url::Host::Ipv6(ip)) if ip.is_loopback() => {}
+            // Nothing authenticates a plain-http peer, and a name may resolve to
+            // 127.0.0.1 or ::1 (Kubernetes' /etc/hosts lists ::1 first): any local
+            // user can listen on the loopback address the service does not, and
+            // would get our secrets and serve us tokens.
+            Some(url::Host::Domain(d)) if is_localhost(d) => {
+                return Err(invalid(
+                    "http://localhost may reach 127.0.0.1 or ::1, and another local user can \
+                     listen on the one the service does not: write the address the service \
+                     listens on (http://127.0.0.1:PORT or http://[::1]:PORT), or use https"
+                        .into(),
+                ))
+            }
+            _ => tracing::warn!(
+                setting,
+                url = %redact_url(&parsed),
+                "plain http to a host that is not a loopback address: secrets and tokens \
+                 cross the network unencrypted and unauthenticated; use https"
+            ),
+        }
+    }
     Ok(parsed)
+}
+
+fn is_localhost(domain: &str) -> bool {
+    let d = domain.trim_end_matches('.').to_ascii_lowercase();
+    d == "localhost" || d.ends_with(".localhost")
 }
 
 /// Cut what might be secret (query, fragment, user info) out of a string
@@ -273,7 +314,7 @@ pub fn upstream_text(s: &str, sent: &[&str]) -> String {
     let mut text = s.to_owned();
     for secret in sent.iter().filter(|v| v.len() >= MIN_REDACTED_SECRET) {
         // As sent (form-encoded) and as the upstream may have decoded it.
-        let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
         text = text.replace(secret, REDACTED).replace(&encoded, REDACTED);
     }
     sanitize_upstream_text(&redact_token_runs(&text))
@@ -378,7 +419,7 @@ pub(crate) mod tests {
             connect_timeout: Duration::from_millis(300),
             timeout: Duration::from_millis(300),
             max_body: 1024,
-            ca_file: None,
+            ..HttpSettings::default()
         }
     }
 

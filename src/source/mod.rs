@@ -9,7 +9,7 @@ pub mod verify;
 
 use std::time::SystemTime;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 /// A token as an upstream issued it.
 #[derive(Debug)]
@@ -94,19 +94,21 @@ pub struct FileSubject(pub std::path::PathBuf);
 impl Subject for FileSubject {
     async fn subject_token(&self) -> Result<SecretString, SourceError> {
         let path = self.0.clone();
-        let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(&path)).await;
-        match read {
-            Ok(Ok(text)) if !text.trim().is_empty() => {
-                Ok(SecretString::from(text.trim().to_owned()))
+        // As any file root reads: no link another user could swap, a regular
+        // file (a FIFO cannot hang the read), root's, capped in size.
+        let read = tokio::task::spawn_blocking(move || crate::secret_file::read_token_file(&path));
+        match read.await {
+            Ok(Ok(token)) => {
+                let trimmed = token.expose_secret().trim();
+                if trimmed.is_empty() {
+                    return Err(SourceError::Unavailable(format!(
+                        "subject token file {} is empty",
+                        self.0.display()
+                    )));
+                }
+                Ok(SecretString::from(trimmed.to_owned()))
             }
-            Ok(Ok(_)) => Err(SourceError::Unavailable(format!(
-                "subject token file {} is empty",
-                self.0.display()
-            ))),
-            Ok(Err(e)) => Err(SourceError::Unavailable(format!(
-                "cannot read subject token file {}: {e}",
-                self.0.display()
-            ))),
+            Ok(Err(e)) => Err(SourceError::Unavailable(format!("subject token file: {e}"))),
             Err(e) => Err(SourceError::Unavailable(format!(
                 "reading the subject token failed: {e}"
             ))),
