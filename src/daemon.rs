@@ -1,6 +1,7 @@
 //! `tokenfs mount`: wire config → sources → cells → filesystem, mount, serve in
 //! the foreground, and unmount cleanly on SIGTERM/SIGINT.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,6 +101,17 @@ pub fn run(args: MountArgs) -> Result<()> {
         )
     })?;
     drop(prepared);
+    // The directory checked may have been renamed meanwhile (its parent is the
+    // user's): say where the mount really is.
+    if let Ok(at) = std::fs::read_link(format!("/proc/self/fd/{}", mounted.root.as_raw_fd())) {
+        if at != mountpoint {
+            tracing::warn!(
+                mountpoint = %mountpoint.display(),
+                mounted_at = %at.display(),
+                "the mountpoint was moved while it was being checked: mounted on the directory checked, now elsewhere"
+            );
+        }
+    }
     let ours = crate::mountpoint::Ours {
         path: mountpoint.clone(),
         id: mounted.id,

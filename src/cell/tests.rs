@@ -620,3 +620,15 @@ async fn a_wall_clock_jump_back_keeps_serving_and_refresh_ahead_still_happens() 
     assert!(!st.try_start_refresh(at(3000)));
     assert!(st.try_start_refresh(token.refresh_at));
 }
+
+#[test]
+fn timestamps_past_the_year_9999_render_clamped_not_panicking() {
+    let far = std::time::UNIX_EPOCH + Duration::from_secs(253_402_300_800 + 86_400 * 400);
+    assert_eq!(rfc3339(far), "9999-12-31T23:59:59Z");
+    let json = serde_json::to_string(&Timestamp(far)).unwrap();
+    assert_eq!(json, "\"9999-12-31T23:59:59Z\"");
+    assert_eq!(
+        rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+        "2027-01-15T08:00:00Z"
+    );
+}
