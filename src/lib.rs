@@ -36,7 +36,7 @@ pub mod fuzzing {
 
     use reqwest::{StatusCode, Url};
 
-    pub use crate::source::http::sanitize_upstream_text;
+    pub use crate::source::http::upstream_text;
     pub use crate::source::jwt::{expiry, MAX_TOKEN_LEN};
     pub use crate::source::{Issued, LogClaims, SourceError};
 

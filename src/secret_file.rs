@@ -255,6 +255,9 @@ impl SecretWriter {
             path: self.path.clone(),
             source,
         };
+        // Checked again at each save: a directory opened up since would let
+        // another user swap what we write.
+        trusted_dir(&self.path, &self.dir)?;
         let (tmp_name, mut tmp) = match self.spare.take() {
             Some(spare) => spare,
             None => self.create_temp().map_err(write_err)?,

@@ -35,8 +35,8 @@ use serde_json::Value;
 
 use tokenfs::config::{Config, ConfigError, RawConfig};
 use tokenfs::fuzzing::{
-    expiry, get_issued, oauth_error, oauth_issued, parse_token_response, sanitize_upstream_text,
-    ErrorSetup, SourceError, MAX_TOKEN_LEN,
+    expiry, get_issued, oauth_error, oauth_issued, parse_token_response, upstream_text, ErrorSetup,
+    SourceError, MAX_TOKEN_LEN,
 };
 
 // ---------------------------------------------------------------------------
@@ -955,7 +955,7 @@ fn check_error_body(case: ErrorCase, _label: &str) -> Result<(), TestCaseError> 
         })
     };
     let code = text("error")
-        .map(|c| sanitize_upstream_text(c.trim()))
+        .map(|c| upstream_text(c.trim(), &[]))
         .filter(|c| !c.is_empty());
     let description = text("error_description")
         .map(str::trim)
@@ -1016,7 +1016,7 @@ fn check_error_body(case: ErrorCase, _label: &str) -> Result<(), TestCaseError> 
             // The OAuth code and description are passed on, sanitized and capped.
             match (&code, description) {
                 (Some(code), Some(d)) if !(status == StatusCode::FORBIDDEN && case.exchange) => {
-                    let want = format!("{code}: {}", sanitize_upstream_text(d));
+                    let want = format!("{code}: {}", upstream_text(d, &[]));
                     prop_assert!(m.contains(&want), "{m:?} lacks {want:?}");
                 }
                 (Some(code), None) if !(status == StatusCode::FORBIDDEN && case.exchange) => {

@@ -515,7 +515,7 @@ fn a_rotated_refresh_token_is_persisted_and_used_after_a_restart() {
     assert!(first.stop().success());
 
     // The original is revoked now: only the persisted one can work.
-    let second = Mount::start(&["--config", config.to_str().unwrap()]);
+    let mut second = Mount::start(&["--config", config.to_str().unwrap()]);
     let token2 = second.read_string("token");
     assert_ne!(token2, token1);
     assert_eq!(second.file_status("token")["state"], "fresh");
@@ -524,6 +524,8 @@ fn a_rotated_refresh_token_is_persisted_and_used_after_a_restart() {
         rotated_again, persisted,
         "rotated again and persisted again"
     );
+    // A running daemon keeps one empty temp file ready; stopped, it leaves none.
+    assert!(second.stop().success());
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -378,3 +378,28 @@ pub async fn invalidate_on_change(files: Arc<Files>, notifier: Notifier) {
     }
     while tasks.join_next().await.is_some() {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_while_looking_answers_eio_and_the_next_request_is_served() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (files, _, _) = crate::fs::tests::files();
+        let fs = TokenFs::new(files, rt.handle().clone(), false);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let answer = {
+            let tx = tx.clone();
+            move |view: Result<View, i32>| tx.send(view.err()).unwrap()
+        };
+        fs.with_view(ROOT_INO, |_| panic!("a bug"), answer);
+        assert_eq!(rx.recv().unwrap(), Some(libc::EIO));
+        fs.with_view(
+            ROOT_INO,
+            |f| f.attr_now(ROOT_INO),
+            move |v| tx.send(v.err()).unwrap(),
+        );
+        assert_eq!(rx.recv().unwrap(), None);
+    }
+}

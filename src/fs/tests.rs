@@ -8,7 +8,7 @@ use super::*;
 use crate::cell::{Clock, Policy};
 use crate::source::{Issued, LogClaims, Source, SourceError};
 
-struct ManualClock(AtomicU64);
+pub(super) struct ManualClock(AtomicU64);
 
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
@@ -36,7 +36,7 @@ impl Source for Counting {
     }
 }
 
-fn files() -> (Arc<Files>, Arc<Cell>, Arc<ManualClock>) {
+pub(super) fn files() -> (Arc<Files>, Arc<Cell>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock(AtomicU64::new(1_000_000)));
     let source = Arc::new(Counting(clock.clone(), AtomicU64::new(0)));
     let cell = Cell::new(

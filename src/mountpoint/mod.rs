@@ -17,8 +17,8 @@ use crate::resolve;
 pub use kernel::MountId;
 
 /// The source (and subtype) a tokenfs mount shows in `/proc/self/mountinfo`:
-/// `fuse tokenfs` when mounted by mount(2) as root, `fuse.tokenfs tokenfs`
-/// when mounted through fusermount.
+/// `fuse.tokenfs tokenfs` (`fuse tokenfs` from versions that mounted with
+/// mount(2) and no subtype, still recognised as stale mounts).
 pub const FSNAME: &str = "tokenfs";
 /// How long a probe of an existing mount may take before it counts as hung.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -264,11 +264,6 @@ fn existing(path: PathBuf, root: OwnedFd) -> Result<Option<Existing>, Mountpoint
         id,
         entry,
     }))
-}
-
-/// Whether a tokenfs is the topmost mount at `path`.
-pub fn tokenfs_mounted(path: &Path) -> bool {
-    find(path).ok().flatten().is_some_and(|m| m.is_tokenfs())
 }
 
 /// An empty directory, checked and held open, to mount onto.

@@ -574,6 +574,9 @@ impl Saver {
                 Ok(())
             }
             Err(e) => {
+                // The held directory may be gone or changed: the next attempt
+                // resolves the path again.
+                *writer = None;
                 let why = format!(
                     "{e}; the rotated refresh token is kept in memory only (retrying) and is \
                      lost if tokenfs restarts before it is saved"

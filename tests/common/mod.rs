@@ -70,6 +70,9 @@ pub fn write_file(path: &Path, content: &str, mode: u32) {
 pub struct Proc {
     pub child: Child,
     pub stderr: Arc<Mutex<String>>,
+    /// Collects stderr; joined once the process exited, so that its last lines
+    /// are in `stderr` before anyone looks.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -90,7 +93,7 @@ impl Proc {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = pipe.read(&mut buf) {
                 if n == 0 {
@@ -101,7 +104,11 @@ impl Proc {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Proc { child, stderr }
+        Proc {
+            child,
+            stderr,
+            reader: Some(reader),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -121,6 +128,9 @@ impl Proc {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return Some(status);
             }
             if Instant::now() > deadline {
