@@ -156,7 +156,7 @@ fn open_checked(path: &Path) -> Result<File, SecretFileError> {
     }
     let dir = trusted_dir(path, &resolved.parent)?;
     let fd = rustix::fs::openat(
-        &dir,
+        dir,
         &resolved.name,
         OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),

@@ -340,8 +340,7 @@ fn is_empty(dir: &OwnedFd) -> std::io::Result<bool> {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let mut entries = rustix::fs::Dir::new(fd)?;
-    while let Some(entry) = entries.next() {
+    for entry in rustix::fs::Dir::new(fd)? {
         let name = entry?.file_name().to_bytes().to_owned();
         if name != b"." && name != b".." {
             return Ok(false);
