@@ -41,7 +41,7 @@ pub fn mount_of(fd: impl AsFd) -> rustix::io::Result<(MountId, bool)> {
         StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE),
     )
     .ok()
-    .filter(|s| StatxFlags::from_bits_retain(s.stx_mask).bits() & STATX_MNT_ID_UNIQUE != 0)
+    .filter(|s| s.stx_mask & STATX_MNT_ID_UNIQUE != 0)
     .map_or(listed.stx_mnt_id, |s| s.stx_mnt_id);
     Ok((
         MountId {
