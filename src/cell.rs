@@ -341,13 +341,20 @@ impl State {
         }))
     }
 
-    /// The URL the user must open, while no token can be served for want of consent.
-    pub fn consent_url(&self, now: SystemTime) -> Option<&str> {
+    /// What the user must do, while no token can be served for want of consent:
+    /// the URL to open on the first line, and for a device login `code: <code>`
+    /// on the second (the code to confirm, or to enter where the URL lacks it).
+    pub fn consent_url(&self, now: SystemTime) -> Option<String> {
         if self.servable(now).is_some() {
             return None;
         }
         match &self.failure.as_ref()?.error {
-            CellError::Source(SourceError::ConsentRequired { url, .. }) => Some(url),
+            CellError::Source(SourceError::ConsentRequired { url, user_code, .. }) => {
+                Some(match user_code {
+                    Some(code) => format!("{url}\ncode: {code}"),
+                    None => url.clone(),
+                })
+            }
             _ => None,
         }
     }
@@ -716,7 +723,7 @@ impl Cell {
 
     /// See [`State::consent_url`].
     pub fn consent_url(&self) -> Option<String> {
-        self.lock().consent_url(self.clock.now()).map(str::to_owned)
+        self.lock().consent_url(self.clock.now())
     }
 
     /// Counts tokens obtained so far; changes exactly when the served token does.

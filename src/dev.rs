@@ -63,6 +63,7 @@ pub async fn start(user: &str, lifetimes: Lifetimes) -> Result<(Config, RunningI
             grant,
             scope: None,
             consent_url: None,
+            device_authorization_url: None,
             http: HttpSettings::default(),
         })
     };

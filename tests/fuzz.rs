@@ -963,7 +963,7 @@ fn check_error_body(case: ErrorCase, _label: &str) -> Result<(), TestCaseError> 
     let link = text("account-link-url");
 
     match &err {
-        SourceError::ConsentRequired { url, expired } => {
+        SourceError::ConsentRequired { url, expired, .. } => {
             let code = code.as_deref();
             match code {
                 Some("not_linked" | "token_expired") if link.is_some() => {

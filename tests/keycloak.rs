@@ -581,3 +581,97 @@ fn account_link_url_works_only_in_the_session_that_minted_the_offline_token() {
     );
     assert!(kc.links(user).is_empty(), "nothing linked");
 }
+
+/// What `token.consent-url` shows during a device login: the URL, and the code.
+fn device_instructions(m: &Mount) -> Option<(String, String)> {
+    let text = String::from_utf8(m.read("token.consent-url").ok()?).unwrap();
+    let mut lines = text.lines();
+    let url = lines.next()?.to_owned();
+    let code = lines.next()?.strip_prefix("code: ")?.to_owned();
+    Some((url, code))
+}
+
+/// A user with no offline token gets from `cat token` to a token by following
+/// only what the filesystem shows: `ENOKEY` and a verification URL with a code;
+/// declined → a new code at the next read; approved in Keycloak's own pages →
+/// the next read is served and the offline token saved; the offline session
+/// revoked → `EKEYEXPIRED` and a new code once the cached token's deadline
+/// passes; approved again → served again.
+#[test]
+fn device_login_from_the_filesystem_and_again_after_the_session_is_revoked() {
+    let Some(kc) = keycloak_and_fuse("device_login_from_the_filesystem_and_again") else {
+        return;
+    };
+    let user = "heidi";
+    let tmp = tempdir();
+    let config = kc.readme_device_config(tmp.path(), |t| t);
+    let m = Mount::start_at(
+        &tmp.path().join("api"),
+        &["--config", config.to_str().unwrap()],
+    );
+    assert_eq!(errno(m.read("token")), libc::ENOKEY);
+    let (url, code) = device_instructions(&m).expect("token.consent-url");
+    assert!(
+        url.starts_with(&format!("{}/device", kc.realm_url)) && url.contains(&code),
+        "{url}"
+    );
+    let browser = Browser::new();
+
+    assert_eq!(browser.device(&url, user, false), "denied");
+    let (url, _) = eventually(
+        Duration::from_secs(30),
+        "a new code after the decline",
+        || {
+            assert_eq!(errno(m.read("token")), libc::ENOKEY);
+            device_instructions(&m).filter(|(_, c)| *c != code)
+        },
+    );
+
+    assert_eq!(browser.device(&url, user, true), "approved");
+    let approved = Instant::now();
+    let token = eventually(Duration::from_secs(30), "the token after approval", || {
+        m.read("token").ok().map(|b| String::from_utf8(b).unwrap())
+    });
+    eprintln!(
+        "device login: approval to the first served read {:?}",
+        approved.elapsed()
+    );
+    assert_eq!(jwt_claims(&token)["preferred_username"], user);
+    assert!(!m.path("token.consent-url").exists());
+    let saved = tmp.path().join("state/offline-token");
+    let offline = std::fs::read_to_string(&saved).unwrap();
+    assert_eq!(jwt_claims(&offline)["typ"], "Offline");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    kc.revoke_consent(user, "domino-tokenfs");
+    let (url, _) = eventually(
+        Duration::from_secs(90),
+        "a login asked for again",
+        || match m.read("token") {
+            Err(e) if e.raw_os_error() == Some(libc::EKEYEXPIRED) => device_instructions(&m),
+            _ => None,
+        },
+    );
+    assert_eq!(browser.device(&url, user, true), "approved");
+    let again = eventually(
+        Duration::from_secs(30),
+        "the token after the new login",
+        || m.read("token").ok().map(|b| String::from_utf8(b).unwrap()),
+    );
+    assert_ne!(again, token);
+    let renewed = std::fs::read_to_string(&saved).unwrap();
+    assert_ne!(renewed, offline, "the new login's offline token saved");
+
+    let status = String::from_utf8(m.read(".status").unwrap()).unwrap();
+    let log = m.proc.stderr();
+    for secret in [
+        offline.as_str(),
+        renewed.as_str(),
+        kc.secret_of("domino-tokenfs"),
+    ] {
+        assert!(!status.contains(secret), ".status shows a secret");
+        assert!(!log.contains(secret), "the log holds a secret");
+    }
+}

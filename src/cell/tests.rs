@@ -328,6 +328,7 @@ fn consent_errors_map_to_key_errnos() {
             Err(SourceError::ConsentRequired {
                 url: "http://127.0.0.1/link".into(),
                 expired,
+                user_code: None,
             }),
         )
         .unwrap_err();
@@ -541,6 +542,7 @@ fn consent_lets_reads_retry_soon_but_refresh_ahead_backs_off() {
     let consent = || SourceError::ConsentRequired {
         url: "http://127.0.0.1/link".into(),
         expired: true,
+        user_code: None,
     };
     let mut st = State::default();
     fetch(&mut st, at(0), Ok(issued(at(0), LIFETIME, "a"))).unwrap();

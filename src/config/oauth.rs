@@ -16,6 +16,38 @@ use crate::source::oauth::{
 
 const ENDPOINT_KEYS: [&str; 4] = ["token_url", "client_id", "client_secret_file", "scope"];
 const REFRESH_KEYS: [&str; 2] = ["refresh_token_file", "rotated_refresh_token_file"];
+const LOGIN_KEYS: [&str; 2] = ["login", "device_authorization_url"];
+
+/// `login = "device"`: the device authorization endpoint, as configured or
+/// derived (`derived`: Keycloak's next to its token endpoint, Entra's
+/// `devicecode`), or `None` without `login`.
+fn device_login(
+    name: &str,
+    f: &RawFile,
+    derived: Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    let key = |k: &str| format!("files.{name}.{k}");
+    match f.login.as_deref() {
+        None if f.device_authorization_url.is_some() => Err(invalid(
+            key("device_authorization_url"),
+            "is used only with login = \"device\"",
+        )),
+        None => Ok(None),
+        Some("device") => {
+            let endpoint = f.device_authorization_url.clone().or(derived).ok_or_else(|| {
+                invalid(
+                    key("device_authorization_url"),
+                    "missing, and token_url is not Keycloak's (…/protocol/openid-connect/token) to derive it from",
+                )
+            })?;
+            url(key("device_authorization_url"), Some(endpoint)).map(Some)
+        }
+        Some(other) => Err(invalid(
+            key("login"),
+            format!("unknown login {other:?}; the one there is is \"device\""),
+        )),
+    }
+}
 
 fn client(name: &str, f: &RawFile) -> Result<(String, Option<SecretString>), ConfigError> {
     let key = |k: &str| format!("files.{name}.{k}");
@@ -152,15 +184,21 @@ pub(super) fn oauth2(
     let key = |k: &str| format!("files.{name}.{k}");
     let token_url = url(key("token_url"), f.token_url.clone())?;
     let (client_id, client_secret) = client(name, &f)?;
+    let mut device = None;
     let grant = match f.grant.as_deref().unwrap_or("refresh_token") {
         "refresh_token" => {
             allow_only(
                 name,
                 "oauth2",
                 &f,
-                &[&ENDPOINT_KEYS[..], &REFRESH_KEYS, &["grant"]].concat(),
+                &[&ENDPOINT_KEYS[..], &REFRESH_KEYS, &LOGIN_KEYS, &["grant"]].concat(),
             )?;
-            refresh_grant(name, &f, false)?
+            let derived = token_url
+                .strip_suffix("/protocol/openid-connect/token")
+                .map(|realm| format!("{realm}/protocol/openid-connect/auth/device"));
+            device = device_login(name, &f, derived)?;
+            // With a device login there may be no refresh token yet.
+            refresh_grant(name, &f, device.is_some())?
         }
         "client_credentials" => {
             allow_only(
@@ -186,6 +224,7 @@ pub(super) fn oauth2(
         grant,
         scope: f.scope,
         consent_url: None,
+        device_authorization_url: device,
         http,
     })
 }
@@ -256,6 +295,7 @@ pub(super) fn exchange(
         }),
         scope: f.scope,
         consent_url: None,
+        device_authorization_url: None,
         http,
     })
 }
@@ -329,6 +369,8 @@ pub(super) fn entra(
             "redirect_uri",
             "login_hint",
             "consent_state_file",
+            "login",
+            "device_authorization_url",
         ],
     )?;
     let tenant = f
@@ -360,9 +402,27 @@ pub(super) fn entra(
             "missing (e.g. \"https://storage.azure.com/.default\")",
         )
     })?;
-    let redirect_uri = url(key("redirect_uri"), f.redirect_uri.clone())?;
     let (client_id, client_secret) = client(name, &f)?;
     let grant = refresh_grant(name, &f, true)?;
+    let device = device_login(
+        name,
+        &f,
+        Some(format!("{authority}/{tenant}/oauth2/v2.0/devicecode")),
+    )?;
+    if device.is_some() {
+        // No browser comes back anywhere: the daemon polls for the tokens.
+        return Ok(OAuthConfig {
+            token_url: format!("{authority}/{tenant}/oauth2/v2.0/token"),
+            client_id,
+            client_secret,
+            grant,
+            scope: Some(scope),
+            consent_url: None,
+            device_authorization_url: device,
+            http,
+        });
+    }
+    let redirect_uri = url(key("redirect_uri"), f.redirect_uri.clone())?;
     let consent_url = authorize_url(
         &format!("{authority}/{tenant}/oauth2/v2.0/authorize"),
         &client_id,
@@ -379,6 +439,7 @@ pub(super) fn entra(
         grant,
         scope: Some(scope),
         consent_url: Some(consent_url),
+        device_authorization_url: None,
         http,
     })
 }

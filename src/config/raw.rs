@@ -36,6 +36,10 @@ pub struct RawFile {
     pub refresh_token_file: Option<PathBuf>,
     pub rotated_refresh_token_file: Option<PathBuf>,
     pub scope: Option<String>,
+    /// `"device"`: get a refresh token by the device authorization grant when
+    /// there is none or it is dead.
+    pub login: Option<String>,
+    pub device_authorization_url: Option<String>,
     // token-exchange
     pub subject: Option<String>,
     pub subject_token_file: Option<PathBuf>,
@@ -113,6 +117,11 @@ impl RawFile {
                 self.rotated_refresh_token_file.is_some(),
             ),
             ("scope", self.scope.is_some()),
+            ("login", self.login.is_some()),
+            (
+                "device_authorization_url",
+                self.device_authorization_url.is_some(),
+            ),
             ("subject", self.subject.is_some()),
             ("subject_token_file", self.subject_token_file.is_some()),
             ("subject_token_type", self.subject_token_type.is_some()),

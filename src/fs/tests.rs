@@ -194,6 +194,7 @@ impl Source for Consent {
             return Err(SourceError::ConsentRequired {
                 url: "http://127.0.0.1:1/link?n=1".into(),
                 expired: false,
+                user_code: None,
             });
         }
         let now = self.0.now();

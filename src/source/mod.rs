@@ -1,6 +1,7 @@
 //! Upstreams that issue tokens. Each kind implements [`Source`]; the cell above
 //! knows nothing of HTTP and a source knows nothing of cells or FUSE.
 
+pub mod device;
 pub mod get;
 pub mod http;
 pub mod jwt;
@@ -46,9 +47,18 @@ pub enum SourceError {
     /// The upstream refused the credentials (e.g. `invalid_grant`, 401, 403).
     #[error("upstream rejected the request: {0}")]
     Rejected(String),
-    /// The user has to (re-)grant consent in a browser at `url`.
-    #[error("{}: open {url} in a browser", if *.expired { "consent expired or was revoked" } else { "consent required" })]
-    ConsentRequired { url: String, expired: bool },
+    /// The user has to (re-)grant consent in a browser at `url`, entering
+    /// `user_code` there when there is one (a device login).
+    #[error(
+        "{}: open {url} in a browser{}",
+        if *.expired { "consent expired or was revoked" } else { "consent required" },
+        user_code.as_ref().map(|c| format!(" and confirm the code {c}")).unwrap_or_default()
+    )]
+    ConsentRequired {
+        url: String,
+        expired: bool,
+        user_code: Option<String>,
+    },
     /// The upstream answered with something that is not a usable token.
     #[error("upstream answered garbage: {0}")]
     Malformed(String),

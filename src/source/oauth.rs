@@ -18,7 +18,7 @@ use super::http::{
     self, map_send_error, read_body, redact_url, status_error, upstream_text, BuildError,
     HttpSettings,
 };
-use super::{jwt, Issued, Source, SourceError, Subject};
+use super::{device, jwt, Issued, Source, SourceError, Subject};
 use crate::secret_file::{self, SecretWriter};
 
 /// How many times `timeout` a refresh-token request may take (see `exchange`).
@@ -98,6 +98,9 @@ pub struct OAuthConfig {
     /// Entra ID: where the user grants consent. When set, `invalid_grant`,
     /// `interaction_required` and `consent_required` mean "consent needed".
     pub consent_url: Option<String>,
+    /// `login = "device"`: the device authorization endpoint. With a refresh
+    /// token grant, a missing or dead refresh token starts a device login.
+    pub device_authorization_url: Option<String>,
     pub http: HttpSettings,
 }
 
@@ -118,6 +121,8 @@ struct Inner {
     consent_url: Option<String>,
     http: HttpSettings,
     grant: GrantState,
+    /// `login = "device"` (refresh-token grant only).
+    device: Option<Device>,
     /// An exchange got a token (or was told the stored one expired) since start.
     had_consent: AtomicBool,
 }
@@ -238,6 +243,19 @@ impl OAuthSource {
                 GrantState::TokenExchange { params, subject }
             }
         };
+        let device = match (&cfg.device_authorization_url, &grant) {
+            (Some(url), GrantState::RefreshToken { .. }) => Some(Device {
+                url: http::parse_url("device_authorization_url", url)?,
+                state: std::sync::Mutex::new(DeviceState::Idle),
+            }),
+            (Some(_), _) => {
+                return Err(BuildError::Setting {
+                    setting: "login",
+                    reason: "a device login gets a refresh token: it needs the refresh_token grant",
+                })
+            }
+            (None, _) => None,
+        };
         let inner = Inner {
             client: http::client(&cfg.http)?,
             token_url,
@@ -247,6 +265,7 @@ impl OAuthSource {
             consent_url: cfg.consent_url,
             http: cfg.http,
             grant,
+            device,
             had_consent: AtomicBool::new(false),
         };
         Ok(OAuthSource {
@@ -387,6 +406,7 @@ impl Inner {
             Some(url) => SourceError::ConsentRequired {
                 url: url.clone(),
                 expired: false,
+                user_code: None,
             },
             None => SourceError::Rejected("no refresh token yet".into()),
         }
@@ -417,12 +437,13 @@ impl Inner {
         SourceError::ConsentRequired {
             url,
             expired: self.had_consent.load(Ordering::Relaxed),
+            user_code: None,
         }
     }
 
     /// One exchange, with the refresh token held locked from request to
     /// rotation.
-    async fn issue(&self) -> Result<Issued, SourceError> {
+    async fn issue(self: &Arc<Self>) -> Result<Issued, SourceError> {
         let (answer, sent) = match &self.grant {
             GrantState::ClientCredentials => self.exchange(Vec::new()).await?,
             GrantState::TokenExchange { params: x, subject } => {
@@ -445,7 +466,7 @@ impl Inner {
                         self.had_consent.store(true, Ordering::Relaxed);
                         answer
                     }
-                    Err(SourceError::ConsentRequired { url, expired }) => {
+                    Err(SourceError::ConsentRequired { url, expired, .. }) => {
                         return Err(self.link_needed(x, url, expired, subject.expose_secret()))
                     }
                     Err(e) => return Err(e),
@@ -453,14 +474,33 @@ impl Inner {
             }
             GrantState::RefreshToken { held, file, saver } => {
                 let mut held = held.lock().await;
+                if let Some((answer, sent)) = self.device.as_ref().and_then(Device::take_approved) {
+                    // The device login's own answer: its refresh token is held already.
+                    return issued_from_answer(answer, sent);
+                }
                 if let Some(file) = file {
                     self.reload(&mut held, file).await;
                 }
                 let Some(token) = held.token.clone() else {
-                    return Err(self.consent_missing());
+                    drop(held);
+                    return Err(match &self.device {
+                        Some(device) => self.device_login(device).await,
+                        None => self.consent_missing(),
+                    });
                 };
                 let form = vec![("refresh_token", token.expose_secret())];
-                let (mut answer, sent) = self.exchange(form).await?;
+                let (mut answer, sent) = match self.exchange(form).await {
+                    Err(e) if self.device.is_some() && grant_is_dead(&e) => {
+                        tracing::warn!("the refresh token is dead ({e}): starting a device login");
+                        held.token = None;
+                        self.had_consent.store(true, Ordering::Relaxed);
+                        drop(held);
+                        let device = self.device.as_ref().expect("checked above");
+                        return Err(self.device_login(device).await);
+                    }
+                    other => other?,
+                };
+                self.had_consent.store(true, Ordering::Relaxed);
                 // Before looking at the access token: even an unusable answer
                 // may have rotated (and so revoked) the refresh token we hold.
                 if let Some(new) = answer.refresh_token.take() {
@@ -474,6 +514,110 @@ impl Inner {
         // An `expires_in` counts from when the upstream answered, which is after we
         // sent the request: counting from the send errs on the short side.
         issued_from_answer(answer, sent)
+    }
+
+    /// What the user must do to log in: the code waiting for them, or a new one
+    /// (whose poller is started here). `ENOKEY` before any token, then `EKEYEXPIRED`.
+    async fn device_login(self: &Arc<Self>, device: &Device) -> SourceError {
+        let expired = self.had_consent.load(Ordering::Relaxed);
+        let required = |p: &device::Pending| SourceError::ConsentRequired {
+            url: p.url.clone(),
+            expired,
+            user_code: Some(p.user_code.clone()),
+        };
+        let now = SystemTime::now();
+        if let DeviceState::Waiting(p) = &*device.lock() {
+            if p.expires_at > now {
+                return required(p);
+            }
+        }
+        let mut form = vec![("client_id", self.client_id.as_str())];
+        if let Some(secret) = &self.client_secret {
+            form.push(("client_secret", secret.expose_secret()));
+        }
+        if let Some(scope) = &self.scope {
+            form.push(("scope", scope.as_str()));
+        }
+        match device::authorize(&self.client, &device.url, &form, &self.http, now).await {
+            Ok(pending) => {
+                tracing::info!(
+                    url = %pending.url,
+                    user_code = %pending.user_code,
+                    expires_in_s = pending.expires_at.duration_since(now).unwrap_or_default().as_secs(),
+                    "device login started: waiting for the user to approve"
+                );
+                *device.lock() = DeviceState::Waiting(pending.clone());
+                tokio::spawn(self.clone().poll_device(pending.clone()));
+                required(&pending)
+            }
+            Err(e) => e,
+        }
+    }
+
+    /// Poll for the tokens of `pending` at the upstream's interval until the user
+    /// approves, declines, or the code expires; a newer code ends this one.
+    async fn poll_device(self: Arc<Self>, pending: device::Pending) {
+        let Some(device) = &self.device else { return };
+        let ours = |state: &DeviceState| {
+            matches!(state, DeviceState::Waiting(p)
+                if p.device_code.expose_secret() == pending.device_code.expose_secret())
+        };
+        let mut interval = pending.interval;
+        loop {
+            tokio::time::sleep(interval).await;
+            if !ours(&device.lock()) {
+                return;
+            }
+            if SystemTime::now() >= pending.expires_at {
+                *device.lock() = DeviceState::Idle;
+                tracing::info!(
+                    "the device login code expired unused; the next read asks for a new one"
+                );
+                return;
+            }
+            let form = device::poll_form(&pending, &self.client_id, self.client_secret.as_ref());
+            match device::poll(&self.client, &self.token_url, &form, &self.http).await {
+                device::Poll::Pending => {}
+                device::Poll::SlowDown => interval = device::slower(interval),
+                device::Poll::Failed(e) => {
+                    tracing::debug!(error = %e, "a device login poll failed; trying again")
+                }
+                device::Poll::Ended(why) => {
+                    *device.lock() = DeviceState::Idle;
+                    tracing::warn!(
+                        "the device login ended ({why}); the next read starts a new one"
+                    );
+                    return;
+                }
+                device::Poll::Approved(mut body, sent) => {
+                    let parsed = parse_token_response(&body, StatusCode::OK);
+                    body.zeroize();
+                    let GrantState::RefreshToken { held, saver, .. } = &self.grant else {
+                        return;
+                    };
+                    let mut held = held.lock().await;
+                    match parsed {
+                        Ok(mut answer) => {
+                            match answer.refresh_token.take() {
+                                Some(refresh) => self.rotate(&mut held, refresh, saver.as_ref()).await,
+                                None => tracing::warn!(
+                                    "the device login's answer has no refresh token (is offline_access in scope?): \
+                                     the user must log in again when this token expires"
+                                ),
+                            }
+                            self.had_consent.store(true, Ordering::Relaxed);
+                            *device.lock() = DeviceState::Approved(answer, sent);
+                            tracing::info!("device login approved; the next read is served");
+                        }
+                        Err(e) => {
+                            *device.lock() = DeviceState::Idle;
+                            tracing::warn!("the device login's answer is unusable: {e}");
+                        }
+                    }
+                    return;
+                }
+            }
+        }
     }
 
     /// Map a non-2xx answer; see [`error_from_body`].
@@ -496,6 +640,63 @@ impl Inner {
             sent,
         };
         error_from_body(&ctx, status, body)
+    }
+}
+
+/// A device login in progress, or its answer not yet served.
+struct Device {
+    url: Url,
+    state: std::sync::Mutex<DeviceState>,
+}
+
+enum DeviceState {
+    Idle,
+    Waiting(device::Pending),
+    /// The approved login's answer (its refresh token taken out and held), for
+    /// the next read.
+    Approved(TokenResponse, SystemTime),
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &*self.lock() {
+            DeviceState::Idle => "idle",
+            DeviceState::Waiting(_) => "waiting",
+            DeviceState::Approved(..) => "approved",
+        };
+        f.debug_struct("Device")
+            .field("url", &redact_url(&self.url))
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl Device {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DeviceState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take_approved(&self) -> Option<(TokenResponse, SystemTime)> {
+        let mut state = self.lock();
+        match std::mem::replace(&mut *state, DeviceState::Idle) {
+            DeviceState::Approved(answer, sent) => Some((answer, sent)),
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+}
+
+/// Whether a refresh failed because the refresh token is dead (revoked,
+/// expired, the offline session gone), as Keycloak and Entra say it.
+fn grant_is_dead(e: &SourceError) -> bool {
+    match e {
+        SourceError::Rejected(m) => ["invalid_grant", "interaction_required", "consent_required"]
+            .iter()
+            .any(|code| m.starts_with(code)),
+        SourceError::ConsentRequired { .. } => true,
+        _ => false,
     }
 }
 
@@ -675,6 +876,7 @@ pub(crate) fn error_from_body(
             return SourceError::ConsentRequired {
                 url,
                 expired: code == "token_expired",
+                user_code: None,
             };
         }
     }
@@ -687,6 +889,7 @@ pub(crate) fn error_from_body(
             return SourceError::ConsentRequired {
                 url: url.to_owned(),
                 expired: code != "consent_required",
+                user_code: None,
             };
         }
     }

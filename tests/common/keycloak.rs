@@ -323,16 +323,38 @@ impl Keycloak {
         if azure {
             blocks.push(readme_toml(&readme, "### Azure through Keycloak"));
         }
-        let text = blocks
-            .join("\n")
-            .replace("https://keycloak.example.com", &self.url)
-            .replace("/etc/tokenfs/client-secret", secret.to_str().unwrap())
-            .replace("/etc/tokenfs/offline-token", offline.to_str().unwrap())
-            .replace("/var/lib/tokenfs", state.to_str().unwrap())
-            .replace("https://domino.example.com/account/linked", LINKED);
+        let text = self.pointed_here(&blocks.join("\n"), &secret, &offline, &state);
         let config = dir.join("config.toml");
         write_file(&config, &edit(text), 0o600);
         config
+    }
+
+    /// The README's device-login config ("Logging in from the filesystem"),
+    /// pointed at this Keycloak: no offline token file at all.
+    pub fn readme_device_config(&self, dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+        let secret = dir.join("client-secret");
+        write_file(&secret, &self.client_secret, 0o600);
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let block = readme_toml(&readme, "### Logging in from the filesystem (device login)");
+        let text = self.pointed_here(
+            &block,
+            &secret,
+            &dir.join("offline-token"),
+            &dir.join("state"),
+        );
+        let config = dir.join("config.toml");
+        write_file(&config, &edit(text), 0o600);
+        config
+    }
+
+    /// The README's example URLs and paths replaced by this Keycloak's and `dir`'s.
+    fn pointed_here(&self, text: &str, secret: &Path, offline: &Path, state: &Path) -> String {
+        text.replace("https://keycloak.example.com", &self.url)
+            .replace("/etc/tokenfs/client-secret", secret.to_str().unwrap())
+            .replace("/etc/tokenfs/offline-token", offline.to_str().unwrap())
+            .replace("/var/lib/tokenfs", state.to_str().unwrap())
+            .replace("https://domino.example.com/account/linked", LINKED)
     }
 }
 
@@ -442,6 +464,17 @@ impl Browser {
                    "idp_username": user, "idp_password": format!("{user}-idp-pw"),
                    "callback_prefix": LINKED}),
         )
+    }
+
+    /// A device login's verification URL: log in as `user`, then approve (or
+    /// decline) the grant; `"approved"` or `"denied"`.
+    pub fn device(&self, url: &str, user: &str, approve: bool) -> String {
+        let result = self.run(
+            "device",
+            json!({"url": url, "username": user, "password": format!("{user}-kc-pw"),
+                   "approve": approve}),
+        );
+        result["outcome"].as_str().unwrap().to_owned()
     }
 
     /// [`Browser::try_consent`], which must end at the redirect URI.

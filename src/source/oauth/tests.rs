@@ -53,6 +53,7 @@ fn refresh_cfg(url: &str, rt: &str, rotated_file: Option<PathBuf>) -> OAuthConfi
         },
         scope: None,
         consent_url: None,
+        device_authorization_url: None,
         http: fast(),
     }
 }
@@ -517,6 +518,7 @@ fn exchange_cfg(url: &str, subject: SubjectRef) -> OAuthConfig {
         }),
         scope: None,
         consent_url: None,
+        device_authorization_url: None,
         http: fast(),
     }
 }
@@ -558,7 +560,9 @@ async fn not_linked_and_token_expired_mean_consent_with_redirect_uri() {
         })
         .await;
         match exchange_with(&url).await.unwrap_err() {
-            SourceError::ConsentRequired { url, expired: e } => {
+            SourceError::ConsentRequired {
+                url, expired: e, ..
+            } => {
                 assert_eq!(e, expired, "{error}");
                 assert_eq!(
                     url,
@@ -592,7 +596,7 @@ async fn kc_action_consent_url_links_the_alias_for_the_subjects_user() {
     let subject: &'static str = Box::leak(subject.into_boxed_str());
     let source = OAuthSource::with_subject(cfg, Arc::new(FixedSubject(subject))).unwrap();
     match source.issue().await.unwrap_err() {
-        SourceError::ConsentRequired { url, expired } => {
+        SourceError::ConsentRequired { url, expired, .. } => {
             assert!(!expired);
             assert_eq!(
                 url,
@@ -676,6 +680,7 @@ fn entra_cfg(url: &str, refresh_token: Option<&str>, file: Option<PathBuf>) -> O
         },
         scope: Some("https://storage.azure.com/.default".into()),
         consent_url: Some("https://login.example/authorize?x=1".into()),
+        device_authorization_url: None,
         http: fast(),
     }
 }
@@ -701,7 +706,7 @@ async fn entra_consent_errors_map_to_consent_and_others_do_not() {
             .await
             .unwrap_err();
         match (err, consent) {
-            (SourceError::ConsentRequired { url, expired }, Some(e)) => {
+            (SourceError::ConsentRequired { url, expired, .. }, Some(e)) => {
                 assert_eq!(expired, e, "{error}");
                 assert_eq!(url, "https://login.example/authorize?x=1");
             }

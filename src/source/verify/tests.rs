@@ -557,6 +557,7 @@ async fn issuer() -> (RunningIssuer, OAuthSource) {
         },
         scope: None,
         consent_url: None,
+        device_authorization_url: None,
         http: HttpSettings {
             max_body: 64 * 1024,
             ..fast()

@@ -1,6 +1,9 @@
 // Headless Chromium driver for the Keycloak tests (playwright-core + Debian's chromium).
 //   node browser.mjs login   '{"url","username","password","callback_prefix"}'            [--state FILE]
 //   node browser.mjs consent '{"url","kc_username","kc_password","idp_username","idp_password","callback_prefix"}' [--state FILE]
+//   node browser.mjs device  '{"url","username","password","approve"}' [--state FILE]
+//     a device login's verification URL: log in, then Yes (approve) or No on the grant page, up to
+//     Keycloak's /device/status page; prints {"url", "outcome": "approved"|"denied", ...}.
 // The JSON may be given as "-" (or left out) to read it from stdin, which keeps passwords out of ps.
 // --state FILE: Playwright storageState, loaded if it exists and saved at the end, so the
 // Keycloak/IdP browser sessions survive between invocations.
@@ -19,10 +22,10 @@ let stateFile;
 const si = argv.indexOf('--state');
 if (si >= 0) { stateFile = argv[si + 1]; argv.splice(si, 2); }
 const [command, rawArgs] = argv;
-if (!['login', 'consent'].includes(command)) die(64, { error: `usage: browser.mjs login|consent [json|-] [--state FILE] (got ${command})` });
+if (!['login', 'consent', 'device'].includes(command)) die(64, { error: `usage: browser.mjs login|consent|device [json|-] [--state FILE] (got ${command})` });
 const args = JSON.parse(rawArgs && rawArgs !== '-' ? rawArgs : readFileSync(0, 'utf8'));
-for (const k of ['url', 'callback_prefix']) if (!args[k]) die(64, { error: `missing argument ${k}` });
-const kc = command === 'login' ? { user: args.username, pass: args.password } : { user: args.kc_username, pass: args.kc_password };
+for (const k of command === 'device' ? ['url'] : ['url', 'callback_prefix']) if (!args[k]) die(64, { error: `missing argument ${k}` });
+const kc = command === 'consent' ? { user: args.kc_username, pass: args.kc_password } : { user: args.username, pass: args.password };
 const idp = { user: args.idp_username, pass: args.idp_password };
 
 // Hard limit for the whole invocation; Playwright kills the browser it launched when we exit.
@@ -45,7 +48,7 @@ const page = await context.newPage();
 // The callback (e.g. http://127.0.0.1:9/callback) has no server: note the first request to it
 // (also when it is the target of a redirect) and answer it ourselves with a tiny page.
 let callbackUrl = null;
-const isCallback = (u) => u.startsWith(args.callback_prefix);
+const isCallback = (u) => Boolean(args.callback_prefix) && u.startsWith(args.callback_prefix);
 context.on('request', (r) => { if (!callbackUrl && isCallback(r.url())) callbackUrl = r.url(); });
 await context.route((u) => isCallback(u.href), (route) => {
   callbackUrl ??= route.request().url();
@@ -87,8 +90,30 @@ for (let step = 0; step < 25 && !callbackUrl; step += 1) {
   seen.set(sig, (seen.get(sig) || 0) + 1);
   if (seen.get(sig) > 2) await fail(`stuck on "${title}": ${await errorText() || 'no visible error'}`);
   const before = loads;
+  if (command === 'device' && new URL(currentUrl).pathname.endsWith('/device/status')) {
+    // Keycloak's end of a device login: "Device Login Successful", or ?error=access_denied|…
+    const error = new URL(currentUrl).searchParams.get('error');
+    await saveState();
+    if (!error && /Successful/.test(title + await page.locator('#kc-page-title').innerText().catch(() => ''))) {
+      await browser.close();
+      out({ url: safeUrl(currentUrl), outcome: 'approved', pages });
+      process.exit(0);
+    }
+    if (error === 'access_denied' && args.approve === false) {
+      await browser.close();
+      out({ url: safeUrl(currentUrl), outcome: 'denied', pages });
+      process.exit(0);
+    }
+    await fail(`device login failed: ${error || title}`);
+  }
   const err = await errorText();
-  if (await visible('#username') && await visible('#password') && await visible('#kc-login')) {
+  if (command === 'device' && args.approve === false && await visible('#kc-cancel')) {
+    await page.click('#kc-cancel'); // "Do you grant these access privileges?" No
+  } else if (await visible('#device_user_code')) { // the code page, when the URL lacks the code
+    if (!args.user_code) await fail(`${title}: Keycloak asks for the user code but none was given`);
+    await page.fill('#device_user_code', args.user_code);
+    await page.click('#kc-login');
+  } else if (await visible('#username') && await visible('#password') && await visible('#kc-login')) {
     // Keycloak login form (a re-rendered one with an error means the password was wrong).
     if (err) await fail(`${title}: ${err}`);
     if (!kc.user) await fail(`${title}: Keycloak login requested but no Keycloak credentials given`);
@@ -123,7 +148,7 @@ for (let step = 0; step < 25 && !callbackUrl; step += 1) {
   }
   await settle(before);
 }
-if (!callbackUrl) await fail('too many steps without reaching the callback');
+if (!callbackUrl) await fail(command === 'device' ? 'too many steps without reaching /device/status' : 'too many steps without reaching the callback');
 await saveState();
 // Keycloak reports failures on the callback itself: error=..., link_error=... (legacy
 // /broker/ALIAS/link, e.g. not_logged_in) or kc_action_status=error|cancelled (AIA).
