@@ -217,6 +217,16 @@ impl State {
         }
         let token = self.current.as_ref()?;
         Some(match &self.failure {
+            // Waiting on a person: only a read asks again. In the background that
+            // would, for a device login, mint a new code each time one expires.
+            Some(f)
+                if matches!(
+                    f.error,
+                    CellError::Source(SourceError::ConsentRequired { .. })
+                ) =>
+            {
+                return None
+            }
             Some(f) => f.background_at,
             None => token.refresh_at,
         })
@@ -262,8 +272,8 @@ impl State {
                 let consecutive = self.failure.as_ref().map_or(1, |f| f.consecutive + 1);
                 let background_at = now + backoff(policy, consecutive, u);
                 // Waiting on a person, not on a struggling upstream: let reads ask again
-                // soon, so the first read after consent succeeds; refresh-ahead keeps
-                // backing off so nobody consenting does not mean a request a second.
+                // soon, so the first read after consent succeeds; refresh-ahead stops
+                // (see `next_refresh`), so nobody consenting costs no requests.
                 let (retry_at, background_at) = match error {
                     CellError::Source(SourceError::ConsentRequired { .. }) => {
                         (now + policy.backoff_min, background_at)

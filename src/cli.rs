@@ -118,6 +118,11 @@ pub struct MountArgs {
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, requires = "dev")]
     pub dev_azure_lifetime: Duration,
 
+    /// With --dev: start with no offline token; `token.consent-url` shows a device
+    /// login (open it, answer Yes) and the first read after it is served.
+    #[arg(long, requires = "dev")]
+    pub dev_login: bool,
+
     /// With --dev: the user the embedded issuer issues tokens for [default: $USER].
     #[arg(long, requires = "dev")]
     pub dev_user: Option<String>,

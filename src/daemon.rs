@@ -50,7 +50,7 @@ pub fn run(args: MountArgs) -> Result<()> {
             platform: args.dev_lifetime,
             azure: args.dev_azure_lifetime,
         };
-        let (config, issuer) = rt.block_on(crate::dev::start(&user, lifetimes))?;
+        let (config, issuer) = rt.block_on(crate::dev::start(&user, lifetimes, args.dev_login))?;
         (config, Some(issuer))
     } else {
         let path = args

@@ -28,7 +28,11 @@ pub struct Lifetimes {
 }
 
 /// Start the issuer on the current runtime; it serves until the returned handle is dropped.
-pub async fn start(user: &str, lifetimes: Lifetimes) -> Result<(Config, RunningIssuer)> {
+pub async fn start(
+    user: &str,
+    lifetimes: Lifetimes,
+    login: bool,
+) -> Result<(Config, RunningIssuer)> {
     let defaults = IssuerConfig::default();
     let alias = defaults.idp_alias.clone();
     // As the README's Keycloak setup asks: the stored Azure token is replaced while
@@ -38,12 +42,14 @@ pub async fn start(user: &str, lifetimes: Lifetimes) -> Result<(Config, RunningI
         lifetime: lifetimes.platform,
         azure_lifetime: lifetimes.azure,
         azure_min_validity,
+        device_user: user.to_owned(),
         ..defaults
     })
     .context("cannot start the embedded issuer")?;
     let client_secret = SecretString::from(random_secret());
     issuer.add_client(CLIENT_ID, Some(client_secret.clone()));
-    let refresh_token = issuer.mint_offline_token(user, CLIENT_ID);
+    // With a device login the user approves at the issuer's page instead.
+    let refresh_token = (!login).then(|| issuer.mint_offline_token(user, CLIENT_ID));
     let running = issuer
         .bind(([127, 0, 0, 1], 0).into())
         .await
@@ -70,10 +76,18 @@ pub async fn start(user: &str, lifetimes: Lifetimes) -> Result<(Config, RunningI
     let token = FileConfig {
         name: "token".into(),
         policy: Policy::default(),
-        source: SourceConfig::OAuth(endpoint(Grant::RefreshToken {
-            refresh_token: Some(refresh_token),
-            file: None,
-            rotated_file: None,
+        source: SourceConfig::OAuth(Box::new(OAuthConfig {
+            device_authorization_url: login.then(|| {
+                format!(
+                    "{}/protocol/openid-connect/auth/device",
+                    running.realm_url()
+                )
+            }),
+            ..*endpoint(Grant::RefreshToken {
+                refresh_token,
+                file: None,
+                rotated_file: None,
+            })
         })),
         // Verified as the README's production example does, so --dev runs the
         // same checks (JWKS fetch, signature, iss) a deployment would.

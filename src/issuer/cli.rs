@@ -88,6 +88,18 @@ pub struct DevIssuerArgs {
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
     pub token_delay: Duration,
 
+    /// How long a device login's code lives (Keycloak's oauth2DeviceCodeLifespan).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub device_code_lifespan: Duration,
+
+    /// How often a device code may be polled; a poll sooner is answered slow_down.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub device_interval: Duration,
+
+    /// Answer the first poll of every device code slow_down.
+    #[arg(long)]
+    pub device_slow_down: bool,
+
     /// The fake Azure identity provider and Entra tenant. Boxed because clap keeps
     /// every subcommand's arguments in one enum, whose size the largest variant sets.
     #[command(flatten)]
@@ -228,6 +240,10 @@ async fn start(args: &DevIssuerArgs) -> anyhow::Result<(RunningIssuer, &'static 
         azure_lifetime: args.azure.azure_lifetime,
         azure_resource: args.azure.azure_resource.clone(),
         azure_min_validity: args.azure.azure_min_validity,
+        device_lifespan: args.device_code_lifespan,
+        device_interval: args.device_interval,
+        device_slow_down: args.device_slow_down,
+        device_user: args.user.clone(),
     })?;
     if args.azure.linked {
         issuer.set_link(&args.user, &args.azure.idp_alias, LinkState::Linked);

@@ -16,6 +16,7 @@
 mod azure;
 mod claims;
 mod cli;
+mod device;
 mod entra;
 mod exchange;
 mod keys;
@@ -77,6 +78,16 @@ pub struct IssuerConfig {
     /// Azure token once it has this little left (Keycloak's default is 5 s), and
     /// until then returns it as is.
     pub azure_min_validity: Duration,
+    /// How long a device login's code lives (Keycloak's `oauth2DeviceCodeLifespan`).
+    pub device_lifespan: Duration,
+    /// How often a device code may be polled (`oauth2DevicePollingInterval`); a
+    /// poll sooner is answered `slow_down`.
+    pub device_interval: Duration,
+    /// Answer the first poll of every device code `slow_down`, as Keycloak does
+    /// to a client that polls too soon.
+    pub device_slow_down: bool,
+    /// Who the device page approves as unless told otherwise.
+    pub device_user: String,
 }
 
 impl Default for IssuerConfig {
@@ -91,6 +102,10 @@ impl Default for IssuerConfig {
             azure_lifetime: Duration::from_secs(3600),
             azure_resource: "https://storage.azure.com".to_owned(),
             azure_min_validity: Duration::from_secs(5),
+            device_lifespan: device::DEFAULT_LIFESPAN,
+            device_interval: device::DEFAULT_INTERVAL,
+            device_slow_down: false,
+            device_user: "dev-user".to_owned(),
         }
     }
 }
@@ -107,6 +122,7 @@ struct Inner {
     store: store::Store,
     links: link::Links,
     entra: entra::EntraStore,
+    devices: device::Devices,
     stats: store::Stats,
 }
 
@@ -150,6 +166,7 @@ impl Issuer {
                 store: store::Store::default(),
                 links: link::Links::default(),
                 entra: entra::EntraStore::default(),
+                devices: device::Devices::default(),
                 stats: store::Stats::default(),
             }),
         })

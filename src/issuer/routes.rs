@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use super::claims::AccessClaims;
-use super::{entra, exchange, link, token, Inner};
+use super::{device, entra, exchange, link, token, Inner};
 
 /// What every handler sees: the realm, and the URL it is reachable at through this binding.
 #[derive(Clone)]
@@ -40,6 +40,8 @@ pub(crate) fn router(inner: Arc<Inner>, realm_url: String) -> Router {
         .route(&format!("{oidc}/token"), post(token::token))
         .route(&format!("{oidc}/userinfo"), get(userinfo).post(userinfo))
         .route(&format!("{oidc}/auth"), get(link::link_action))
+        .route(&format!("{oidc}/auth/device"), post(device::authorize))
+        .route("/realms/{realm}/device", get(device::page))
         .route("/realms/{realm}/broker/{alias}/link", get(link::link_page))
         // Static segments win over `{tenant}`, so these never shadow `/realms` or `/dev`.
         .route("/{tenant}/discovery/v2.0/keys", get(entra::keys))
@@ -48,6 +50,7 @@ pub(crate) fn router(inner: Arc<Inner>, realm_url: String) -> Router {
         .route("/dev/stats", get(stats))
         .route("/dev/consent", post(link::consent_admin))
         .route("/dev/entra", post(entra::state_admin))
+        .route("/dev/device", post(device::decide))
         .with_state(state)
 }
 
@@ -134,7 +137,11 @@ async fn certs(State(st): State<AppState>, Path(realm): Path<String>) -> Respons
 }
 
 async fn stats(State(st): State<AppState>) -> Json<serde_json::Value> {
-    Json(st.inner.stats.snapshot())
+    let mut stats = st.inner.stats.snapshot();
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    stats["device_authorizations"] = count(&st.inner.devices.authorizations).into();
+    stats["slow_downs"] = count(&st.inner.devices.slow_downs).into();
+    Json(stats)
 }
 
 #[derive(Serialize)]

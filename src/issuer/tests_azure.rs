@@ -486,7 +486,8 @@ async fn urls_and_stats() {
         stats,
         serde_json::json!({
             "token_requests": 3, "refresh_token": 1, "client_credentials": 0,
-            "token_exchange": 2, "errors": 1, "entra": 1
+            "token_exchange": 2, "errors": 1, "entra": 1,
+            "device_authorizations": 0, "slow_downs": 0
         })
     );
     f.running.shutdown().await;

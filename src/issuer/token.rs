@@ -34,6 +34,8 @@ pub(crate) struct TokenForm {
     #[serde(default, deserialize_with = "secret")]
     refresh_token: Option<SecretString>,
     #[serde(default, deserialize_with = "secret")]
+    device_code: Option<SecretString>,
+    #[serde(default, deserialize_with = "secret")]
     pub(crate) subject_token: Option<SecretString>,
     pub(crate) subject_token_type: Option<String>,
     pub(crate) requested_issuer: Option<String>,
@@ -139,7 +141,10 @@ fn grant_token(
         "invalid_request",
         "Missing form parameter: grant_type",
     ))?;
-    if !matches!(grant, "refresh_token" | "client_credentials") {
+    if !matches!(
+        grant,
+        "refresh_token" | "client_credentials" | super::device::GRANT_TYPE
+    ) {
         return Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -149,6 +154,8 @@ fn grant_token(
     let (client_id, confidential) = authenticate_client(st, headers, form)?;
     let answer = if grant == "refresh_token" {
         refresh_grant(st, &client_id, form)?
+    } else if grant == super::device::GRANT_TYPE {
+        device_grant(st, &client_id, form)?
     } else {
         client_credentials_grant(st, &client_id, confidential)?
     };
@@ -185,6 +192,32 @@ fn refresh_grant(
     let refresh = rotated.as_ref().unwrap_or(presented);
     let mut answer = access_token(st, &principal, client_id, Some(&session.id))?;
     answer.refresh_token = Some(refresh.expose_secret().to_owned());
+    answer.session_state = Some(session.id);
+    Ok(answer)
+}
+
+/// An approved device login: a new offline session for the user who approved.
+fn device_grant(
+    st: &AppState,
+    client_id: &str,
+    form: &TokenForm,
+) -> Result<TokenResponse, OAuthError> {
+    let user = super::device::grant(st, client_id, form.device_code.as_ref())?;
+    let offline = st.inner.store.mint(&user, client_id);
+    let (session, _) = st
+        .inner
+        .store
+        .refresh(&offline, client_id, false)
+        .map_err(|_| {
+            OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "Session not active",
+            )
+        })?;
+    let principal = Principal::User(session.username);
+    let mut answer = access_token(st, &principal, client_id, Some(&session.id))?;
+    answer.refresh_token = Some(offline.expose_secret().to_owned());
     answer.session_state = Some(session.id);
     Ok(answer)
 }

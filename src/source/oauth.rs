@@ -197,7 +197,10 @@ impl OAuthSource {
                 file,
                 rotated_file,
             } => {
-                if refresh_token.is_none() && file.is_none() {
+                if refresh_token.is_none()
+                    && file.is_none()
+                    && cfg.device_authorization_url.is_none()
+                {
                     return Err(BuildError::Setting {
                         setting: "refresh_token",
                         reason: "needs a token or a file to watch for one",
