@@ -171,3 +171,53 @@ fn mount_dev_login_starts_with_a_device_login() {
     });
     assert_eq!(jwt_claims(&token)["preferred_username"], "carol");
 }
+
+/// Entra's device login: no code in the URL (the second line of
+/// `.consent-url` is the code to type), `authorization_pending` until the user
+/// approves, then the Azure token, and the refresh token saved.
+#[test]
+fn an_entra_file_logs_in_by_device_code() {
+    if !fuse_available("an_entra_file_logs_in_by_device_code") {
+        return;
+    }
+    let iss = DevIssuer::start(&["--device-interval", "1s"]);
+    let tmp = tempdir();
+    let saved = tmp.path().join("state/entra-refresh-token");
+    let config = tmp.path().join("config.toml");
+    write_file(
+        &config,
+        &format!(
+            "[files.azure-token]\nsource = \"entra\"\nauthority = \"{}\"\ntenant = \"{}\"\n\
+             client_id = \"tokenfs\"\nscope = \"https://storage.azure.com/.default offline_access\"\n\
+             login = \"device\"\nrefresh_token_file = \"{}\"\nrotated_refresh_token_file = \"{}\"\n",
+            iss.base_url(),
+            tokenfs::issuer::DEFAULT_TENANT,
+            tmp.path().join("none-yet").display(),
+            saved.display()
+        ),
+        0o600,
+    );
+    let m = Mount::start_at(
+        &tmp.path().join("api"),
+        &["--config", config.to_str().unwrap()],
+    );
+    assert_eq!(errno(m.read("azure-token")), libc::ENOKEY);
+    let text = m.read_string("azure-token.consent-url");
+    let mut lines = text.lines();
+    let url = lines.next().unwrap();
+    let code = lines.next().unwrap().strip_prefix("code: ").unwrap();
+    assert_eq!(
+        url,
+        format!("{}/device", iss.realm_url),
+        "no code in Entra's URL"
+    );
+    decide(&iss, code, true);
+    let token = eventually(Duration::from_secs(30), "the Azure token", || {
+        m.read("azure-token")
+            .ok()
+            .map(|b| String::from_utf8(b).unwrap())
+    });
+    let claims = jwt_claims(&token);
+    assert_eq!(claims["aud"], "https://storage.azure.com");
+    assert!(saved.exists(), "the refresh token saved");
+}

@@ -15,7 +15,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::{Form, Json};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::routes::{unknown_realm, AppState, OAuthError};
@@ -70,19 +70,7 @@ pub(crate) async fn authorize(
         Err(e) => return e.into_response(),
     };
     let cfg = &st.inner.cfg;
-    let device_code = random_secret();
-    let user_code = user_code();
-    lock(&st.inner.devices.codes).insert(
-        token_hash(device_code.expose_secret()),
-        Code {
-            user_code: user_code.clone(),
-            client_id,
-            expires_at: Instant::now() + cfg.device_lifespan,
-            last_poll: None,
-            answer: Answer::Pending,
-        },
-    );
-    super::store::Stats::bump(&st.inner.devices.authorizations);
+    let (device_code, user_code) = issue(&st, client_id);
     let page = format!("{}/device", st.realm_url);
     Json(serde_json::json!({
         "device_code": device_code.expose_secret(),
@@ -95,70 +83,98 @@ pub(crate) async fn authorize(
     .into_response()
 }
 
-/// The device-code grant at the token endpoint: the user's offline token once
-/// approved (the code is then spent), else Keycloak's error.
-pub(crate) fn grant(
+/// What polling a device code finds, before any protocol's wording.
+pub(crate) enum Polled {
+    Invalid,
+    Expired,
+    SlowDown,
+    Pending,
+    Denied,
+    Approved(String),
+}
+
+/// Poll a device code (Keycloak's order; `slow_down` only where the protocol has
+/// it): an approved code is spent.
+pub(crate) fn poll(
     st: &AppState,
     client_id: &str,
-    device_code: Option<&secrecy::SecretString>,
-) -> Result<String, OAuthError> {
-    let device_code = device_code.ok_or(OAuthError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        "Missing parameter: device_code",
-    ))?;
+    device_code: &SecretString,
+    slow_down: bool,
+) -> Polled {
     let hash = token_hash(device_code.expose_secret());
     let mut codes = lock(&st.inner.devices.codes);
-    let invalid = OAuthError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        "Device code not valid",
-    );
-    let code = codes.get_mut(&hash).ok_or(invalid)?;
-    if code.client_id != client_id {
-        return Err(OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_grant",
-            "Device code not valid",
-        ));
-    }
+    let Some(code) = codes.get_mut(&hash).filter(|c| c.client_id == client_id) else {
+        return Polled::Invalid;
+    };
     let now = Instant::now();
     if now >= code.expires_at {
-        return Err(OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            "expired_token",
-            "Device code is expired",
-        ));
+        return Polled::Expired;
     }
     let too_soon = code
         .last_poll
         .is_some_and(|last| now.duration_since(last) < st.inner.cfg.device_interval);
     let forced = st.inner.cfg.device_slow_down && code.last_poll.is_none();
     code.last_poll = Some(now);
-    if too_soon || forced {
+    if slow_down && (too_soon || forced) {
         super::store::Stats::bump(&st.inner.devices.slow_downs);
-        return Err(OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            "slow_down",
-            "Slow down",
-        ));
+        return Polled::SlowDown;
     }
     match code.answer.clone() {
-        Answer::Pending => Err(OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            "authorization_pending",
-            "The authorization request is still pending",
-        )),
-        Answer::Denied => Err(OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            "access_denied",
-            "The end user denied the authorization request",
-        )),
+        Answer::Pending => Polled::Pending,
+        Answer::Denied => Polled::Denied,
         Answer::Approved { user } => {
             codes.remove(&hash);
-            Ok(user)
+            Polled::Approved(user)
         }
     }
+}
+
+/// The device-code grant at the realm's token endpoint: the approving user, or
+/// Keycloak's error.
+pub(crate) fn grant(
+    st: &AppState,
+    client_id: &str,
+    device_code: Option<&SecretString>,
+) -> Result<String, OAuthError> {
+    let device_code = device_code.ok_or(OAuthError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "Missing parameter: device_code",
+    ))?;
+    let error = |e, d| Err(OAuthError::new(StatusCode::BAD_REQUEST, e, d));
+    match poll(st, client_id, device_code, true) {
+        Polled::Invalid => error("invalid_grant", "Device code not valid"),
+        Polled::Expired => error("expired_token", "Device code is expired"),
+        Polled::SlowDown => error("slow_down", "Slow down"),
+        Polled::Pending => error(
+            "authorization_pending",
+            "The authorization request is still pending",
+        ),
+        Polled::Denied => error(
+            "access_denied",
+            "The end user denied the authorization request",
+        ),
+        Polled::Approved(user) => Ok(user),
+    }
+}
+
+/// A new code for `client_id`: the device code (returned once, kept hashed),
+/// the user code, and its lifetime and interval.
+pub(crate) fn issue(st: &AppState, client_id: String) -> (SecretString, String) {
+    let device_code = random_secret();
+    let user_code = user_code();
+    lock(&st.inner.devices.codes).insert(
+        token_hash(device_code.expose_secret()),
+        Code {
+            user_code: user_code.clone(),
+            client_id,
+            expires_at: Instant::now() + st.inner.cfg.device_lifespan,
+            last_poll: None,
+            answer: Answer::Pending,
+        },
+    );
+    super::store::Stats::bump(&st.inner.devices.authorizations);
+    (device_code, user_code)
 }
 
 #[derive(Deserialize)]

@@ -247,6 +247,8 @@ pub(crate) struct EntraForm {
     client_id: Option<String>,
     #[serde(default, deserialize_with = "secret")]
     refresh_token: Option<SecretString>,
+    #[serde(default, deserialize_with = "secret")]
+    device_code: Option<SecretString>,
     scope: Option<String>,
 }
 
@@ -308,8 +310,9 @@ fn refresh(
                 .to_owned(),
         ));
     };
-    match form.grant_type.as_deref() {
-        Some("refresh_token") => {}
+    let device = match form.grant_type.as_deref() {
+        Some("refresh_token") => false,
+        Some(super::device::GRANT_TYPE) => true,
         Some(_) => {
             return Err(AadError::new(
                 "unsupported_grant_type",
@@ -318,21 +321,60 @@ fn refresh(
             ))
         }
         None => return Err(missing("grant_type")),
-    }
+    };
     let client_id = form.client_id.ok_or_else(|| missing("client_id"))?;
+    if device {
+        let code = form.device_code.ok_or_else(|| missing("device_code"))?;
+        let user = device_user(st, &client_id, &code)?;
+        // The device flow's scope is the one asked for at /devicecode.
+        return answer(st, &user, &client_id, "openid offline_access".to_owned());
+    }
     let presented = form.refresh_token.ok_or_else(|| missing("refresh_token"))?;
     let scope = form
         .scope
         .filter(|s| !s.trim().is_empty())
         .ok_or_else(|| missing("scope"))?;
     let user = st.inner.entra.check(&presented, &client_id)?;
-    let (access_token, _exp) = azure::mint(&st.inner, &user, &client_id).map_err(|e| {
+    answer(st, &user, &client_id, scope)
+}
+
+/// Entra's answers to a device-code poll: it has no `slow_down`.
+fn device_user(st: &AppState, client_id: &str, code: &SecretString) -> Result<String, AadError> {
+    use super::device::Polled;
+    match super::device::poll(st, client_id, code, false) {
+        Polled::Approved(user) => Ok(user),
+        Polled::Pending | Polled::SlowDown => Err(AadError::new(
+            "authorization_pending",
+            70016,
+            "OAuth 2.0 device flow error. Authorization is pending. Continue polling.".to_owned(),
+        )),
+        Polled::Denied => Err(AadError::new(
+            "authorization_declined",
+            70000,
+            "The end user denied the authorization request.".to_owned(),
+        )),
+        Polled::Expired => Err(AadError::new(
+            "expired_token",
+            70019,
+            "The device code has expired.".to_owned(),
+        )),
+        Polled::Invalid => Err(AadError::new(
+            "bad_verification_code",
+            70000,
+            "The device_code is not valid.".to_owned(),
+        )),
+    }
+}
+
+/// Tokens for `user`: an Azure access token and a new refresh token.
+fn answer(st: &AppState, user: &str, client_id: &str, scope: String) -> Result<Response, AadError> {
+    let (access_token, _exp) = azure::mint(&st.inner, user, client_id).map_err(|e| {
         tracing::error!(error = %e, "dev issuer could not sign an Azure token");
         AadError::new("server_error", 500, "Signing failed.".to_owned())
     })?;
     // A freshly minted token: its whole lifetime is left.
     let lifetime = st.inner.cfg.azure_lifetime.as_secs();
-    let refresh_token = st.inner.entra.mint(&user);
+    let refresh_token = st.inner.entra.mint(user);
     tracing::debug!(user, client_id, "entra: refreshed");
     Ok(Json(EntraResponse {
         token_type: "Bearer",
@@ -343,6 +385,40 @@ fn refresh(
         refresh_token: refresh_token.expose_secret().to_owned(),
     })
     .into_response())
+}
+
+/// `POST /{tenant}/oauth2/v2.0/devicecode`: a device login in Entra's shape (no
+/// `verification_uri_complete`: the user types the code), approved at the dev
+/// device page.
+pub(crate) async fn devicecode(
+    State(st): State<AppState>,
+    Path(tenant): Path<String>,
+    form: Result<Form<EntraForm>, FormRejection>,
+) -> Response {
+    if let Some(err) = unknown_tenant(&st, &tenant) {
+        return err.into_response();
+    }
+    let Ok(Form(form)) = form else {
+        return missing("client_id").into_response();
+    };
+    let Some(client_id) = form.client_id else {
+        return missing("client_id").into_response();
+    };
+    if form.scope.as_deref().is_none_or(|s| s.trim().is_empty()) {
+        return missing("scope").into_response();
+    }
+    let (device_code, user_code) = super::device::issue(&st, client_id);
+    let page = format!("{}/device", st.realm_url);
+    let cfg = &st.inner.cfg;
+    Json(serde_json::json!({
+        "device_code": device_code.expose_secret(),
+        "user_code": user_code,
+        "verification_uri": page,
+        "expires_in": cfg.device_lifespan.as_secs(),
+        "interval": cfg.device_interval.as_secs(),
+        "message": format!("To sign in, use a web browser to open the page {page} and enter the code {user_code} to authenticate."),
+    }))
+    .into_response()
 }
 
 /// The authorize query we read; PKCE, state and the rest are accepted and ignored.

@@ -47,6 +47,7 @@ pub(crate) fn router(inner: Arc<Inner>, realm_url: String) -> Router {
         .route("/{tenant}/discovery/v2.0/keys", get(entra::keys))
         .route("/{tenant}/oauth2/v2.0/token", post(entra::token))
         .route("/{tenant}/oauth2/v2.0/authorize", get(entra::authorize))
+        .route("/{tenant}/oauth2/v2.0/devicecode", post(entra::devicecode))
         .route("/dev/stats", get(stats))
         .route("/dev/consent", post(link::consent_admin))
         .route("/dev/entra", post(entra::state_admin))
