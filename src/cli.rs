@@ -54,7 +54,12 @@ pub enum Command {
     /// sub/exp/jti per file (never a token). Exit code 0 if every file worked, else 1.
     /// Note: with refresh-token rotation this uses (and persists) the rotated token.
     Check(CheckArgs),
-    /// Unmount a tokenfs (lazily if a reader holds a file open); its daemon then exits.
+    /// Log in for one file of a config (`login = "device"`) from a terminal, before
+    /// any mount: prints the URL and code to approve, waits, and saves the refresh
+    /// token where the file's config reads it. Exit code 0 once logged in, else 1.
+    Login(LoginArgs),
+    /// Detach a tokenfs (a reader holding a file keeps it until closing it); its
+    /// daemon then exits.
     Unmount(StatusArgs),
     /// Wait until a tokenfs answers on the mountpoint: for a container entrypoint
     /// that starts the workload once the mount is ready. Exit code 0 when ready; 1
@@ -159,6 +164,20 @@ pub struct CheckArgs {
 
     /// How long to wait for each file's upstream.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The file to log in for (a `[files.NAME]` of the config).
+    pub file: String,
+
+    /// Config file (TOML) [default: /etc/tokenfs/config.toml].
+    #[arg(long, env = "TOKENFS_CONFIG", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+
+    /// How long to wait for the approval.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 
 use crate::cell::StateName;
-use crate::cli::{CheckArgs, StatusArgs, WaitArgs};
+use crate::cli::{CheckArgs, LoginArgs, StatusArgs, WaitArgs};
 use crate::config::Config;
 use crate::mountpoint::{self, MountpointError, Probe, Unanswered};
 
@@ -180,6 +180,76 @@ pub fn check(args: CheckArgs) -> Result<u8> {
     }
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(code)
+}
+
+/// `tokenfs login FILE --config CONFIG`: the file's device login from a
+/// terminal. Reads go through the file's cell as a mount's would, once a second,
+/// so the login, the polling and the saving are the daemon's own.
+pub fn login(args: LoginArgs) -> Result<u8> {
+    const EVERY: Duration = Duration::from_secs(1);
+    let config = Config::load(&args.config)
+        .with_context(|| format!("invalid configuration in {}", args.config.display()))?;
+    let names: Vec<String> = config.files.iter().map(|f| f.name.clone()).collect();
+    let Some(file) = config.files.into_iter().find(|f| f.name == args.file) else {
+        anyhow::bail!(
+            "{} has no file {:?}; its files: {}",
+            args.config.display(),
+            args.file,
+            names.join(", ")
+        );
+    };
+    let device = matches!(&file.source, crate::config::SourceConfig::OAuth(c) if c.device_authorization_url.is_some());
+    anyhow::ensure!(
+        device,
+        "files.{} has no login = \"device\": there is nothing to log in to",
+        file.name
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let _enter = rt.enter();
+    let cell = crate::daemon::build_cells(vec![file])?.remove(0);
+    let deadline = std::time::Instant::now() + args.timeout;
+    let mut shown = None;
+    loop {
+        match rt.block_on(tokio::time::timeout(Duration::from_secs(30), cell.get())) {
+            Ok(Ok(token)) => {
+                println!(
+                    "logged in: {} sub={} exp={}",
+                    cell.name(),
+                    token.claims.sub.as_deref().unwrap_or("-"),
+                    crate::cell::rfc3339(token.expires_at)
+                );
+                rt.shutdown_timeout(Duration::from_secs(1));
+                return Ok(0);
+            }
+            Ok(Err(e)) => match cell.consent_url() {
+                Some(text) => {
+                    if shown.as_ref() != Some(&text) {
+                        let mut lines = text.lines();
+                        println!("open {}", lines.next().unwrap_or_default());
+                        if let Some(code) = lines.next() {
+                            println!("{code}  (check it matches, or type it there)");
+                        }
+                        println!("waiting for the approval…");
+                        shown = Some(text);
+                    }
+                }
+                None => anyhow::bail!("{}: {e}", cell.name()),
+            },
+            Err(_) => anyhow::bail!("{}: the upstream did not answer within 30 s", cell.name()),
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "{}: not approved within {}",
+                cell.name(),
+                humantime::format_duration(args.timeout)
+            );
+        }
+        std::thread::sleep(EVERY);
+    }
 }
 
 /// `tokenfs unmount [MOUNTPOINT]`.

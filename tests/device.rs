@@ -221,3 +221,69 @@ fn an_entra_file_logs_in_by_device_code() {
     assert_eq!(claims["aud"], "https://storage.azure.com");
     assert!(saved.exists(), "the refresh token saved");
 }
+
+/// `tokenfs login FILE` from a terminal before any mount: it prints the URL and
+/// the code, waits for the approval, saves the token; the mount then serves at
+/// once, with no login of its own.
+#[test]
+fn tokenfs_login_before_the_mount() {
+    if !fuse_available("tokenfs_login_before_the_mount") {
+        return;
+    }
+    use std::io::BufRead;
+    let iss = DevIssuer::start(&["--device-interval", "1s"]);
+    let tmp = tempdir();
+    let saved = tmp.path().join("state/offline-token");
+    let config = tmp.path().join("config.toml");
+    write_file(
+        &config,
+        &format!(
+            "[files.token]\nsource = \"oauth2\"\ntoken_url = \"{}\"\nclient_id = \"tokenfs\"\n\
+             client_secret_file = \"{}\"\nscope = \"openid offline_access\"\nlogin = \"device\"\n\
+             refresh_token_file = \"{}\"\nrotated_refresh_token_file = \"{}\"\n",
+            iss.token_url,
+            iss.client_secret_file.display(),
+            tmp.path().join("none-yet").display(),
+            saved.display()
+        ),
+        0o600,
+    );
+    let config = config.to_str().unwrap();
+    let out = run(&["login", "nope", "--config", config]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("its files: token"));
+
+    let mut login = Proc::spawn(&["login", "token", "--config", config], &[]);
+    let mut lines = std::io::BufReader::new(login.child.stdout.take().unwrap()).lines();
+    let url = lines.next().unwrap().unwrap();
+    let url = url.strip_prefix("open ").unwrap_or_else(|| panic!("{url}"));
+    let code = lines.next().unwrap().unwrap();
+    let code = code
+        .strip_prefix("code: ")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(url.ends_with(&format!("user_code={code}")), "{url}");
+    decide(&iss, &code, true);
+    let status = login.exits_within(Duration::from_secs(30), "the approval");
+    assert!(status.success(), "{}", login.stderr());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(
+        rest.iter().any(|l| l.starts_with("logged in: token sub=")),
+        "{rest:?}"
+    );
+    assert!(saved.exists());
+
+    let m = Mount::start_at(&tmp.path().join("api"), &["--config", config]);
+    assert_eq!(
+        jwt_claims(&m.read_string("token"))["preferred_username"],
+        "alice"
+    );
+    assert_eq!(
+        stats(&iss)["device_authorizations"],
+        1,
+        "the mount needed no login"
+    );
+}
