@@ -478,8 +478,11 @@ impl Inner {
             GrantState::RefreshToken { held, file, saver } => {
                 let mut held = held.lock().await;
                 if let Some((answer, sent)) = self.device.as_ref().and_then(Device::take_approved) {
-                    // The device login's own answer: its refresh token is held already.
-                    return issued_from_answer(answer, sent);
+                    // The device login's own answer, if still recent (nobody may
+                    // have read for a while): its refresh token is held already.
+                    if sent.elapsed().unwrap_or_default() < APPROVED_ANSWER_MAX_AGE {
+                        return issued_from_answer(answer, sent);
+                    }
                 }
                 if let Some(file) = file {
                     self.reload(&mut held, file).await;
@@ -492,17 +495,17 @@ impl Inner {
                     });
                 };
                 let form = vec![("refresh_token", token.expose_secret())];
-                let (mut answer, sent) = match self.exchange(form).await {
-                    Err(e) if self.device.is_some() && grant_is_dead(&e) => {
+                let result = self.exchange(form).await;
+                if let (Err(e), Some(device)) = (&result, &self.device) {
+                    if grant_is_dead(e) {
                         tracing::warn!("the refresh token is dead ({e}): starting a device login");
                         held.token = None;
                         self.had_consent.store(true, Ordering::Relaxed);
                         drop(held);
-                        let device = self.device.as_ref().expect("checked above");
                         return Err(self.device_login(device).await);
                     }
-                    other => other?,
-                };
+                }
+                let (mut answer, sent) = result?;
                 self.had_consent.store(true, Ordering::Relaxed);
                 // Before looking at the access token: even an unusable answer
                 // may have rotated (and so revoked) the refresh token we hold.
@@ -690,6 +693,10 @@ impl Device {
         }
     }
 }
+
+/// How long an approved device login's answer is served from; older, the held
+/// refresh token gets a fresh one instead.
+const APPROVED_ANSWER_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// Whether a refresh failed because the refresh token is dead (revoked,
 /// expired, the offline session gone), as Keycloak and Entra say it.
