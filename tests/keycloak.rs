@@ -675,3 +675,55 @@ fn device_login_from_the_filesystem_and_again_after_the_session_is_revoked() {
         assert!(!log.contains(secret), "the log holds a secret");
     }
 }
+
+/// The device login against a certified third-party provider (oidc-provider,
+/// the brokered IdP): its own confirmation, login and consent pages, its JWT
+/// access token, and its rotating refresh token used for the next token.
+#[test]
+fn device_login_against_a_third_party_provider() {
+    let Some(kc) = keycloak_and_fuse("device_login_against_a_third_party_provider") else {
+        return;
+    };
+    let tmp = tempdir();
+    let secret = tmp.path().join("device-secret");
+    write_file(&secret, "tokenfs-device-secret", 0o600);
+    let saved = tmp.path().join("state/refresh-token");
+    let config = tmp.path().join("config.toml");
+    write_file(
+        &config,
+        &format!(
+            "[files.token]\nsource = \"oauth2\"\ntoken_url = \"{idp}/token\"\n\
+             device_authorization_url = \"{idp}/device/auth\"\nclient_id = \"tokenfs-device\"\n\
+             client_secret_file = \"{}\"\nscope = \"openid offline_access\"\nlogin = \"device\"\n\
+             refresh_token_file = \"{}\"\nrotated_refresh_token_file = \"{}\"\nmin_valid = \"20s\"\n",
+            secret.display(),
+            tmp.path().join("none-yet").display(),
+            saved.display(),
+            idp = kc.idp_url,
+        ),
+        0o600,
+    );
+    let m = Mount::start_at(
+        &tmp.path().join("api"),
+        &["--config", config.to_str().unwrap()],
+    );
+    assert_eq!(errno(m.read("token")), libc::ENOKEY);
+    let (url, code) = device_instructions(&m).expect("token.consent-url");
+    assert!(url.starts_with(&kc.idp_url) && url.contains(&code), "{url}");
+    assert_eq!(Browser::new().device_at_idp(&url, "heidi"), "approved");
+    let token = eventually(Duration::from_secs(30), "the token after approval", || {
+        m.read("token").ok().map(|b| String::from_utf8(b).unwrap())
+    });
+    let claims = jwt_claims(&token);
+    assert_eq!(claims["sub"], "heidi-entra-oid");
+    assert_eq!(claims["aud"], IDP_RESOURCE);
+    let first_refresh = std::fs::read_to_string(&saved).unwrap();
+    // The provider's 60 s token is refreshed with its rotating refresh token.
+    let next = next_token(&m, "token", &token, Duration::from_secs(90));
+    assert_eq!(jwt_claims(&next)["sub"], "heidi-entra-oid");
+    assert_ne!(
+        std::fs::read_to_string(&saved).unwrap(),
+        first_refresh,
+        "rotated and saved"
+    );
+}

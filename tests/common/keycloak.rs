@@ -477,6 +477,17 @@ impl Browser {
         result["outcome"].as_str().unwrap().to_owned()
     }
 
+    /// A device login at the brokered IdP (oidc-provider): confirm the code, log
+    /// in there as `user`, consent; `"approved"`.
+    pub fn device_at_idp(&self, url: &str, user: &str) -> String {
+        let result = self.run(
+            "device",
+            json!({"url": url, "idp_username": user, "idp_password": format!("{user}-idp-pw"),
+                   "approve": true}),
+        );
+        result["outcome"].as_str().unwrap().to_owned()
+    }
+
     /// [`Browser::try_consent`], which must end at the redirect URI.
     pub fn consent(&self, url: &str, user: &str) -> Value {
         let (ok, result) = self.try_consent(url, user);

@@ -26,7 +26,8 @@ if (!['login', 'consent', 'device'].includes(command)) die(64, { error: `usage: 
 const args = JSON.parse(rawArgs && rawArgs !== '-' ? rawArgs : readFileSync(0, 'utf8'));
 for (const k of command === 'device' ? ['url'] : ['url', 'callback_prefix']) if (!args[k]) die(64, { error: `missing argument ${k}` });
 const kc = command === 'consent' ? { user: args.kc_username, pass: args.kc_password } : { user: args.username, pass: args.password };
-const idp = { user: args.idp_username, pass: args.idp_password };
+const idp = { user: args.idp_username ?? (command === 'device' ? args.username : undefined),
+  pass: args.idp_password ?? (command === 'device' ? args.password : undefined) };
 
 // Hard limit for the whole invocation; Playwright kills the browser it launched when we exit.
 setTimeout(() => die(3, { error: `timeout after ${TIMEOUT_MS} ms`, url: safeUrl(currentUrl), pages }), TIMEOUT_MS);
@@ -106,8 +107,20 @@ for (let step = 0; step < 25 && !callbackUrl; step += 1) {
     }
     await fail(`device login failed: ${error || title}`);
   }
+  if (command === 'device' && await visible('#device-done')) { // oidc-provider's end of a device login
+    await saveState();
+    await browser.close();
+    out({ url: safeUrl(currentUrl), outcome: 'approved', pages });
+    process.exit(0);
+  }
   const err = await errorText();
-  if (command === 'device' && args.approve === false && await visible('#kc-cancel')) {
+  if (command === 'device' && await visible('#device-confirm')) { // oidc-provider: "Confirm device"
+    await page.click(args.approve === false ? '#device-abort' : '#device-confirm');
+  } else if (command === 'device' && await visible('[name="user_code"]') && await visible('#device-continue')) {
+    if (!args.user_code) await fail(`${title}: the provider asks for the user code but none was given`);
+    await page.fill('[name="user_code"]', args.user_code);
+    await page.click('#device-continue');
+  } else if (command === 'device' && args.approve === false && await visible('#kc-cancel')) {
     await page.click('#kc-cancel'); // "Do you grant these access privileges?" No
   } else if (await visible('#device_user_code')) { // the code page, when the URL lacks the code
     if (!args.user_code) await fail(`${title}: Keycloak asks for the user code but none was given`);

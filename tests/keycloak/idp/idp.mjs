@@ -1,6 +1,7 @@
 // Stand-in for Azure Entra ID: a certified OpenID provider (oidc-provider) on loopback http,
 // with one confidential client (Keycloak's identity broker), a few fixed users, JWT access tokens
 // for a storage-like resource, rotating refresh tokens, and a small /__admin API for tests.
+// A second client, DEVICE_CLIENT_ID, uses the device authorization grant (RFC 8628) directly.
 import http from 'node:http';
 import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
@@ -8,6 +9,8 @@ import Provider from 'oidc-provider';
 const env = process.env;
 const CLIENT_ID = env.IDP_CLIENT_ID || 'keycloak-broker';
 const CLIENT_SECRET = env.IDP_CLIENT_SECRET || 'keycloak-broker-secret';
+const DEVICE_CLIENT_ID = 'tokenfs-device';
+const DEVICE_CLIENT_SECRET = env.IDP_DEVICE_CLIENT_SECRET || 'tokenfs-device-secret';
 const REDIRECT_URIS = (env.IDP_REDIRECT_URIS || 'http://127.0.0.1:18080/realms/DominoRealm/broker/azure/endpoint').split(',').map((s) => s.trim()).filter(Boolean);
 const RESOURCE = env.IDP_RESOURCE || 'https://storage.azure.com';
 const AT_TTL = Number(env.IDP_AT_TTL || 60);
@@ -18,7 +21,7 @@ console.log = console.info = console.error;
 
 // One account per user of the test realm (tests/keycloak/DominoRealm.json): login NAME,
 // password NAME-idp-pw; sub/oid mimic an Entra object id.
-const NAMES = (env.IDP_USERS || 'alice,bob,carol,dave,erin,frank,grace').split(',');
+const NAMES = (env.IDP_USERS || 'alice,bob,carol,dave,erin,frank,grace,heidi').split(',');
 const USERS = Object.fromEntries(NAMES.map((name) => [name, {
   password: `${name}-idp-pw`, sub: `${name}-entra-oid`,
   claims: { name: `${name} Example`, preferred_username: `${name}@contoso.example`, upn: `${name}@contoso.example`,
@@ -40,7 +43,10 @@ class MapAdapter {
     for (const [k, e] of store) if (k.startsWith('Session:') && e.payload.uid === uid) return this.find(k.slice(8));
     return undefined;
   }
-  async findByUserCode() { return undefined; } // device flow unused
+  async findByUserCode(userCode) {
+    for (const [k, e] of store) if (k.startsWith(`${this.model}:`) && e.payload.userCode === userCode) return this.find(k.slice(this.model.length + 1));
+    return undefined;
+  }
   async consume(id) { const e = store.get(this.key(id)); if (e) e.payload.consumed = Math.floor(Date.now() / 1000); }
   async destroy(id) { store.delete(this.key(id)); }
   async revokeByGrantId(grantId) { for (const [k, e] of store) if (e.payload.grantId === grantId) store.delete(k); }
@@ -58,6 +64,10 @@ const config = {
     grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'],
     // v9 accepts client_secret_basic as well for a client registered with client_secret_post
     token_endpoint_auth_method: 'client_secret_post',
+  }, {
+    client_id: DEVICE_CLIENT_ID, client_secret: DEVICE_CLIENT_SECRET, redirect_uris: [], response_types: [],
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
+    token_endpoint_auth_method: 'client_secret_post',
   }],
   // Entra-like: identity claims ride in the id_token (the JWT access token is for the resource,
   // not for userinfo), so map them all to `openid`, which is the only scope Keycloak must send.
@@ -71,6 +81,22 @@ const config = {
   features: {
     devInteractions: { enabled: false }, // own pages below: they check the password
     revocation: { enabled: true },
+    // Own pages (the built-in ones import web fonts, which this machine cannot reach).
+    deviceFlow: {
+      enabled: true,
+      userCodeInputSource: async (ctx, form, out, err) => {
+        ctx.type = 'html';
+        ctx.body = page('Device sign-in', `${err ? '<p id="error">The code is not valid.</p>' : ''}${form}`
+          + '<button id="device-continue" type="submit" form="op.deviceInputForm">Continue</button>');
+      },
+      userCodeConfirmSource: async (ctx, form, client, deviceInfo, userCode) => {
+        ctx.type = 'html';
+        ctx.body = page('Confirm device', `<p>Code <code id="user-code">${esc(userCode)}</code></p>${form}`
+          + '<button id="device-confirm" type="submit" form="op.deviceConfirmForm">Continue</button>'
+          + '<button id="device-abort" type="submit" form="op.deviceConfirmForm" value="yes" name="abort">Abort</button>');
+      },
+      successSource: async (ctx) => { ctx.type = 'html'; ctx.body = page('Sign-in Success', '<p id="device-done">You may close this page.</p>'); },
+    },
     resourceIndicators: {
       enabled: true,
       // Keycloak's broker sends no `resource`: default it, and reuse it at the token endpoint,
@@ -85,7 +111,7 @@ const config = {
   },
   // Always give the broker a refresh token (Keycloak does not ask for offline_access), not
   // tied to the IdP browser session, rotated on every use (reuse of an old one kills the grant).
-  issueRefreshToken: (ctx, client) => client.clientId === CLIENT_ID,
+  issueRefreshToken: (ctx, client) => [CLIENT_ID, DEVICE_CLIENT_ID].includes(client.clientId),
   expiresWithSession: () => false,
   rotateRefreshToken: () => true,
   ttl: {
