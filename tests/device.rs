@@ -39,6 +39,30 @@ fn instructions(m: &Mount) -> Option<(String, String)> {
     Some((url, code))
 }
 
+/// A config whose `token` logs in by device code against `iss`, with no refresh
+/// token yet; and where the login's token is saved.
+fn device_config(
+    iss: &DevIssuer,
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let saved = dir.join("state/offline-token");
+    let config = dir.join("config.toml");
+    write_file(
+        &config,
+        &format!(
+            "[files.token]\nsource = \"oauth2\"\ntoken_url = \"{}\"\nclient_id = \"tokenfs\"\n\
+             client_secret_file = \"{}\"\nscope = \"openid offline_access\"\nlogin = \"device\"\n\
+             refresh_token_file = \"{}\"\nrotated_refresh_token_file = \"{}\"\n",
+            iss.token_url,
+            iss.client_secret_file.display(),
+            dir.join("none-yet").display(),
+            saved.display()
+        ),
+        0o600,
+    );
+    (config, saved)
+}
+
 /// Read `token` (it must fail with `ENOKEY`) until the code shown is not `old`.
 fn next_code(m: &Mount, old: &str) -> (String, String) {
     eventually(Duration::from_secs(30), "a new code", || {
@@ -62,21 +86,7 @@ fn device_login_pending_slow_down_declined_expired_then_approved() {
         "--device-slow-down",
     ]);
     let tmp = tempdir();
-    let saved = tmp.path().join("state/offline-token");
-    let config = tmp.path().join("config.toml");
-    write_file(
-        &config,
-        &format!(
-            "[files.token]\nsource = \"oauth2\"\ntoken_url = \"{}\"\nclient_id = \"tokenfs\"\n\
-             client_secret_file = \"{}\"\nscope = \"openid offline_access\"\nlogin = \"device\"\n\
-             refresh_token_file = \"{}\"\nrotated_refresh_token_file = \"{}\"\n",
-            iss.token_url,
-            iss.client_secret_file.display(),
-            tmp.path().join("none-yet").display(),
-            saved.display()
-        ),
-        0o600,
-    );
+    let (config, saved) = device_config(&iss, tmp.path());
     let mut m = Mount::start_at(
         &tmp.path().join("api"),
         &["--config", config.to_str().unwrap()],
@@ -233,21 +243,7 @@ fn tokenfs_login_before_the_mount() {
     use std::io::BufRead;
     let iss = DevIssuer::start(&["--device-interval", "1s"]);
     let tmp = tempdir();
-    let saved = tmp.path().join("state/offline-token");
-    let config = tmp.path().join("config.toml");
-    write_file(
-        &config,
-        &format!(
-            "[files.token]\nsource = \"oauth2\"\ntoken_url = \"{}\"\nclient_id = \"tokenfs\"\n\
-             client_secret_file = \"{}\"\nscope = \"openid offline_access\"\nlogin = \"device\"\n\
-             refresh_token_file = \"{}\"\nrotated_refresh_token_file = \"{}\"\n",
-            iss.token_url,
-            iss.client_secret_file.display(),
-            tmp.path().join("none-yet").display(),
-            saved.display()
-        ),
-        0o600,
-    );
+    let (config, saved) = device_config(&iss, tmp.path());
     let config = config.to_str().unwrap();
     let out = run(&["login", "nope", "--config", config]);
     assert_eq!(out.status.code(), Some(1));
