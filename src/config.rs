@@ -195,6 +195,27 @@ fn validate_name(name: &str) -> Result<(), ConfigError> {
 fn validate_file(name: String, mut f: raw::RawFile) -> Result<FileConfig, ConfigError> {
     validate_name(&name)?;
     let key = |k: &str| format!("files.{name}.{k}");
+    // A relative path would be read, created and locked in whatever directory the
+    // daemon happens to run in (`/` under systemd, anywhere for `check`).
+    let header_files = f.headers.iter().flatten().filter_map(|(h, v)| match v {
+        raw::HeaderValue::File { file } => Some((format!("headers.{h}.file"), file.as_path())),
+        raw::HeaderValue::Plain(_) => None,
+    });
+    for (setting, path) in f
+        .path_settings()
+        .map(|(k, p)| (k.to_owned(), p))
+        .chain(header_files)
+    {
+        if !path.is_absolute() {
+            return Err(invalid(
+                key(&setting),
+                format!(
+                    "{} is a relative path: write it from / (e.g. /etc/tokenfs/…)",
+                    path.display()
+                ),
+            ));
+        }
+    }
     let defaults = Policy::default();
     let min_valid = f.min_valid.unwrap_or(defaults.min_valid);
     let policy = Policy {

@@ -104,6 +104,23 @@ pub enum HeaderValue {
 }
 
 impl RawFile {
+    /// The settings that name a file, with their paths.
+    pub fn path_settings(&self) -> impl Iterator<Item = (&'static str, &std::path::Path)> {
+        [
+            ("client_secret_file", &self.client_secret_file),
+            ("refresh_token_file", &self.refresh_token_file),
+            (
+                "rotated_refresh_token_file",
+                &self.rotated_refresh_token_file,
+            ),
+            ("subject_token_file", &self.subject_token_file),
+            ("consent_state_file", &self.consent_state_file),
+            ("ca_file", &self.ca_file),
+        ]
+        .into_iter()
+        .filter_map(|(k, p)| p.as_deref().map(|p| (k, p)))
+    }
+
     /// The source-specific keys that are set, to refuse those another source owns.
     pub fn source_keys(&self) -> Vec<&'static str> {
         let keys = [

@@ -527,3 +527,36 @@ fn inline_header_values_need_a_private_config() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(Config::load(Path::new(&path)).is_ok());
 }
+
+#[test]
+fn a_relative_path_is_refused_before_anything_is_read_or_written() {
+    let d = Dir::new();
+    let secret = d.file("secret", "s", 0o600);
+    for (setting, extra) in [
+        ("refresh_token_file", "refresh_token_file = \"offline\""),
+        (
+            "rotated_refresh_token_file",
+            "refresh_token_file = \"/nonexistent/offline\"\nrotated_refresh_token_file = \"state/rt\"",
+        ),
+    ] {
+        let e = err(d.load(&format!(
+            "[files.token]\nsource = \"oauth2\"\ntoken_url = \"https://kc/realms/R/protocol/openid-connect/token\"\n\
+             client_id = \"c\"\nclient_secret_file = \"{secret}\"\n{extra}\n"
+        )));
+        assert!(
+            e.contains(&format!("files.token.{setting}")) && e.contains("relative path"),
+            "{e}"
+        );
+    }
+    let e = err(d.load(
+        "[files.token]\nsource = \"http\"\nurl = \"http://127.0.0.1:1/t\"\nheaders = { K = { file = \"key\" } }\n",
+    ));
+    assert!(
+        e.contains("files.token.headers.K.file") && e.contains("relative path"),
+        "{e}"
+    );
+    assert!(
+        !std::path::Path::new("state").exists(),
+        "nothing created in the working directory"
+    );
+}
