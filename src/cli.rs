@@ -113,7 +113,7 @@ pub struct MountArgs {
     /// local user can connect to a TCP port, and one that binds it first answers
     /// in our place, so prefer a socket or a port below 1024.
     #[arg(long, value_name = "ADDR", env = "TOKENFS_METRICS_LISTEN")]
-    pub metrics_listen: Option<crate::metrics::http::Listen>,
+    pub metrics_listen: Option<crate::listener::Listen>,
 
     /// With --dev: lifetime of the tokens the embedded issuer issues.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration, requires = "dev")]

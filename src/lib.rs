@@ -14,6 +14,7 @@ pub mod fs;
 pub mod harden;
 pub mod holder;
 pub mod issuer;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod mountpoint;
