@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::metrics::histogram::Histogram;
+use crate::source::code::{LoginError, Redirect};
 use crate::source::{Issued, LogClaims, Source, SourceError};
 
 /// Wall-clock time, injectable so the state machine is tested without sleeping.
@@ -729,6 +730,21 @@ impl Cell {
     /// Subscribe to "a request finished" (success or failure).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.finished.subscribe()
+    }
+
+    /// Complete this file's code login with the browser's redirect; the next
+    /// read asks the upstream at once instead of after the consent backoff.
+    pub async fn complete_login(&self, redirect: Redirect) -> Result<(), LoginError> {
+        self.source.complete_login(&self.name, redirect).await?;
+        if let Some(f) = &mut self.lock().failure {
+            f.retry_at = self.clock.now();
+        }
+        Ok(())
+    }
+
+    /// Whether this file's code login waits for a redirect carrying `state`.
+    pub fn login_waits_for(&self, state: &str) -> bool {
+        self.source.login_waits_for(state)
     }
 
     /// See [`State::consent_url`].

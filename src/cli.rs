@@ -54,10 +54,17 @@ pub enum Command {
     /// sub/exp/jti per file (never a token). Exit code 0 if every file worked, else 1.
     /// Note: with refresh-token rotation this uses (and persists) the rotated token.
     Check(CheckArgs),
-    /// Log in for one file of a config (`login = "device"`) from a terminal, before
-    /// any mount: prints the URL and code to approve, waits, and saves the refresh
-    /// token where the file's config reads it. Exit code 0 once logged in, else 1.
+    /// Log in for one file of a config (`login = "device"` or `"code"`) from a
+    /// terminal, before any mount: prints the URL (and code) to approve, waits (for
+    /// a code login: for the address the browser landed on, pasted on stdin), and
+    /// saves the refresh token where the file's config reads it. Exit code 0 once
+    /// logged in, else 1.
     Login(LoginArgs),
+    /// Complete a file's code login (`login = "code"`) on a running mount: give the
+    /// address the browser landed on after the login; the daemon checks it is from
+    /// the login the file's `.consent-url` shows and redeems it. Root and the files'
+    /// owner may run it. Exit code 0 once logged in, else 1.
+    Consent(ConsentArgs),
     /// Detach a tokenfs (a reader holding a file keeps it until closing it); its
     /// daemon then exits.
     Unmount(StatusArgs),
@@ -179,6 +186,21 @@ pub struct LoginArgs {
     /// How long to wait for the approval.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsentArgs {
+    /// The file: its path in the mount (e.g. ~/.api/azure-token), or its name
+    /// (e.g. azure-token) on the mount at --mountpoint.
+    pub file: PathBuf,
+
+    /// The address the browser landed on (copy it from the address bar; the page
+    /// itself may fail to load), or `-` to read it from stdin.
+    pub url: String,
+
+    /// The tokenfs mountpoint, when FILE is a name.
+    #[arg(long, default_value = DEFAULT_MOUNTPOINT, env = "TOKENFS_MOUNTPOINT")]
+    pub mountpoint: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -2,7 +2,7 @@
 //! the foreground, and unmount cleanly on SIGTERM/SIGINT.
 
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,6 +71,9 @@ pub fn run(args: MountArgs) -> Result<()> {
     // mount left behind.
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let redirect_listens = redirect_listens(&config.files);
+    let login_socket = has_code_login(&config.files).then(crate::login::socket_path);
+    let _socket_gone_at_exit = login_socket.clone().map(RemovedOnDrop);
     let cells = build_cells(config.files)?;
     let files = Files::new(
         cells.clone(),
@@ -78,6 +81,7 @@ pub fn run(args: MountArgs) -> Result<()> {
             owner,
             read_timeout: config.read_timeout,
             ttl_cap: TTL_CAP,
+            login_socket: login_socket.clone(),
         },
     );
 
@@ -134,6 +138,7 @@ pub fn run(args: MountArgs) -> Result<()> {
     if let Some(listen) = args.metrics_listen {
         rt.spawn(crate::metrics::http::serve(listen, cells.clone()));
     }
+    serve_logins(login_socket.as_deref(), redirect_listens, &cells, owner.uid);
 
     let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel();
     let serving = std::thread::Builder::new()
@@ -337,4 +342,82 @@ fn owner_of_parent(prepared: &crate::mountpoint::Prepared) -> Result<Owner> {
         uid: meta.st_uid,
         gid: meta.st_gid,
     })
+}
+
+/// Whether any file logs in by the code flow, which `tokenfs consent` completes.
+fn has_code_login(files: &[crate::config::FileConfig]) -> bool {
+    files.iter().any(|f| code_login(f).is_some())
+}
+
+fn code_login(f: &crate::config::FileConfig) -> Option<&crate::source::code::CodeLoginConfig> {
+    match &f.source {
+        crate::config::SourceConfig::OAuth(c) => match &c.login {
+            Some(crate::source::oauth::Login::Code(code)) => Some(code),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The distinct `redirect_listen` addresses: one listener serves every file
+/// that names it (the redirect's `state` tells them apart).
+fn redirect_listens(files: &[crate::config::FileConfig]) -> Vec<std::net::SocketAddr> {
+    let mut addrs: Vec<_> = files
+        .iter()
+        .filter_map(|f| code_login(f)?.redirect_listen)
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
+/// The login socket (owned by the files' owner, 0600: they and root may use
+/// it) and the redirect listeners; like metrics, extras that never stop the mount.
+fn serve_logins(
+    socket: Option<&Path>,
+    redirects: Vec<std::net::SocketAddr>,
+    cells: &[Arc<Cell>],
+    owner: u32,
+) {
+    use crate::listener::{Listen, Purpose};
+    if let Some(socket) = socket {
+        if let Err(e) = crate::login::create_socket_dir(socket) {
+            tracing::error!(
+                "cannot create the directory of the login socket {}: {e}",
+                socket.display()
+            );
+        }
+        let purpose = Purpose {
+            what: "the login socket",
+            serves: "code logins for `tokenfs consent`",
+            setting: "RUNTIME_DIRECTORY",
+            owner: Some(owner),
+        };
+        let router = crate::login::socket_router(cells.to_vec());
+        tokio::spawn(crate::listener::serve(
+            Listen::Unix(socket.to_owned()),
+            router,
+            purpose,
+        ));
+    }
+    for addr in redirects {
+        let purpose = Purpose {
+            what: "login redirects",
+            serves: "login redirects",
+            setting: "redirect_listen",
+            owner: None,
+        };
+        let router = crate::login::redirect_router(cells.to_vec());
+        tokio::spawn(crate::listener::serve(Listen::Tcp(addr), router, purpose));
+    }
+}
+
+/// Our login socket, removed when the daemon ends (its name has our pid: left
+/// behind, nobody else would remove it).
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

@@ -14,7 +14,7 @@ use crate::config::{Config, FileConfig, SourceConfig};
 use crate::issuer::{Issuer, IssuerConfig, RunningIssuer};
 use crate::source::http::HttpSettings;
 use crate::source::oauth::{
-    ConsentLink, Exchange, Grant, OAuthConfig, SubjectRef, ACCESS_TOKEN_TYPE,
+    ConsentLink, Exchange, Grant, Login, OAuthConfig, SubjectRef, ACCESS_TOKEN_TYPE,
 };
 use crate::source::verify::{JwksLocation, VerifyConfig, DEFAULT_LEEWAY};
 
@@ -68,8 +68,7 @@ pub async fn start(
             client_secret: Some(client_secret.clone()),
             grant,
             scope: None,
-            consent_url: None,
-            device_authorization_url: None,
+            login: None,
             http: HttpSettings::default(),
         })
     };
@@ -77,11 +76,11 @@ pub async fn start(
         name: "token".into(),
         policy: Policy::default(),
         source: SourceConfig::OAuth(Box::new(OAuthConfig {
-            device_authorization_url: login.then(|| {
-                format!(
+            login: login.then(|| Login::Device {
+                url: format!(
                     "{}/protocol/openid-connect/auth/device",
                     running.realm_url()
-                )
+                ),
             }),
             ..*endpoint(Grant::RefreshToken {
                 refresh_token,

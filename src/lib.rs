@@ -16,6 +16,7 @@ pub mod holder;
 pub mod issuer;
 pub mod listener;
 pub mod logging;
+pub mod login;
 pub mod metrics;
 pub mod mountpoint;
 pub mod notify;
@@ -82,8 +83,6 @@ pub mod fuzzing {
     pub struct ErrorSetup {
         pub token_url: Url,
         pub client_id: String,
-        /// Entra: the consent URL (`invalid_grant` etc. then mean consent).
-        pub consent_url: Option<String>,
         pub token_exchange: bool,
         pub redirect_uri: Option<String>,
     }
@@ -94,7 +93,6 @@ pub mod fuzzing {
         let ctx = crate::source::oauth::ErrorContext {
             token_url: &setup.token_url,
             client_id: &setup.client_id,
-            consent_url: setup.consent_url.as_deref(),
             token_exchange: setup.token_exchange,
             redirect_uri: setup.redirect_uri.as_deref(),
             sent: &[],

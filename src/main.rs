@@ -14,6 +14,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => return std::process::ExitCode::from(tokenfs::ops::status(args)),
         Command::Check(args) => tokenfs::ops::check(args),
         Command::Login(args) => tokenfs::ops::login(args),
+        Command::Consent(args) => tokenfs::ops::consent(args),
         Command::Unmount(args) => tokenfs::ops::unmount(args).map_err(anyhow::Error::from),
         Command::Wait(args) => tokenfs::ops::wait(args),
         Command::DevIssuer(args) => tokio::runtime::Builder::new_multi_thread()

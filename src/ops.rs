@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 
 use crate::cell::StateName;
-use crate::cli::{CheckArgs, LoginArgs, StatusArgs, WaitArgs};
+use crate::cli::{CheckArgs, ConsentArgs, LoginArgs, StatusArgs, WaitArgs};
 use crate::config::Config;
 use crate::mountpoint::{self, MountpointError, Probe, Unanswered};
 
@@ -198,12 +198,21 @@ pub fn login(args: LoginArgs) -> Result<u8> {
             names.join(", ")
         );
     };
-    let device = matches!(&file.source, crate::config::SourceConfig::OAuth(c) if c.device_authorization_url.is_some());
-    anyhow::ensure!(
-        device,
-        "files.{} has no login = \"device\": there is nothing to log in to",
-        file.name
-    );
+    let login = match &file.source {
+        crate::config::SourceConfig::OAuth(c) => c.login.clone(),
+        _ => None,
+    };
+    let Some(login) = login else {
+        anyhow::bail!(
+            "files.{} has no login (\"device\" or \"code\"): there is nothing to log in to",
+            file.name
+        );
+    };
+    let redirect_listen = match &login {
+        crate::source::oauth::Login::Code(c) => c.redirect_listen,
+        crate::source::oauth::Login::Device { .. } => None,
+    };
+    let code = matches!(login, crate::source::oauth::Login::Code(_));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -211,8 +220,23 @@ pub fn login(args: LoginArgs) -> Result<u8> {
         .context("cannot start the async runtime")?;
     let _enter = rt.enter();
     let cell = crate::daemon::build_cells(vec![file])?.remove(0);
+    if let Some(addr) = redirect_listen {
+        let purpose = crate::listener::Purpose {
+            what: "login redirects",
+            serves: "login redirects",
+            setting: "redirect_listen",
+            owner: None,
+        };
+        let router = crate::login::redirect_router(vec![cell.clone()]);
+        rt.spawn(crate::listener::serve(
+            crate::listener::Listen::Tcp(addr),
+            router,
+            purpose,
+        ));
+    }
     let deadline = std::time::Instant::now() + args.timeout;
     let mut shown = None;
+    let mut reading = false;
     loop {
         match rt.block_on(tokio::time::timeout(Duration::from_secs(30), cell.get())) {
             Ok(Ok(token)) => {
@@ -233,8 +257,19 @@ pub fn login(args: LoginArgs) -> Result<u8> {
                         if let Some(code) = lines.next() {
                             println!("{code}  (check it matches, or type it there)");
                         }
-                        println!("waiting for the approval…");
+                        if code {
+                            println!(
+                                "then paste here the address your browser landed on \
+                                 (the page itself may fail to load):"
+                            );
+                        } else {
+                            println!("waiting for the approval…");
+                        }
                         shown = Some(text);
+                    }
+                    if code && !reading {
+                        reading = true;
+                        paste_redirects(cell.clone(), rt.handle().clone());
                     }
                 }
                 None => anyhow::bail!("{}: {e}", cell.name()),
@@ -249,6 +284,69 @@ pub fn login(args: LoginArgs) -> Result<u8> {
             );
         }
         std::thread::sleep(EVERY);
+    }
+}
+
+/// Read redirects pasted on stdin (one per line) and complete the login with
+/// each; the login loop sees the outcome in the cell.
+fn paste_redirects(cell: std::sync::Arc<crate::cell::Cell>, rt: tokio::runtime::Handle) {
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { return };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let cells = [cell.clone()];
+            let done = rt.block_on(crate::login::complete(&cells, Some(cell.name()), &line));
+            if let Err(e) = done {
+                eprintln!("tokenfs: error: {e}");
+            }
+        }
+    });
+}
+
+/// `tokenfs consent FILE URL`: hand the browser's redirect to the running daemon.
+pub fn consent(args: ConsentArgs) -> Result<u8> {
+    let (mountpoint, name) = match (args.file.parent(), args.file.file_name()) {
+        (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => (dir.to_owned(), name),
+        _ => (args.mountpoint.clone(), args.file.as_os_str()),
+    };
+    let name = name.to_string_lossy().into_owned();
+    let url = if args.url == "-" {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the address from stdin")?;
+        line
+    } else {
+        args.url.clone()
+    };
+    let path = mountpoint::absolute(&mountpoint)?;
+    let mount = match mountpoint::find(&path)? {
+        Some(m) if m.is_tokenfs() => m,
+        _ => anyhow::bail!(
+            "tokenfs is not mounted on {}: give the file's path in the mount (e.g. \
+             ~/.api/azure-token), or --mountpoint",
+            path.display()
+        ),
+    };
+    let status = mount
+        .read_status()
+        .map_err(|e| anyhow::anyhow!("{}: cannot read .status ({e:?})", path.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&status).context("the mount's .status is not JSON")?;
+    let Some(socket) = doc["login_socket"].as_str() else {
+        anyhow::bail!(
+            "the tokenfs on {} has no file with login = \"code\": there is nothing to complete",
+            path.display()
+        );
+    };
+    match crate::login::send(std::path::Path::new(socket), &name, &url)? {
+        Ok(line) => {
+            println!("{line}");
+            Ok(0)
+        }
+        Err(why) => anyhow::bail!("{why}"),
     }
 }
 

@@ -18,13 +18,17 @@ struct FileStatus<'a> {
 #[derive(Serialize)]
 struct Document<'a> {
     version: &'static str,
+    /// Where `tokenfs consent` hands a code login's redirect to this daemon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    login_socket: Option<&'a std::path::Path>,
     files: Vec<FileStatus<'a>>,
 }
 
 /// Render `.status` as pretty JSON with a trailing newline.
-pub fn render(cells: &[Arc<Cell>]) -> Vec<u8> {
+pub fn render(cells: &[Arc<Cell>], login_socket: Option<&std::path::Path>) -> Vec<u8> {
     let doc = Document {
         version: env!("CARGO_PKG_VERSION"),
+        login_socket,
         files: cells
             .iter()
             .map(|c| FileStatus {

@@ -770,7 +770,6 @@ struct ErrorCase {
     input: Input,
     status: u16,
     exchange: bool,
-    consent_url: bool,
     redirect_uri: bool,
     unreadable: bool,
 }
@@ -783,7 +782,6 @@ impl From<Vec<u8>> for ErrorCase {
             input: Input::from(bytes),
             status: 400,
             exchange: true,
-            consent_url: false,
             redirect_uri: true,
             unreadable: false,
         }
@@ -791,7 +789,6 @@ impl From<Vec<u8>> for ErrorCase {
 }
 
 const TOKEN_URL: &str = "https://kc.example.com/realms/DominoRealm/protocol/openid-connect/token";
-const CONSENT_URL: &str = "https://login.example.com/tenant/oauth2/v2.0/authorize?client_id=c";
 const REDIRECT_URI: &str = "https://domino.example.com/account/linked";
 
 fn error_body_input() -> impl Strategy<Value = Input> {
@@ -906,15 +903,14 @@ fn error_case() -> impl Strategy<Value = ErrorCase> {
             prop::sample::select(vec![400u16, 401, 403, 404, 429, 500, 502, 503, 302]),
             100u16..1000,
         ],
-        any::<(bool, bool, bool)>(),
+        any::<(bool, bool)>(),
         prop::bool::weighted(0.05),
     )
         .prop_map(
-            |(status, (exchange, consent_url, redirect_uri), unreadable)| ErrorCase {
+            |(status, (exchange, redirect_uri), unreadable)| ErrorCase {
                 input: Input::from(Vec::new()),
                 status,
                 exchange,
-                consent_url,
                 redirect_uri,
                 unreadable,
             },
@@ -925,7 +921,6 @@ fn check_error_body(case: ErrorCase, _label: &str) -> Result<(), TestCaseError> 
     let setup = ErrorSetup {
         token_url: Url::parse(TOKEN_URL).unwrap(),
         client_id: "domino-tokenfs".into(),
-        consent_url: case.consent_url.then(|| CONSENT_URL.to_owned()),
         token_exchange: case.exchange,
         redirect_uri: case.redirect_uri.then(|| REDIRECT_URI.to_owned()),
     };
@@ -983,12 +978,6 @@ fn check_error_body(case: ErrorCase, _label: &str) -> Result<(), TestCaseError> 
                     }
                     prop_assert_eq!(url, &want.to_string());
                 }
-                Some("invalid_grant" | "interaction_required" | "consent_required")
-                    if case.consent_url =>
-                {
-                    prop_assert_eq!(url, CONSENT_URL);
-                    prop_assert_eq!(*expired, code != Some("consent_required"));
-                }
                 _ => {
                     return Err(fail(format!(
                         "consent asked for without a consent answer: {shown}"
@@ -1033,7 +1022,7 @@ fn check_error_body(case: ErrorCase, _label: &str) -> Result<(), TestCaseError> 
         other => return Err(fail(format!("unexpected kind: {other:?}"))),
     }
     // Only `error`, `error_description` and `account-link-url` may show.
-    let mut allowed: Vec<String> = [TOKEN_URL, CONSENT_URL, REDIRECT_URI, "domino-tokenfs"]
+    let mut allowed: Vec<String> = [TOKEN_URL, REDIRECT_URI, "domino-tokenfs"]
         .map(str::to_owned)
         .to_vec();
     allowed.extend(

@@ -4,47 +4,128 @@
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use secrecy::SecretString;
 
 use super::{allow_only, invalid, raw::RawFile, secret, url, ConfigError};
 use crate::secret_file;
+use crate::source::code::CodeLoginConfig;
 use crate::source::http::HttpSettings;
 use crate::source::oauth::{
-    ConsentLink, Exchange, Grant, OAuthConfig, SubjectRef, ACCESS_TOKEN_TYPE,
+    ConsentLink, Exchange, Grant, Login, OAuthConfig, SubjectRef, ACCESS_TOKEN_TYPE,
 };
 
 const ENDPOINT_KEYS: [&str; 4] = ["token_url", "client_id", "client_secret_file", "scope"];
 const REFRESH_KEYS: [&str; 2] = ["refresh_token_file", "rotated_refresh_token_file"];
-const LOGIN_KEYS: [&str; 2] = ["login", "device_authorization_url"];
+const LOGIN_KEYS: [&str; 7] = [
+    "login",
+    "device_authorization_url",
+    "authorization_url",
+    "redirect_uri",
+    "redirect_listen",
+    "login_hint",
+    "consent_state_file",
+];
 
-/// `login = "device"`: the device authorization endpoint, as configured or
-/// derived (`derived`: Keycloak's next to its token endpoint, Entra's
-/// `devicecode`), or `None` without `login`.
-fn device_login(
+/// Where a login's endpoints are when the config names none: Keycloak's next to
+/// its token endpoint, Entra's under the tenant.
+struct Derived {
+    device: Option<String>,
+    authorization: Option<String>,
+}
+
+/// How a file with no usable refresh token gets one (`login`): `"device"`, or
+/// `"code"` (the default with `code_by_default`, Entra's).
+fn login(
     name: &str,
     f: &RawFile,
-    derived: Option<String>,
-) -> Result<Option<String>, ConfigError> {
+    derived: Derived,
+    code_by_default: bool,
+) -> Result<Option<Login>, ConfigError> {
     let key = |k: &str| format!("files.{name}.{k}");
-    match f.login.as_deref() {
-        None if f.device_authorization_url.is_some() => Err(invalid(
-            key("device_authorization_url"),
-            "is used only with login = \"device\"",
-        )),
-        None => Ok(None),
-        Some("device") => {
-            let endpoint = f.device_authorization_url.clone().or(derived).ok_or_else(|| {
+    let only_with = |k: &str, set: bool, login: &str| match set {
+        true => Err(invalid(key(k), format!("is used only with login = \"{login}\""))),
+        false => Ok(()),
+    };
+    let kind = match f.login.as_deref() {
+        Some(kind) => kind,
+        None if code_by_default => "code",
+        None => {
+            only_with("device_authorization_url", f.device_authorization_url.is_some(), "device")?;
+            for (k, set) in [
+                ("authorization_url", f.authorization_url.is_some()),
+                ("redirect_listen", f.redirect_listen.is_some()),
+                ("login_hint", f.login_hint.is_some()),
+                ("consent_state_file", f.consent_state_file.is_some()),
+                ("redirect_uri", f.redirect_uri.is_some()),
+            ] {
+                only_with(k, set, "code")?;
+            }
+            return Ok(None);
+        }
+    };
+    match kind {
+        "device" => {
+            for (k, set) in [
+                ("authorization_url", f.authorization_url.is_some()),
+                ("redirect_listen", f.redirect_listen.is_some()),
+                ("consent_state_file", f.consent_state_file.is_some()),
+            ] {
+                only_with(k, set, "code")?;
+            }
+            let endpoint = f.device_authorization_url.clone().or(derived.device).ok_or_else(|| {
                 invalid(
                     key("device_authorization_url"),
                     "missing, and token_url is not Keycloak's (…/protocol/openid-connect/token) to derive it from",
                 )
             })?;
-            url(key("device_authorization_url"), Some(endpoint)).map(Some)
+            let url = url(key("device_authorization_url"), Some(endpoint))?;
+            Ok(Some(Login::Device { url }))
         }
-        Some(other) => Err(invalid(
+        "code" => {
+            only_with("device_authorization_url", f.device_authorization_url.is_some(), "device")?;
+            let authorization_url = f
+                .authorization_url
+                .clone()
+                .or(derived.authorization)
+                .ok_or_else(|| {
+                    invalid(
+                        key("authorization_url"),
+                        "missing, and token_url is not Keycloak's (…/protocol/openid-connect/token) to derive it from",
+                    )
+                })?;
+            let authorization_url = url(key("authorization_url"), Some(authorization_url))?;
+            let redirect_uri = f.redirect_uri.clone().ok_or_else(|| {
+                invalid(
+                    key("redirect_uri"),
+                    "missing: where the browser lands after the login, registered for client_id \
+                     at the upstream (with redirect_listen, tokenfs serves it itself, e.g. \
+                     http://127.0.0.1:8400/callback)",
+                )
+            })?;
+            let redirect_uri = url(key("redirect_uri"), Some(redirect_uri))?;
+            let redirect_listen = f
+                .redirect_listen
+                .as_deref()
+                .map(|l| {
+                    l.parse::<std::net::SocketAddr>().map_err(|_| {
+                        invalid(
+                            key("redirect_listen"),
+                            format!("{l:?} is not IP:PORT (e.g. \"127.0.0.1:8400\")"),
+                        )
+                    })
+                })
+                .transpose()?;
+            Ok(Some(Login::Code(CodeLoginConfig {
+                authorization_url,
+                redirect_uri,
+                login_hint: f.login_hint.clone(),
+                state_file: f.consent_state_file.clone(),
+                redirect_listen,
+            })))
+        }
+        other => Err(invalid(
             key("login"),
-            format!("unknown login {other:?}; the one there is is \"device\""),
+            format!("unknown login {other:?}; use \"device\" or \"code\""),
         )),
     }
 }
@@ -184,7 +265,7 @@ pub(super) fn oauth2(
     let key = |k: &str| format!("files.{name}.{k}");
     let token_url = url(key("token_url"), f.token_url.clone())?;
     let (client_id, client_secret) = client(name, &f)?;
-    let mut device = None;
+    let mut login_cfg = None;
     let grant = match f.grant.as_deref().unwrap_or("refresh_token") {
         "refresh_token" => {
             allow_only(
@@ -193,12 +274,14 @@ pub(super) fn oauth2(
                 &f,
                 &[&ENDPOINT_KEYS[..], &REFRESH_KEYS, &LOGIN_KEYS, &["grant"]].concat(),
             )?;
-            let derived = token_url
-                .strip_suffix("/protocol/openid-connect/token")
-                .map(|realm| format!("{realm}/protocol/openid-connect/auth/device"));
-            device = device_login(name, &f, derived)?;
-            // With a device login there may be no refresh token yet.
-            refresh_grant(name, &f, device.is_some())?
+            let realm = token_url.strip_suffix("/protocol/openid-connect/token");
+            let derived = Derived {
+                device: realm.map(|r| format!("{r}/protocol/openid-connect/auth/device")),
+                authorization: realm.map(|r| format!("{r}/protocol/openid-connect/auth")),
+            };
+            login_cfg = login(name, &f, derived, false)?;
+            // With a login there may be no refresh token yet.
+            refresh_grant(name, &f, login_cfg.is_some())?
         }
         "client_credentials" => {
             allow_only(
@@ -223,8 +306,7 @@ pub(super) fn oauth2(
         client_secret,
         grant,
         scope: f.scope,
-        consent_url: None,
-        device_authorization_url: device,
+        login: login_cfg,
         http,
     })
 }
@@ -294,8 +376,7 @@ pub(super) fn exchange(
             consent,
         }),
         scope: f.scope,
-        consent_url: None,
-        device_authorization_url: None,
+        login: None,
         http,
     })
 }
@@ -366,12 +447,11 @@ pub(super) fn entra(
             "rotated_refresh_token_file",
             "tenant",
             "authority",
-            "redirect_uri",
-            "login_hint",
-            "consent_state_file",
-            "login",
-            "device_authorization_url",
-        ],
+        ]
+        .iter()
+        .chain(&LOGIN_KEYS)
+        .copied()
+        .collect::<Vec<_>>(),
     )?;
     let tenant = f
         .tenant
@@ -404,98 +484,17 @@ pub(super) fn entra(
     })?;
     let (client_id, client_secret) = client(name, &f)?;
     let grant = refresh_grant(name, &f, true)?;
-    let device = device_login(
-        name,
-        &f,
-        Some(format!("{authority}/{tenant}/oauth2/v2.0/devicecode")),
-    )?;
-    if device.is_some() {
-        // No browser comes back anywhere: the daemon polls for the tokens.
-        return Ok(OAuthConfig {
-            token_url: format!("{authority}/{tenant}/oauth2/v2.0/token"),
-            client_id,
-            client_secret,
-            grant,
-            scope: Some(scope),
-            consent_url: None,
-            device_authorization_url: device,
-            http,
-        });
-    }
-    let redirect_uri = url(key("redirect_uri"), f.redirect_uri.clone())?;
-    let consent_url = authorize_url(
-        &format!("{authority}/{tenant}/oauth2/v2.0/authorize"),
-        &client_id,
-        &redirect_uri,
-        &scope,
-        f.login_hint.as_deref(),
-        f.consent_state_file.clone(),
-        name,
-    )?;
+    let derived = Derived {
+        device: Some(format!("{authority}/{tenant}/oauth2/v2.0/devicecode")),
+        authorization: Some(format!("{authority}/{tenant}/oauth2/v2.0/authorize")),
+    };
     Ok(OAuthConfig {
         token_url: format!("{authority}/{tenant}/oauth2/v2.0/token"),
         client_id,
         client_secret,
         grant,
         scope: Some(scope),
-        consent_url: Some(consent_url),
-        device_authorization_url: None,
+        login: login(name, &f, derived, true)?,
         http,
     })
-}
-
-fn random_b64(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    aws_lc_rs::rand::fill(&mut buf).expect("system randomness");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
-}
-
-/// The Entra authorize URL the user opens to consent: authorization code flow
-/// with `offline_access`, `state` and PKCE S256. Whatever receives
-/// `redirect_uri` redeems the code; it finds `state` and the PKCE verifier in
-/// `consent_state_file` (0600) and writes the refresh token to `refresh_token_file`.
-fn authorize_url(
-    base: &str,
-    client_id: &str,
-    redirect_uri: &str,
-    scope: &str,
-    login_hint: Option<&str>,
-    state_file: Option<PathBuf>,
-    name: &str,
-) -> Result<String, ConfigError> {
-    let state = random_b64(16);
-    let verifier = random_b64(32);
-    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()),
-    );
-    let scope = if scope.split_whitespace().any(|s| s == "offline_access") {
-        scope.to_owned()
-    } else {
-        format!("{scope} offline_access")
-    };
-    let mut url = reqwest::Url::parse(base)
-        .map_err(|e| invalid(format!("files.{name}.authority"), e.to_string()))?;
-    url.query_pairs_mut()
-        .append_pair("client_id", client_id)
-        .append_pair("response_type", "code")
-        .append_pair("redirect_uri", redirect_uri)
-        .append_pair("response_mode", "query")
-        .append_pair("scope", &scope)
-        .append_pair("state", &state)
-        .append_pair("code_challenge", &challenge)
-        .append_pair("code_challenge_method", "S256");
-    if let Some(hint) = login_hint {
-        url.query_pairs_mut().append_pair("login_hint", hint);
-    }
-    if let Some(path) = state_file {
-        let doc = serde_json::json!({
-            "state": state,
-            "code_verifier": verifier,
-            "redirect_uri": redirect_uri,
-            "client_id": client_id,
-        });
-        secret_file::write_secret_file(&path, &SecretString::from(doc.to_string()))
-            .map_err(|e| invalid(format!("files.{name}.consent_state_file"), e.to_string()))?;
-    }
-    Ok(url.to_string())
 }

@@ -40,6 +40,10 @@ pub struct RawFile {
     /// there is none or it is dead.
     pub login: Option<String>,
     pub device_authorization_url: Option<String>,
+    /// `login = "code"`: the authorization endpoint (derived for Keycloak and Entra).
+    pub authorization_url: Option<String>,
+    /// `login = "code"`: where the daemon listens for the browser's redirect.
+    pub redirect_listen: Option<String>,
     // token-exchange
     pub subject: Option<String>,
     pub subject_token_file: Option<PathBuf>,
@@ -139,6 +143,8 @@ impl RawFile {
                 "device_authorization_url",
                 self.device_authorization_url.is_some(),
             ),
+            ("authorization_url", self.authorization_url.is_some()),
+            ("redirect_listen", self.redirect_listen.is_some()),
             ("subject", self.subject.is_some()),
             ("subject_token_file", self.subject_token_file.is_some()),
             ("subject_token_type", self.subject_token_type.is_some()),

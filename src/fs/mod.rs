@@ -43,6 +43,8 @@ pub struct Options {
     pub read_timeout: Duration,
     /// Longest attribute/entry TTL handed to the kernel, whatever the token's lifetime.
     pub ttl_cap: Duration,
+    /// Where `tokenfs consent` completes a code login, shown in `.status`.
+    pub login_socket: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -384,7 +386,7 @@ impl Files {
 
     fn status_view(&self) -> View {
         let cells: Vec<_> = self.tokens.iter().map(|t| t.cell.clone()).collect();
-        let doc = self.status.announce(crate::status::render(&cells));
+        let doc = self.status.announce(crate::status::render(&cells, self.opts.login_socket.as_deref()));
         self.content_view(STATUS_INO, Content::Doc(doc), Duration::ZERO)
     }
 

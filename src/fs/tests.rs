@@ -53,6 +53,7 @@ pub(super) fn files() -> (Arc<Files>, Arc<Cell>, Arc<ManualClock>) {
         },
         read_timeout: Duration::from_secs(10),
         ttl_cap: Duration::from_secs(600),
+        login_socket: None,
     };
     (Files::new(vec![cell.clone()], opts), cell, clock)
 }
@@ -225,6 +226,7 @@ async fn consent_url_file_exists_only_while_consent_is_needed() {
         owner: Owner { uid: 1, gid: 1 },
         read_timeout: Duration::from_secs(10),
         ttl_cap: Duration::from_secs(600),
+        login_socket: None,
     };
     let files = Files::new(vec![cell], opts);
     let consent = OsStr::new("azure-token.consent-url");

@@ -29,6 +29,8 @@ pub struct CodeLoginConfig {
     /// Written (0600) at each new login for a platform that redeems the code
     /// itself: `state`, `code_verifier`, `redirect_uri`, `client_id`.
     pub state_file: Option<std::path::PathBuf>,
+    /// Where the daemon itself serves `redirect_uri`, if it does.
+    pub redirect_listen: Option<std::net::SocketAddr>,
 }
 
 /// A login the user has not finished. `Debug` shows neither state nor verifier.
@@ -243,6 +245,7 @@ mod tests {
             redirect_uri: "http://127.0.0.1:8400/callback".into(),
             login_hint: Some("ada".into()),
             state_file: None,
+            redirect_listen: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Upstreams that issue tokens. Each kind implements [`Source`]; the cell above
 //! knows nothing of HTTP and a source knows nothing of cells or FUSE.
 
+pub mod code;
 pub mod device;
 pub mod get;
 pub mod http;
@@ -141,5 +142,18 @@ pub trait Source: Send + Sync {
     /// that lasts: requests still work, but the token is lost at the next start.
     fn unsaved_refresh_token(&self) -> Option<String> {
         None
+    }
+    /// Complete a code login with the URL the browser landed on (`file` names
+    /// this source's file in errors).
+    async fn complete_login(
+        &self,
+        file: &str,
+        _redirect: code::Redirect,
+    ) -> Result<(), code::LoginError> {
+        Err(code::LoginError::NoCodeLogin { file: file.into() })
+    }
+    /// Whether a code login waits for a redirect carrying `state`.
+    fn login_waits_for(&self, _state: &str) -> bool {
+        false
     }
 }

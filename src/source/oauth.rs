@@ -18,6 +18,7 @@ use super::http::{
     self, map_send_error, read_body, redact_url, status_error, upstream_text, BuildError,
     HttpSettings,
 };
+use super::code::{self, CodeLoginConfig, LoginError, Redirect};
 use super::{device, jwt, Issued, Source, SourceError, Subject};
 use crate::secret_file::{self, SecretWriter};
 
@@ -95,13 +96,19 @@ pub struct OAuthConfig {
     pub grant: Grant,
     /// Sent as `scope` when set.
     pub scope: Option<String>,
-    /// Entra ID: where the user grants consent. When set, `invalid_grant`,
-    /// `interaction_required` and `consent_required` mean "consent needed".
-    pub consent_url: Option<String>,
-    /// `login = "device"`: the device authorization endpoint. With a refresh
-    /// token grant, a missing or dead refresh token starts a device login.
-    pub device_authorization_url: Option<String>,
+    /// With a refresh token grant, how a missing or dead refresh token is
+    /// replaced: a login the user completes in a browser.
+    pub login: Option<Login>,
     pub http: HttpSettings,
+}
+
+/// How a file with no usable refresh token gets one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// `login = "device"`: the device authorization endpoint.
+    Device { url: String },
+    /// `login = "code"`: authorization code with PKCE.
+    Code(CodeLoginConfig),
 }
 
 /// A [`Source`] backed by an OAuth2 token endpoint. `Debug` shows no secret:
@@ -118,11 +125,12 @@ struct Inner {
     client_id: String,
     client_secret: Option<SecretString>,
     scope: Option<String>,
-    consent_url: Option<String>,
     http: HttpSettings,
     grant: GrantState,
     /// `login = "device"` (refresh-token grant only).
     device: Option<Device>,
+    /// `login = "code"` (refresh-token grant only).
+    code: Option<CodeLogin>,
     /// An exchange got a token (or was told the stored one expired) since start.
     had_consent: AtomicBool,
 }
@@ -197,10 +205,7 @@ impl OAuthSource {
                 file,
                 rotated_file,
             } => {
-                if refresh_token.is_none()
-                    && file.is_none()
-                    && cfg.device_authorization_url.is_none()
-                {
+                if refresh_token.is_none() && file.is_none() && cfg.login.is_none() {
                     return Err(BuildError::Setting {
                         setting: "refresh_token",
                         reason: "needs a token or a file to watch for one",
@@ -246,18 +251,32 @@ impl OAuthSource {
                 GrantState::TokenExchange { params, subject }
             }
         };
-        let device = match (&cfg.device_authorization_url, &grant) {
-            (Some(url), GrantState::RefreshToken { .. }) => Some(Device {
-                url: http::parse_url("device_authorization_url", url)?,
-                state: std::sync::Mutex::new(DeviceState::Idle),
-            }),
-            (Some(_), _) => {
-                return Err(BuildError::Setting {
-                    setting: "login",
-                    reason: "a device login gets a refresh token: it needs the refresh_token grant",
-                })
+        if cfg.login.is_some() && !matches!(grant, GrantState::RefreshToken { .. }) {
+            return Err(BuildError::Setting {
+                setting: "login",
+                reason: "a login gets a refresh token: it needs the refresh_token grant",
+            });
+        }
+        let (device, code) = match cfg.login {
+            Some(Login::Device { url }) => (
+                Some(Device {
+                    url: http::parse_url("device_authorization_url", &url)?,
+                    state: std::sync::Mutex::new(LoginState::Idle),
+                }),
+                None,
+            ),
+            Some(Login::Code(cfg)) => {
+                http::parse_url("authorization_url", &cfg.authorization_url)?;
+                (
+                    None,
+                    Some(CodeLogin {
+                        cfg,
+                        state: std::sync::Mutex::new(LoginState::Idle),
+                        used: std::sync::Mutex::new(None),
+                    }),
+                )
             }
-            (None, _) => None,
+            None => (None, None),
         };
         let inner = Inner {
             client: http::client(&cfg.http)?,
@@ -265,10 +284,10 @@ impl OAuthSource {
             client_id: cfg.client_id,
             client_secret: cfg.client_secret,
             scope: cfg.scope,
-            consent_url: cfg.consent_url,
             http: cfg.http,
             grant,
             device,
+            code,
             had_consent: AtomicBool::new(false),
         };
         Ok(OAuthSource {
@@ -300,6 +319,25 @@ impl Source for OAuthSource {
     fn unsaved_refresh_token(&self) -> Option<String> {
         self.inner.unsaved_now()
     }
+
+    async fn complete_login(&self, file: &str, redirect: Redirect) -> Result<(), LoginError> {
+        // Its own task, as `issue`: between the upstream redeeming the code and
+        // us saving the refresh token nothing may interrupt.
+        let inner = self.inner.clone();
+        let file = file.to_owned();
+        match tokio::spawn(async move { inner.complete_login(&file, redirect).await }).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(LoginError::Redeem {
+                file: String::new(),
+                reason: format!("the request was cancelled: {e}"),
+            }),
+        }
+    }
+
+    fn login_waits_for(&self, state: &str) -> bool {
+        self.inner.code.as_ref().is_some_and(|c| c.waits_for(state))
+    }
 }
 
 impl Inner {
@@ -316,9 +354,17 @@ impl Inner {
     /// sent, or the error the status and body call for.
     async fn exchange(
         &self,
+        form: Vec<(&str, &str)>,
+    ) -> Result<(TokenResponse, SystemTime), SourceError> {
+        self.exchange_as(self.grant.name(), form).await
+    }
+
+    /// [`Self::exchange`] with another grant type (a code login's redemption).
+    async fn exchange_as(
+        &self,
+        grant: &str,
         mut form: Vec<(&str, &str)>,
     ) -> Result<(TokenResponse, SystemTime), SourceError> {
-        let grant = self.grant.name();
         form.insert(0, ("grant_type", grant));
         form.push(("client_id", &self.client_id));
         if let Some(secret) = &self.client_secret {
@@ -403,18 +449,6 @@ impl Inner {
         }
     }
 
-    /// The consent error for a missing refresh token (consent never given).
-    fn consent_missing(&self) -> SourceError {
-        match &self.consent_url {
-            Some(url) => SourceError::ConsentRequired {
-                url: url.clone(),
-                expired: false,
-                user_code: None,
-            },
-            None => SourceError::Rejected("no refresh token yet".into()),
-        }
-    }
-
     /// The consent error for an exchange Keycloak answered `not_linked` or
     /// `token_expired`. Keycloak answers `not_linked` also when a link that
     /// worked was removed, or after it dropped a stored token it could not
@@ -477,7 +511,7 @@ impl Inner {
             }
             GrantState::RefreshToken { held, file, saver } => {
                 let mut held = held.lock().await;
-                if let Some((answer, sent)) = self.device.as_ref().and_then(Device::take_approved) {
+                if let Some((answer, sent)) = self.take_approved() {
                     // The device login's own answer, if still recent (nobody may
                     // have read for a while): its refresh token is held already.
                     if sent.elapsed().unwrap_or_default() < APPROVED_ANSWER_MAX_AGE {
@@ -489,20 +523,19 @@ impl Inner {
                 }
                 let Some(token) = held.token.clone() else {
                     drop(held);
-                    return Err(match &self.device {
-                        Some(device) => self.device_login(device).await,
-                        None => self.consent_missing(),
-                    });
+                    return Err(self.start_login().await);
                 };
                 let form = vec![("refresh_token", token.expose_secret())];
                 let result = self.exchange(form).await;
-                if let (Err(e), Some(device)) = (&result, &self.device) {
-                    if grant_is_dead(e) {
-                        tracing::warn!("the refresh token is dead ({e}): starting a device login");
+                if let Err(e) = &result {
+                    if let Some(expired) = grant_is_dead(e).filter(|_| self.has_login()) {
+                        tracing::warn!("the refresh token is dead ({e}): starting a login");
                         held.token = None;
-                        self.had_consent.store(true, Ordering::Relaxed);
+                        if expired {
+                            self.had_consent.store(true, Ordering::Relaxed);
+                        }
                         drop(held);
-                        return Err(self.device_login(device).await);
+                        return Err(self.start_login().await);
                     }
                 }
                 let (mut answer, sent) = result?;
@@ -522,6 +555,135 @@ impl Inner {
         issued_from_answer(answer, sent)
     }
 
+    fn has_login(&self) -> bool {
+        self.device.is_some() || self.code.is_some()
+    }
+
+    fn take_approved(&self) -> Option<(TokenResponse, SystemTime)> {
+        match (&self.device, &self.code) {
+            (Some(device), _) => take_approved(&device.state),
+            (_, Some(code)) => take_approved(&code.state),
+            _ => None,
+        }
+    }
+
+    /// The error a read gets while no refresh token is usable: what the user
+    /// must do, a login started here if none is waiting.
+    async fn start_login(self: &Arc<Self>) -> SourceError {
+        match (&self.device, &self.code) {
+            (Some(device), _) => self.device_login(device).await,
+            (_, Some(code)) => self.code_login(code).await,
+            _ => SourceError::Rejected(
+                "no refresh token yet: write one to refresh_token_file, or set login".into(),
+            ),
+        }
+    }
+
+    /// The authorize URL waiting for the user, or a new one after
+    /// [`code::MAX_AGE`]. `ENOKEY` before any token, then `EKEYEXPIRED`.
+    async fn code_login(&self, login: &CodeLogin) -> SourceError {
+        let required = |url: String| SourceError::ConsentRequired {
+            url,
+            expired: self.had_consent.load(Ordering::Relaxed),
+            user_code: None,
+        };
+        let now = SystemTime::now();
+        if let LoginState::Waiting(p) = &*lock(&login.state) {
+            if p.is_current(now) {
+                return required(p.url.clone());
+            }
+        }
+        let pending = match code::start(&login.cfg, &self.client_id, self.scope.as_deref(), now)
+        {
+            Ok(p) => p,
+            Err(e) => return SourceError::Rejected(format!("cannot build the login URL: {e}")),
+        };
+        if let Some(path) = login.cfg.state_file.clone() {
+            let doc = code::state_document(&pending, &login.cfg, &self.client_id);
+            let written = tokio::task::spawn_blocking(move || {
+                secret_file::write_secret_file(&path, &doc).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(e) = written {
+                tracing::error!("cannot write consent_state_file: {e}");
+            }
+        }
+        tracing::info!(
+            authorization_url = %login.cfg.authorization_url,
+            "code login started: waiting for the user to open the file's .consent-url"
+        );
+        *lock(&login.state) = LoginState::Waiting(pending.clone());
+        required(pending.url)
+    }
+
+    /// Redeem the code the browser brought back for the login waiting now.
+    async fn complete_login(&self, file: &str, redirect: Redirect) -> Result<(), LoginError> {
+        let Some(login) = &self.code else {
+            return Err(LoginError::NoCodeLogin { file: file.into() });
+        };
+        let verifier = {
+            let state = lock(&login.state);
+            let used = lock(&login.used);
+            match (&*state, redirect.state()) {
+                (LoginState::Waiting(p), Some(s)) if code::same_state(&p.state, s) => {
+                    p.verifier.clone()
+                }
+                (_, Some(s)) if used.as_deref().is_some_and(|u| code::same_state(u, s)) => {
+                    return Err(LoginError::AlreadyUsed { file: file.into() })
+                }
+                _ => return Err(LoginError::StateMismatch { file: file.into() }),
+            }
+        };
+        let code = match redirect {
+            Redirect::Code { code, .. } => code,
+            Redirect::Error {
+                error, description, ..
+            } => {
+                // The user (or the upstream) said no: the next read offers a new URL.
+                *lock(&login.state) = LoginState::Idle;
+                tracing::warn!(%error, "the code login was declined at the upstream");
+                return Err(LoginError::Declined {
+                    file: file.into(),
+                    error,
+                    description,
+                });
+            }
+        };
+        let form = vec![
+            ("code", code.expose_secret()),
+            ("redirect_uri", login.cfg.redirect_uri.as_str()),
+            ("code_verifier", verifier.expose_secret()),
+        ];
+        let redeem = |e: SourceError| LoginError::Redeem {
+            file: file.into(),
+            reason: e.to_string(),
+        };
+        let (mut answer, sent) = self
+            .exchange_as("authorization_code", form)
+            .await
+            .map_err(redeem)?;
+        let GrantState::RefreshToken { held, saver, .. } = &self.grant else {
+            return Err(LoginError::NoCodeLogin { file: file.into() });
+        };
+        let mut held = held.lock().await;
+        match answer.refresh_token.take() {
+            Some(refresh) => self.rotate(&mut held, refresh, saver.as_ref()).await,
+            None => tracing::warn!(
+                "the code login's answer has no refresh token (is offline_access allowed for \
+                 this client?): the user must log in again when this token expires"
+            ),
+        }
+        self.had_consent.store(true, Ordering::Relaxed);
+        let mut state = lock(&login.state);
+        if let LoginState::Waiting(p) = &*state {
+            *lock(&login.used) = Some(p.state.clone());
+        }
+        *state = LoginState::Approved(answer, sent);
+        tracing::info!("code login completed; the next read is served");
+        Ok(())
+    }
+
     /// What the user must do to log in: the code waiting for them, or a new one
     /// (whose poller is started here). `ENOKEY` before any token, then `EKEYEXPIRED`.
     async fn device_login(self: &Arc<Self>, device: &Device) -> SourceError {
@@ -532,7 +694,7 @@ impl Inner {
             user_code: Some(p.user_code.clone()),
         };
         let now = SystemTime::now();
-        if let DeviceState::Waiting(p) = &*device.lock() {
+        if let LoginState::Waiting(p) = &*device.lock() {
             if p.expires_at > now {
                 return required(p);
             }
@@ -552,7 +714,7 @@ impl Inner {
                     expires_in_s = pending.expires_at.duration_since(now).unwrap_or_default().as_secs(),
                     "device login started: waiting for the user to approve"
                 );
-                *device.lock() = DeviceState::Waiting(pending.clone());
+                *device.lock() = LoginState::Waiting(pending.clone());
                 tokio::spawn(self.clone().poll_device(pending.clone()));
                 required(&pending)
             }
@@ -564,8 +726,8 @@ impl Inner {
     /// approves, declines, or the code expires; a newer code ends this one.
     async fn poll_device(self: Arc<Self>, pending: device::Pending) {
         let Some(device) = &self.device else { return };
-        let ours = |state: &DeviceState| {
-            matches!(state, DeviceState::Waiting(p)
+        let ours = |state: &LoginState<device::Pending>| {
+            matches!(state, LoginState::Waiting(p)
                 if p.device_code.expose_secret() == pending.device_code.expose_secret())
         };
         let mut interval = pending.interval;
@@ -575,7 +737,7 @@ impl Inner {
                 return;
             }
             if SystemTime::now() >= pending.expires_at {
-                *device.lock() = DeviceState::Idle;
+                *device.lock() = LoginState::Idle;
                 tracing::info!(
                     "the device login code expired unused; the next read asks for a new one"
                 );
@@ -589,7 +751,7 @@ impl Inner {
                     tracing::debug!(error = %e, "a device login poll failed; trying again")
                 }
                 device::Poll::Ended(why) => {
-                    *device.lock() = DeviceState::Idle;
+                    *device.lock() = LoginState::Idle;
                     tracing::warn!(
                         "the device login ended ({why}); the next read starts a new one"
                     );
@@ -612,11 +774,11 @@ impl Inner {
                                 ),
                             }
                             self.had_consent.store(true, Ordering::Relaxed);
-                            *device.lock() = DeviceState::Approved(answer, sent);
+                            *device.lock() = LoginState::Approved(answer, sent);
                             tracing::info!("device login approved; the next read is served");
                         }
                         Err(e) => {
-                            *device.lock() = DeviceState::Idle;
+                            *device.lock() = LoginState::Idle;
                             tracing::warn!("the device login's answer is unusable: {e}");
                         }
                     }
@@ -640,7 +802,6 @@ impl Inner {
         let ctx = ErrorContext {
             token_url: &self.token_url,
             client_id: &self.client_id,
-            consent_url: self.consent_url.as_deref(),
             token_exchange,
             redirect_uri,
             sent,
@@ -652,44 +813,77 @@ impl Inner {
 /// A device login in progress, or its answer not yet served.
 struct Device {
     url: Url,
-    state: std::sync::Mutex<DeviceState>,
+    state: std::sync::Mutex<LoginState<device::Pending>>,
 }
 
-enum DeviceState {
+/// A code login waiting for its redirect, or its answer not yet served.
+struct CodeLogin {
+    cfg: CodeLoginConfig,
+    state: std::sync::Mutex<LoginState<code::Pending>>,
+    /// The state of the login last completed, to tell a replayed URL apart.
+    used: std::sync::Mutex<Option<String>>,
+}
+
+enum LoginState<P> {
     Idle,
-    Waiting(device::Pending),
+    Waiting(P),
     /// The approved login's answer (its refresh token taken out and held), for
     /// the next read.
     Approved(TokenResponse, SystemTime),
 }
 
+impl<P> LoginState<P> {
+    fn name(&self) -> &'static str {
+        match self {
+            LoginState::Idle => "idle",
+            LoginState::Waiting(_) => "waiting",
+            LoginState::Approved(..) => "approved",
+        }
+    }
+}
+
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &*self.lock() {
-            DeviceState::Idle => "idle",
-            DeviceState::Waiting(_) => "waiting",
-            DeviceState::Approved(..) => "approved",
-        };
         f.debug_struct("Device")
             .field("url", &redact_url(&self.url))
-            .field("state", &state)
+            .field("state", &lock(&self.state).name())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CodeLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeLogin")
+            .field("authorization_url", &self.cfg.authorization_url)
+            .field("state", &lock(&self.state).name())
             .finish()
     }
 }
 
 impl Device {
-    fn lock(&self) -> std::sync::MutexGuard<'_, DeviceState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, LoginState<device::Pending>> {
+        lock(&self.state)
     }
+}
 
-    fn take_approved(&self) -> Option<(TokenResponse, SystemTime)> {
-        let mut state = self.lock();
-        match std::mem::replace(&mut *state, DeviceState::Idle) {
-            DeviceState::Approved(answer, sent) => Some((answer, sent)),
-            other => {
-                *state = other;
-                None
-            }
+impl CodeLogin {
+    fn waits_for(&self, state: &str) -> bool {
+        matches!(&*lock(&self.state), LoginState::Waiting(p) if code::same_state(&p.state, state))
+    }
+}
+
+/// A poisoned lock still guards consistent data here: every state is written whole.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn take_approved<P>(m: &std::sync::Mutex<LoginState<P>>) -> Option<(TokenResponse, SystemTime)> {
+    let mut state = lock(m);
+    match std::mem::replace(&mut *state, LoginState::Idle) {
+        LoginState::Approved(answer, sent) => Some((answer, sent)),
+        other => {
+            *state = other;
+            None
         }
     }
 }
@@ -699,14 +893,18 @@ impl Device {
 const APPROVED_ANSWER_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// Whether a refresh failed because the refresh token is dead (revoked,
-/// expired, the offline session gone), as Keycloak and Entra say it.
-fn grant_is_dead(e: &SourceError) -> bool {
+/// expired, the offline session gone), as Keycloak and Entra say it, and if
+/// so whether consent was had (`EKEYEXPIRED`) or never given (Entra's
+/// `consent_required`: `ENOKEY`).
+fn grant_is_dead(e: &SourceError) -> Option<bool> {
     match e {
-        SourceError::Rejected(m) => ["invalid_grant", "interaction_required", "consent_required"]
+        SourceError::Rejected(m) if m.starts_with("consent_required") => Some(false),
+        SourceError::Rejected(m) => ["invalid_grant", "interaction_required"]
             .iter()
-            .any(|code| m.starts_with(code)),
-        SourceError::ConsentRequired { .. } => true,
-        _ => false,
+            .any(|code| m.starts_with(code))
+            .then_some(true),
+        SourceError::ConsentRequired { expired, .. } => Some(*expired),
+        _ => None,
     }
 }
 
@@ -848,8 +1046,6 @@ impl Saver {
 pub(crate) struct ErrorContext<'a> {
     pub token_url: &'a Url,
     pub client_id: &'a str,
-    /// Entra: see [`OAuthConfig::consent_url`].
-    pub consent_url: Option<&'a str>,
     /// The grant is a token exchange (a 403 then means a missing permission).
     pub token_exchange: bool,
     /// The exchange's `redirect_uri`, added to Keycloak's `account-link-url`.
@@ -886,19 +1082,6 @@ pub(crate) fn error_from_body(
             return SourceError::ConsentRequired {
                 url,
                 expired: code == "token_expired",
-                user_code: None,
-            };
-        }
-    }
-    // Entra ID: decide on `error`, never on the AADSTS text.
-    if let (Some(code), Some(url)) = (code.as_deref(), ctx.consent_url) {
-        if matches!(
-            code,
-            "invalid_grant" | "interaction_required" | "consent_required"
-        ) {
-            return SourceError::ConsentRequired {
-                url: url.to_owned(),
-                expired: code != "consent_required",
                 user_code: None,
             };
         }

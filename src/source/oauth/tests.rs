@@ -52,8 +52,7 @@ fn refresh_cfg(url: &str, rt: &str, rotated_file: Option<PathBuf>) -> OAuthConfi
             rotated_file,
         },
         scope: None,
-        consent_url: None,
-        device_authorization_url: None,
+        login: None,
         http: fast(),
     }
 }
@@ -517,8 +516,7 @@ fn exchange_cfg(url: &str, subject: SubjectRef) -> OAuthConfig {
             consent: ConsentLink::AccountLinkUrl,
         }),
         scope: None,
-        consent_url: None,
-        device_authorization_url: None,
+        login: None,
         http: fast(),
     }
 }
@@ -680,7 +678,7 @@ fn entra_cfg(url: &str, refresh_token: Option<&str>, file: Option<PathBuf>) -> O
         },
         scope: Some("https://storage.azure.com/.default".into()),
         consent_url: Some("https://login.example/authorize?x=1".into()),
-        device_authorization_url: None,
+        login: None,
         http: fast(),
     }
 }
@@ -708,7 +706,7 @@ async fn entra_consent_errors_map_to_consent_and_others_do_not() {
         match (err, consent) {
             (SourceError::ConsentRequired { url, expired, .. }, Some(e)) => {
                 assert_eq!(expired, e, "{error}");
-                assert_eq!(url, "https://login.example/authorize?x=1");
+                assert!(url.starts_with("https://login.example/authorize?client_id=app&response_type=code"), "{url}");
             }
             (SourceError::Rejected(m), None) => assert!(m.contains("AADSTS7000215"), "{m}"),
             (other, _) => panic!("{error}: {other:?}"),

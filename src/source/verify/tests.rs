@@ -556,8 +556,7 @@ async fn issuer() -> (RunningIssuer, OAuthSource) {
             rotated_file: None,
         },
         scope: None,
-        consent_url: None,
-        device_authorization_url: None,
+        login: None,
         http: HttpSettings {
             max_body: 64 * 1024,
             ..fast()
