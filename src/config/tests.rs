@@ -324,8 +324,10 @@ fn token_exchange_mistakes_are_named() {
     }
 }
 
-#[test]
-fn entra_direct_builds_token_and_consent_urls() {
+/// Loading writes nothing; the first read makes the authorize URL, and the
+/// state file a platform's own redirect handler reads.
+#[tokio::test]
+async fn entra_direct_builds_the_token_url_and_a_code_login() {
     let d = Dir::new();
     let state = d.0.path().join("consent-state");
     let cfg = d
@@ -345,6 +347,7 @@ fn entra_direct_builds_token_and_consent_urls() {
             state.display()
         ))
         .unwrap();
+    assert!(!state.exists(), "loading a config writes no consent state");
     let SourceConfig::OAuth(o) = &cfg.files[0].source else {
         panic!()
     };
@@ -359,24 +362,33 @@ fn entra_direct_builds_token_and_consent_urls() {
         refresh_token.is_none(),
         "no refresh token before consent is not an error"
     );
-    let consent = reqwest::Url::parse(o.consent_url.as_deref().unwrap()).unwrap();
+    let Some(crate::source::oauth::Login::Code(login)) = &o.login else {
+        panic!("entra logs in by the code flow by default: {:?}", o.login)
+    };
     assert_eq!(
-        consent.path(),
-        "/contoso.onmicrosoft.com/oauth2/v2.0/authorize"
+        login.authorization_url,
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/authorize"
     );
+    let source = crate::source::oauth::OAuthSource::new((**o).clone()).unwrap();
+    let crate::source::SourceError::ConsentRequired { url, expired, .. } =
+        crate::source::Source::issue(&source).await.unwrap_err()
+    else {
+        panic!("consent first")
+    };
+    assert!(!expired);
+    let consent = reqwest::Url::parse(&url).unwrap();
     let q: std::collections::HashMap<_, _> = consent.query_pairs().into_owned().collect();
     assert_eq!(q["response_type"], "code");
     assert_eq!(
         q["scope"],
         "https://storage.azure.com/.default offline_access"
     );
-    assert_eq!(q["code_challenge_method"], "S256");
     assert_eq!(q["login_hint"], "alice@contoso.com");
     assert_eq!(
         q["redirect_uri"],
         "https://domino.example.com/azure/callback"
     );
-    // The redirect handler finds state and verifier in the 0600 state file.
+    // A platform's own redirect handler finds state and verifier in the 0600 file.
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(saved["state"], q["state"].as_str());
@@ -390,6 +402,9 @@ fn entra_direct_builds_token_and_consent_urls() {
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()),
     );
     assert_eq!(q["code_challenge"], challenge);
+    // The same URL until it is used or old: a second read shows it again.
+    let again = crate::source::Source::issue(&source).await.unwrap_err();
+    assert!(matches!(again, crate::source::SourceError::ConsentRequired { url: u, .. } if u == url));
 }
 
 /// A `[files.token]` of the http source (no secret files needed) plus `verify`.

@@ -249,6 +249,11 @@ pub(crate) struct EntraForm {
     refresh_token: Option<SecretString>,
     #[serde(default, deserialize_with = "secret")]
     device_code: Option<SecretString>,
+    #[serde(default, deserialize_with = "secret")]
+    code: Option<SecretString>,
+    #[serde(default, deserialize_with = "secret")]
+    code_verifier: Option<SecretString>,
+    redirect_uri: Option<String>,
     scope: Option<String>,
 }
 
@@ -313,6 +318,21 @@ fn refresh(
     let device = match form.grant_type.as_deref() {
         Some("refresh_token") => false,
         Some(super::device::GRANT_TYPE) => true,
+        Some("authorization_code") => {
+            let client_id = form.client_id.ok_or_else(|| missing("client_id"))?;
+            let code = form.code.ok_or_else(|| missing("code"))?;
+            let user = super::code::redeem(
+                st,
+                &client_id,
+                &code,
+                form.redirect_uri.as_deref(),
+                form.code_verifier.as_ref(),
+            )
+            .map_err(code_refused)?;
+            st.inner.entra.set_state(&user, EntraState::Ok);
+            let scope = form.scope.unwrap_or_else(|| "openid offline_access".to_owned());
+            return answer(st, &user, &client_id, scope);
+        }
         Some(_) => {
             return Err(AadError::new(
                 "unsupported_grant_type",
@@ -336,6 +356,27 @@ fn refresh(
         .ok_or_else(|| missing("scope"))?;
     let user = st.inner.entra.check(&presented, &client_id)?;
     answer(st, &user, &client_id, scope)
+}
+
+/// Entra's answers to a code it will not redeem.
+fn code_refused(r: super::code::Refused) -> AadError {
+    use super::code::Refused;
+    let (code, text) = match r {
+        Refused::Invalid => (
+            70008,
+            "The provided authorization code or refresh token has expired due to inactivity.",
+        ),
+        Refused::RedirectMismatch => (
+            50011,
+            "The redirect URI specified in the request does not match the redirect URI the code was issued to.",
+        ),
+        Refused::MissingVerifier => (50148, "The code_verifier is missing."),
+        Refused::VerifierMismatch => (
+            501481,
+            "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+        ),
+    };
+    AadError::new("invalid_grant", code, text.to_owned())
 }
 
 /// Entra's answers to a device-code poll: it has no `slow_down`.
@@ -421,20 +462,12 @@ pub(crate) async fn devicecode(
     .into_response()
 }
 
-/// The authorize query we read; PKCE, state and the rest are accepted and ignored.
-#[derive(Deserialize)]
-pub(crate) struct AuthorizeQuery {
-    login_hint: Option<String>,
-    redirect_uri: Option<String>,
-}
-
-/// `GET /{tenant}/oauth2/v2.0/authorize`: the dev stand-in for the consent screen.
-/// It clears the user's failing state instead of running the code flow, so the
-/// refresh token tokenfs already holds works again.
+/// `GET /{tenant}/oauth2/v2.0/authorize`: the code flow (see `code`), the person
+/// being `login_hint`, else the tenant's only user, else the development user.
 pub(crate) async fn authorize(
     State(st): State<AppState>,
     Path(tenant): Path<String>,
-    query: Result<Query<AuthorizeQuery>, QueryRejection>,
+    query: Result<Query<super::code::AuthorizeQuery>, QueryRejection>,
 ) -> Response {
     if tenant != st.inner.cfg.tenant {
         return text(StatusCode::BAD_REQUEST, "Unknown tenant.\n".into());
@@ -445,26 +478,12 @@ pub(crate) async fn authorize(
             "Malformed authorize request.\n".into(),
         );
     };
-    let user = query
-        .login_hint
-        .filter(|u| !u.is_empty())
-        .or_else(|| st.inner.entra.sole_user());
-    let Some(user) = user else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "Cannot tell which user consents: add login_hint=USERNAME to the URL.\n".into(),
-        );
-    };
-    st.inner.entra.set_state(&user, EntraState::Ok);
-    tracing::info!(user, "dev issuer: Entra consent granted");
-    let mut body = format!(
-        "Consent granted for {user}; the refresh token held by tokenfs works again. \
-         You can close this window.\n"
-    );
-    if let Some(uri) = &query.redirect_uri {
-        body += &format!("(Not redirecting to {uri}: this is the tokenfs development issuer.)\n");
-    }
-    text(StatusCode::OK, body)
+    let user = st
+        .inner
+        .entra
+        .sole_user()
+        .unwrap_or_else(|| st.inner.cfg.device_user.clone());
+    super::code::authorize(&st, query, &user, None)
 }
 
 #[derive(Deserialize)]

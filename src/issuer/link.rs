@@ -301,13 +301,21 @@ pub(crate) struct ActionQuery {
 /// Keycloak logs the user in, asks to confirm and runs the provider's login; here
 /// there is no login, so `login_hint` names the user (dev only), and the page is the
 /// answer instead of a redirect to `redirect_uri`.
+/// Without `kc_action`, the authorization code flow (see `code`).
 pub(crate) async fn link_action(
     State(st): State<AppState>,
     Path(realm): Path<String>,
-    query: Result<Query<ActionQuery>, QueryRejection>,
+    uri: axum::http::Uri,
 ) -> Response {
     if let Some(resp) = unknown_realm(&st, &realm) {
         return resp;
+    }
+    let query: Result<Query<ActionQuery>, QueryRejection> = Query::try_from_uri(&uri);
+    if matches!(&query, Ok(Query(q)) if q.kc_action.is_none()) {
+        return match Query::<super::code::AuthorizeQuery>::try_from_uri(&uri) {
+            Ok(Query(q)) => super::code::authorize(&st, q, &st.inner.cfg.device_user, Some(&st.realm_url)),
+            Err(_) => text(StatusCode::BAD_REQUEST, "Malformed request.\n".into()),
+        };
     }
     let Ok(Query(query)) = query else {
         return text(StatusCode::BAD_REQUEST, "Malformed request.\n".into());

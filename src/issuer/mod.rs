@@ -15,6 +15,7 @@
 
 mod azure;
 mod claims;
+mod code;
 mod cli;
 mod device;
 mod entra;
@@ -123,6 +124,7 @@ struct Inner {
     links: link::Links,
     entra: entra::EntraStore,
     devices: device::Devices,
+    codes: code::Codes,
     stats: store::Stats,
 }
 
@@ -167,6 +169,7 @@ impl Issuer {
                 links: link::Links::default(),
                 entra: entra::EntraStore::default(),
                 devices: device::Devices::default(),
+                codes: code::Codes::default(),
                 stats: store::Stats::default(),
             }),
         })

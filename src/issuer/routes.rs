@@ -142,6 +142,8 @@ async fn stats(State(st): State<AppState>) -> Json<serde_json::Value> {
     let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     stats["device_authorizations"] = count(&st.inner.devices.authorizations).into();
     stats["slow_downs"] = count(&st.inner.devices.slow_downs).into();
+    stats["codes_issued"] = count(&st.inner.codes.issued).into();
+    stats["codes_redeemed"] = count(&st.inner.codes.redeemed).into();
     Json(stats)
 }
 

@@ -385,7 +385,8 @@ async fn stats_count_token_requests_per_grant() {
         serde_json::json!({
             "token_requests": 4, "refresh_token": 2, "client_credentials": 1,
             "token_exchange": 0, "errors": 2, "entra": 0,
-            "device_authorizations": 0, "slow_downs": 0
+            "device_authorizations": 0, "slow_downs": 0,
+            "codes_issued": 0, "codes_redeemed": 0
         })
     );
     f.running.shutdown().await;

@@ -58,6 +58,52 @@ impl Fixture {
         (resp.status(), resp.json().await.unwrap())
     }
 
+    /// Entra's code flow: authorize (the redirect carries code and state), then
+    /// redeem with `verifier` for a challenge made from `challenged`.
+    async fn entra_code_login(
+        &self,
+        hint: Option<&str>,
+        challenged: &str,
+        verifier: &str,
+    ) -> (StatusCode, Value) {
+        use base64::Engine as _;
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, challenged.as_bytes()),
+        );
+        let mut url = reqwest::Url::parse(&self.running.entra_authorize_url()).unwrap();
+        url.query_pairs_mut()
+            .append_pair("client_id", "azure-app")
+            .append_pair("response_type", "code")
+            .append_pair("redirect_uri", "http://127.0.0.1:1/cb")
+            .append_pair("state", "s1")
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        if let Some(hint) = hint {
+            url.query_pairs_mut().append_pair("login_hint", hint);
+        }
+        let no_redirects = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let resp = no_redirects.get(url).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FOUND);
+        let to = reqwest::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+        let q: std::collections::HashMap<_, _> = to.query_pairs().into_owned().collect();
+        assert_eq!(q["state"], "s1");
+        assert!(!q.contains_key("iss"), "Entra sends no iss");
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("client_id", "azure-app"),
+            ("code", q["code"].as_str()),
+            ("redirect_uri", "http://127.0.0.1:1/cb"),
+            ("code_verifier", verifier),
+            ("scope", "https://storage.azure.com/.default offline_access"),
+        ];
+        let url = self.running.entra_token_url();
+        let resp = self.http.post(url).form(&form).send().await.unwrap();
+        (resp.status(), resp.json().await.unwrap())
+    }
+
     async fn entra_refresh(&self, token: &str) -> (StatusCode, Value) {
         let form = [
             ("grant_type", "refresh_token"),
@@ -413,19 +459,11 @@ async fn entra_failing_states_and_authorize_page() {
         );
         assert!(description.ends_with(&trace), "{description}");
 
-        // The only user with tokens: no login_hint needed.
-        let url = format!(
-            "{}?client_id=azure-app&response_type=code&redirect_uri=http%3A%2F%2Flocalhost&scope=x&state=s&code_challenge=c&code_challenge_method=S256",
-            f.running.entra_authorize_url()
-        );
-        let (status, page) = f.get_text(&url).await;
-        assert_eq!(status, StatusCode::OK);
-        assert!(
-            page.starts_with(
-                "Consent granted for alice; the refresh token held by tokenfs works again."
-            ),
-            "{page}"
-        );
+        // The only user with tokens: no login_hint needed. Redeeming the
+        // code is the new consent: the user's tokens work again.
+        let (status, body) = f.entra_code_login(None, "verifier-1", "verifier-1").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body["refresh_token"].is_string());
         assert_eq!(f.entra_refresh(token).await.0, StatusCode::OK);
     }
     let (status, _) = f
@@ -438,7 +476,7 @@ async fn entra_failing_states_and_authorize_page() {
     f.post_admin(&admin, &[("user", "bob"), ("state", "consent_required")])
         .await;
     let authorize = f.running.entra_authorize_url();
-    assert_eq!(f.get_text(&authorize).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(f.get_text(&authorize).await.0, StatusCode::BAD_REQUEST, "no response_type");
     assert_eq!(
         f.entra_refresh(bob.expose_secret()).await.0,
         StatusCode::BAD_REQUEST
@@ -448,9 +486,12 @@ async fn entra_failing_states_and_authorize_page() {
         StatusCode::OK,
         "alice is unaffected"
     );
-    let (status, page) = f.get_text(&format!("{authorize}?login_hint=bob")).await;
+    // A wrong verifier is refused and spends the code.
+    let (status, body) = f.entra_code_login(Some("bob"), "right", "wrong").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error_codes"], serde_json::json!([501481]), "{body}");
+    let (status, _) = f.entra_code_login(Some("bob"), "right", "right").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(page.contains("bob"), "{page}");
     assert_eq!(f.entra_refresh(bob.expose_secret()).await.0, StatusCode::OK);
     f.running.shutdown().await;
 }
@@ -487,7 +528,8 @@ async fn urls_and_stats() {
         serde_json::json!({
             "token_requests": 3, "refresh_token": 1, "client_credentials": 0,
             "token_exchange": 2, "errors": 1, "entra": 1,
-            "device_authorizations": 0, "slow_downs": 0
+            "device_authorizations": 0, "slow_downs": 0,
+            "codes_issued": 0, "codes_redeemed": 0
         })
     );
     f.running.shutdown().await;

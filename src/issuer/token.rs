@@ -36,6 +36,11 @@ pub(crate) struct TokenForm {
     #[serde(default, deserialize_with = "secret")]
     device_code: Option<SecretString>,
     #[serde(default, deserialize_with = "secret")]
+    code: Option<SecretString>,
+    #[serde(default, deserialize_with = "secret")]
+    code_verifier: Option<SecretString>,
+    redirect_uri: Option<String>,
+    #[serde(default, deserialize_with = "secret")]
     pub(crate) subject_token: Option<SecretString>,
     pub(crate) subject_token_type: Option<String>,
     pub(crate) requested_issuer: Option<String>,
@@ -143,7 +148,7 @@ fn grant_token(
     ))?;
     if !matches!(
         grant,
-        "refresh_token" | "client_credentials" | super::device::GRANT_TYPE
+        "refresh_token" | "client_credentials" | "authorization_code" | super::device::GRANT_TYPE
     ) {
         return Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
@@ -155,7 +160,23 @@ fn grant_token(
     let answer = if grant == "refresh_token" {
         refresh_grant(st, &client_id, form)?
     } else if grant == super::device::GRANT_TYPE {
-        device_grant(st, &client_id, form)?
+        let user = super::device::grant(st, &client_id, form.device_code.as_ref())?;
+        new_offline_session(st, &client_id, &user)?
+    } else if grant == "authorization_code" {
+        let code = form.code.as_ref().ok_or(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Missing parameter: code",
+        ))?;
+        let user = super::code::redeem(
+            st,
+            &client_id,
+            code,
+            form.redirect_uri.as_deref(),
+            form.code_verifier.as_ref(),
+        )
+        .map_err(|r| OAuthError::new(StatusCode::BAD_REQUEST, "invalid_grant", r.keycloak()))?;
+        new_offline_session(st, &client_id, &user)?
     } else {
         client_credentials_grant(st, &client_id, confidential)?
     };
@@ -196,14 +217,13 @@ fn refresh_grant(
     Ok(answer)
 }
 
-/// An approved device login: a new offline session for the user who approved.
-fn device_grant(
+/// An approved login (device or code): a new offline session for its user.
+fn new_offline_session(
     st: &AppState,
     client_id: &str,
-    form: &TokenForm,
+    user: &str,
 ) -> Result<TokenResponse, OAuthError> {
-    let user = super::device::grant(st, client_id, form.device_code.as_ref())?;
-    let offline = st.inner.store.mint(&user, client_id);
+    let offline = st.inner.store.mint(user, client_id);
     let (session, _) = st
         .inner
         .store

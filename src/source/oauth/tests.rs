@@ -677,8 +677,13 @@ fn entra_cfg(url: &str, refresh_token: Option<&str>, file: Option<PathBuf>) -> O
             rotated_file: None,
         },
         scope: Some("https://storage.azure.com/.default".into()),
-        consent_url: Some("https://login.example/authorize?x=1".into()),
-        login: None,
+        login: Some(Login::Code(CodeLoginConfig {
+            authorization_url: "https://login.example/authorize".into(),
+            redirect_uri: "http://127.0.0.1:8400/callback".into(),
+            login_hint: None,
+            state_file: None,
+            redirect_listen: None,
+        })),
         http: fast(),
     }
 }
