@@ -470,6 +470,25 @@ impl serde::Serialize for Timestamp {
 
 /// `t` in RFC 3339, clamped to the format's last second (9999-12-31T23:59:59Z):
 /// humantime panics past it, and no rendering may fail.
+/// An error as the log shows it: a consent URL without its `state`, which
+/// only the file's owner may see (with it, someone else who logs in at the
+/// upstream could hand the daemon their own grant for the user's file).
+fn loggable(error: &CellError) -> String {
+    match error {
+        CellError::Source(SourceError::ConsentRequired {
+            url,
+            expired,
+            user_code,
+        }) => SourceError::ConsentRequired {
+            url: crate::source::code::without_state(url),
+            expired: *expired,
+            user_code: user_code.clone(),
+        }
+        .to_string(),
+        other => other.to_string(),
+    }
+}
+
 pub fn rfc3339(t: SystemTime) -> String {
     const LAST: Duration = Duration::from_secs(253_402_300_799);
     let t = t.min(std::time::UNIX_EPOCH + LAST);
@@ -682,11 +701,12 @@ impl Cell {
             // Once per change of state at warn, so a failing upstream or a consent
             // nobody gives does not flood the log at every retry.
             Err(error) if before.as_ref() == Some(error) => {
-                tracing::debug!("token request failed again: {error}")
+                tracing::debug!("token request failed again: {}", loggable(error))
             }
             Err(error @ CellError::Source(SourceError::ConsentRequired { .. })) => {
                 tracing::warn!(
-                    "{error} (the URL is also in {}.consent-url); reads fail until then",
+                    "{} (the URL is also in {}.consent-url); reads fail until then",
+                    loggable(error),
                     self.name
                 )
             }
@@ -735,11 +755,15 @@ impl Cell {
     /// Complete this file's code login with the browser's redirect; the next
     /// read asks the upstream at once instead of after the consent backoff.
     pub async fn complete_login(&self, redirect: Redirect) -> Result<(), LoginError> {
-        self.source.complete_login(&self.name, redirect).await?;
-        if let Some(f) = &mut self.lock().failure {
-            f.retry_at = self.clock.now();
+        let done = self.source.complete_login(&self.name, redirect).await;
+        // Logged in, or declined (a new URL is due): either way what a read
+        // would get from the upstream has changed.
+        if matches!(done, Ok(()) | Err(LoginError::Declined { .. })) {
+            if let Some(f) = &mut self.lock().failure {
+                f.retry_at = self.clock.now();
+            }
         }
-        Ok(())
+        done
     }
 
     /// Whether this file's code login waits for a redirect carrying `state`.

@@ -98,7 +98,9 @@ pub async fn complete(
 /// Why `tokenfs consent` could not hand a redirect to the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    #[error("the login socket {0} is in a directory users other than root can write: not using it")]
+    #[error(
+        "the login socket {0} is in a directory users other than root can write: not using it"
+    )]
     Untrusted(PathBuf),
     #[error("cannot reach the daemon at {}: {source}", socket.display())]
     Io {
@@ -124,8 +126,8 @@ pub fn send(
         socket: socket.to_owned(),
         source,
     };
-    let resolved = crate::resolve::resolve(socket)
-        .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+    let resolved =
+        crate::resolve::resolve(socket).map_err(|e| io(std::io::Error::other(e.to_string())))?;
     if !crate::resolve::only_root_writes(&resolved.parent).map_err(|e| io(e.into()))? {
         return Err(SendError::Untrusted(socket.to_owned()));
     }
@@ -149,7 +151,10 @@ pub fn send(
     )
     .map_err(io)?;
     let mut answer = Vec::new();
-    stream.take(64 * 1024).read_to_end(&mut answer).map_err(io)?;
+    stream
+        .take(64 * 1024)
+        .read_to_end(&mut answer)
+        .map_err(io)?;
     let answer = String::from_utf8_lossy(&answer);
     let (head, text) = answer.split_once("\r\n\r\n").ok_or(SendError::Garbled)?;
     let ok = match head.split(' ').nth(1) {
@@ -188,7 +193,10 @@ struct LoginForm {
 async fn from_command(State(cells): State<Cells>, Form(form): Form<LoginForm>) -> Response {
     match complete(&cells, Some(&form.file), &form.url).await {
         Ok(line) => {
-            tracing::info!(file = form.file, "code login completed by `tokenfs consent`");
+            tracing::info!(
+                file = form.file,
+                "code login completed by `tokenfs consent`"
+            );
             plain(StatusCode::OK, line)
         }
         Err(e) => {

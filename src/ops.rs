@@ -50,9 +50,7 @@ pub fn status(args: StatusArgs) -> u8 {
             Ok(doc) => Ok(doc),
             Err(e) => Err(format!("its .status is not JSON: {e}")),
         },
-        Err(Unanswered::Dead) => Err("its daemon is dead (stale mount): restart it; `tokenfs mount` detaches the stale mount".to_owned()),
-        Err(Unanswered::Hung) => Err("it does not answer (is its daemon stopped?)".to_owned()),
-        Err(Unanswered::Error(e)) => Err(format!("cannot read .status: {e}")),
+        Err(u) => Err(unanswered(u)),
     };
     let doc = match problem {
         Ok(doc) => doc,
@@ -64,6 +62,18 @@ pub fn status(args: StatusArgs) -> u8 {
     let (table, code) = render_status(&doc, SystemTime::now());
     print!("{table}");
     code
+}
+
+/// Why a mount's `.status` could not be read, for the user.
+fn unanswered(u: Unanswered) -> String {
+    match u {
+        Unanswered::Dead => {
+            "its daemon is dead (stale mount): restart it; `tokenfs mount` detaches the stale mount"
+                .to_owned()
+        }
+        Unanswered::Hung => "it does not answer (is its daemon stopped?)".to_owned(),
+        Unanswered::Error(e) => format!("cannot read .status: {e}"),
+    }
 }
 
 /// The human table of a `.status` document, and the exit code it means.
@@ -332,7 +342,7 @@ pub fn consent(args: ConsentArgs) -> Result<u8> {
     };
     let status = mount
         .read_status()
-        .map_err(|e| anyhow::anyhow!("{}: cannot read .status ({e:?})", path.display()))?;
+        .map_err(|u| anyhow::anyhow!("{}: {}", path.display(), unanswered(u)))?;
     let doc: serde_json::Value =
         serde_json::from_slice(&status).context("the mount's .status is not JSON")?;
     let Some(socket) = doc["login_socket"].as_str() else {

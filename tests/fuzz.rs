@@ -906,15 +906,13 @@ fn error_case() -> impl Strategy<Value = ErrorCase> {
         any::<(bool, bool)>(),
         prop::bool::weighted(0.05),
     )
-        .prop_map(
-            |(status, (exchange, redirect_uri), unreadable)| ErrorCase {
-                input: Input::from(Vec::new()),
-                status,
-                exchange,
-                redirect_uri,
-                unreadable,
-            },
-        )
+        .prop_map(|(status, (exchange, redirect_uri), unreadable)| ErrorCase {
+            input: Input::from(Vec::new()),
+            status,
+            exchange,
+            redirect_uri,
+            unreadable,
+        })
 }
 
 fn check_error_body(case: ErrorCase, _label: &str) -> Result<(), TestCaseError> {

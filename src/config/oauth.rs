@@ -43,14 +43,21 @@ fn login(
 ) -> Result<Option<Login>, ConfigError> {
     let key = |k: &str| format!("files.{name}.{k}");
     let only_with = |k: &str, set: bool, login: &str| match set {
-        true => Err(invalid(key(k), format!("is used only with login = \"{login}\""))),
+        true => Err(invalid(
+            key(k),
+            format!("is used only with login = \"{login}\""),
+        )),
         false => Ok(()),
     };
     let kind = match f.login.as_deref() {
         Some(kind) => kind,
         None if code_by_default => "code",
         None => {
-            only_with("device_authorization_url", f.device_authorization_url.is_some(), "device")?;
+            only_with(
+                "device_authorization_url",
+                f.device_authorization_url.is_some(),
+                "device",
+            )?;
             for (k, set) in [
                 ("authorization_url", f.authorization_url.is_some()),
                 ("redirect_listen", f.redirect_listen.is_some()),
@@ -82,7 +89,11 @@ fn login(
             Ok(Some(Login::Device { url }))
         }
         "code" => {
-            only_with("device_authorization_url", f.device_authorization_url.is_some(), "device")?;
+            only_with(
+                "device_authorization_url",
+                f.device_authorization_url.is_some(),
+                "device",
+            )?;
             let authorization_url = f
                 .authorization_url
                 .clone()

@@ -404,7 +404,9 @@ async fn entra_direct_builds_the_token_url_and_a_code_login() {
     assert_eq!(q["code_challenge"], challenge);
     // The same URL until it is used or old: a second read shows it again.
     let again = crate::source::Source::issue(&source).await.unwrap_err();
-    assert!(matches!(again, crate::source::SourceError::ConsentRequired { url: u, .. } if u == url));
+    assert!(
+        matches!(again, crate::source::SourceError::ConsentRequired { url: u, .. } if u == url)
+    );
 }
 
 /// A `[files.token]` of the http source (no secret files needed) plus `verify`.

@@ -386,7 +386,10 @@ impl Files {
 
     fn status_view(&self) -> View {
         let cells: Vec<_> = self.tokens.iter().map(|t| t.cell.clone()).collect();
-        let doc = self.status.announce(crate::status::render(&cells, self.opts.login_socket.as_deref()));
+        let doc = self.status.announce(crate::status::render(
+            &cells,
+            self.opts.login_socket.as_deref(),
+        ));
         self.content_view(STATUS_INO, Content::Doc(doc), Duration::ZERO)
     }
 

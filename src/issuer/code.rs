@@ -66,7 +66,9 @@ pub(crate) fn authorize(
 ) -> Response {
     let bad = |why: &str| text(StatusCode::BAD_REQUEST, format!("{why}\n"));
     if q.response_type.as_deref() != Some("code") {
-        return bad("Invalid parameter: response_type (the development issuer serves response_type=code)");
+        return bad(
+            "Invalid parameter: response_type (the development issuer serves response_type=code)",
+        );
     }
     let Some(client_id) = q.client_id.filter(|c| !c.is_empty()) else {
         return bad("Missing parameter: client_id");
@@ -94,7 +96,13 @@ pub(crate) fn authorize(
                 .login_hint
                 .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| default_user.to_owned());
-            let code = issue(st, client_id, redirect.as_str().to_owned(), q.code_challenge, user);
+            let code = issue(
+                st,
+                client_id,
+                redirect.as_str().to_owned(),
+                q.code_challenge,
+                user,
+            );
             query.append_pair("code", code.expose_secret());
         }
         if let Some(state) = &q.state {
@@ -104,12 +112,7 @@ pub(crate) fn authorize(
             query.append_pair("iss", iss);
         }
     }
-    (
-        StatusCode::FOUND,
-        [(header::LOCATION, to.to_string())],
-        "",
-    )
-        .into_response()
+    (StatusCode::FOUND, [(header::LOCATION, to.to_string())], "").into_response()
 }
 
 fn issue(
@@ -178,12 +181,11 @@ pub(crate) fn redeem(
     }
     if let Some(challenge) = &entry.challenge {
         let verifier = verifier.ok_or(Refused::MissingVerifier)?;
-        let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
-            aws_lc_rs::digest::digest(
+        let computed =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
                 &aws_lc_rs::digest::SHA256,
                 verifier.expose_secret().as_bytes(),
-            ),
-        );
+            ));
         if &computed != challenge {
             return Err(Refused::VerifierMismatch);
         }

@@ -330,7 +330,9 @@ fn refresh(
             )
             .map_err(code_refused)?;
             st.inner.entra.set_state(&user, EntraState::Ok);
-            let scope = form.scope.unwrap_or_else(|| "openid offline_access".to_owned());
+            let scope = form
+                .scope
+                .unwrap_or_else(|| "openid offline_access".to_owned());
             return answer(st, &user, &client_id, scope);
         }
         Some(_) => {

@@ -313,7 +313,9 @@ pub(crate) async fn link_action(
     let query: Result<Query<ActionQuery>, QueryRejection> = Query::try_from_uri(&uri);
     if matches!(&query, Ok(Query(q)) if q.kc_action.is_none()) {
         return match Query::<super::code::AuthorizeQuery>::try_from_uri(&uri) {
-            Ok(Query(q)) => super::code::authorize(&st, q, &st.inner.cfg.device_user, Some(&st.realm_url)),
+            Ok(Query(q)) => {
+                super::code::authorize(&st, q, &st.inner.cfg.device_user, Some(&st.realm_url))
+            }
             Err(_) => text(StatusCode::BAD_REQUEST, "Malformed request.\n".into()),
         };
     }

@@ -15,8 +15,8 @@
 
 mod azure;
 mod claims;
-mod code;
 mod cli;
+mod code;
 mod device;
 mod entra;
 mod exchange;

@@ -476,7 +476,11 @@ async fn entra_failing_states_and_authorize_page() {
     f.post_admin(&admin, &[("user", "bob"), ("state", "consent_required")])
         .await;
     let authorize = f.running.entra_authorize_url();
-    assert_eq!(f.get_text(&authorize).await.0, StatusCode::BAD_REQUEST, "no response_type");
+    assert_eq!(
+        f.get_text(&authorize).await.0,
+        StatusCode::BAD_REQUEST,
+        "no response_type"
+    );
     assert_eq!(
         f.entra_refresh(bob.expose_secret()).await.0,
         StatusCode::BAD_REQUEST

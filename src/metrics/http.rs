@@ -52,4 +52,3 @@ fn router(cells: Arc<Vec<Arc<Cell>>>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
 }
-

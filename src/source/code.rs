@@ -107,7 +107,10 @@ pub fn start(
 
 /// What the browser brought back to `redirect_uri`.
 pub enum Redirect {
-    Code { code: SecretString, state: String },
+    Code {
+        code: SecretString,
+        state: String,
+    },
     /// The upstream's refusal, e.g. `access_denied` when the user said no.
     Error {
         state: Option<String>,
@@ -162,7 +165,9 @@ pub enum LoginError {
         error: String,
         description: Option<String>,
     },
-    #[error("redeeming the code for {file} failed: {reason}; open {file}.consent-url to try again")]
+    #[error(
+        "redeeming the code for {file} failed: {reason}; open {file}.consent-url to try again"
+    )]
     Redeem { file: String, reason: String },
 }
 
@@ -213,6 +218,25 @@ pub fn parse_redirect(text: &str) -> Result<Redirect, LoginError> {
     }
 }
 
+/// `url` with the value of its `state` parameter left out (for logs).
+pub fn without_state(url: &str) -> String {
+    let Ok(mut parsed) = Url::parse(url) else {
+        return url.to_owned();
+    };
+    if !parsed.query_pairs().any(|(k, _)| k == "state") {
+        return url.to_owned();
+    }
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .map(|(k, v)| match &*k {
+            "state" => (k.into_owned(), "…".to_owned()),
+            _ => (k.into_owned(), v.into_owned()),
+        })
+        .collect();
+    parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    parsed.into()
+}
+
 /// Compare states without an early exit, so timing tells nothing about a guess.
 pub fn same_state(a: &str, b: &str) -> bool {
     a.len() == b.len()
@@ -258,12 +282,11 @@ mod tests {
         assert_eq!(q["scope"], "openid offline_access");
         assert_eq!(q["login_hint"], "ada");
         assert_eq!(q["code_challenge_method"], "S256");
-        let want = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
-            aws_lc_rs::digest::digest(
+        let want =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
                 &aws_lc_rs::digest::SHA256,
                 p.verifier.expose_secret().as_bytes(),
-            ),
-        );
+            ));
         assert_eq!(q["code_challenge"], want);
         assert!(!p.url.contains(p.verifier.expose_secret()));
         assert!(!format!("{p:?}").contains(&p.state));

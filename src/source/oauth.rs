@@ -14,11 +14,11 @@ use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use super::code::{self, CodeLoginConfig, LoginError, Redirect};
 use super::http::{
     self, map_send_error, read_body, redact_url, status_error, upstream_text, BuildError,
     HttpSettings,
 };
-use super::code::{self, CodeLoginConfig, LoginError, Redirect};
 use super::{device, jwt, Issued, Source, SourceError, Subject};
 use crate::secret_file::{self, SecretWriter};
 
@@ -593,8 +593,7 @@ impl Inner {
                 return required(p.url.clone());
             }
         }
-        let pending = match code::start(&login.cfg, &self.client_id, self.scope.as_deref(), now)
-        {
+        let pending = match code::start(&login.cfg, &self.client_id, self.scope.as_deref(), now) {
             Ok(p) => p,
             Err(e) => return SourceError::Rejected(format!("cannot build the login URL: {e}")),
         };

@@ -37,6 +37,12 @@ pub fn state_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("state")
 }
 
+/// The runtime directory (`RUNTIME_DIRECTORY`) of every tokenfs a test starts:
+/// login sockets land under `target/`, never in the host's `/run/tokenfs`.
+pub fn runtime_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("runtime")
+}
+
 /// Whether this test can mount. Without root or /dev/fuse it is skipped, unless
 /// `TOKENFS_REQUIRE_FUSE=1` (set by CI), which turns the skip into a failure.
 pub fn fuse_available(test: &str) -> bool {
@@ -86,6 +92,7 @@ impl Proc {
             cmd.env("RUST_LOG", "info");
         }
         cmd.env("STATE_DIRECTORY", state_dir());
+        cmd.env("RUNTIME_DIRECTORY", runtime_dir());
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -201,6 +208,7 @@ pub fn run(args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(args)
         .env("STATE_DIRECTORY", state_dir())
+        .env("RUNTIME_DIRECTORY", runtime_dir())
         .stdin(Stdio::null())
         .output()
         .expect("run tokenfs")

@@ -711,7 +711,12 @@ async fn entra_consent_errors_map_to_consent_and_others_do_not() {
         match (err, consent) {
             (SourceError::ConsentRequired { url, expired, .. }, Some(e)) => {
                 assert_eq!(expired, e, "{error}");
-                assert!(url.starts_with("https://login.example/authorize?client_id=app&response_type=code"), "{url}");
+                assert!(
+                    url.starts_with(
+                        "https://login.example/authorize?client_id=app&response_type=code"
+                    ),
+                    "{url}"
+                );
             }
             (SourceError::Rejected(m), None) => assert!(m.contains("AADSTS7000215"), "{m}"),
             (other, _) => panic!("{error}: {other:?}"),
