@@ -371,3 +371,52 @@ fn an_entra_file_logs_in_by_code_and_again_when_the_grant_dies() {
     let again = login(&m, libc::EKEYEXPIRED);
     assert_ne!(again, first);
 }
+
+/// `tokenfs login FILE` for a code login, from a terminal before any mount: it
+/// prints the URL, takes the landing address pasted on stdin, saves the token;
+/// the mount then serves at once.
+#[test]
+fn tokenfs_login_takes_the_landing_address_on_stdin() {
+    if !fuse_available("tokenfs_login_takes_the_landing_address_on_stdin") {
+        return;
+    }
+    use std::io::{BufRead, Write};
+    let iss = DevIssuer::start(&[]);
+    let tmp = tempdir();
+    let config = tmp.path().join("config.toml");
+    write_file(
+        &config,
+        &code_file(&iss, tmp.path(), "token", "http://127.0.0.1:9/landed", ""),
+        0o600,
+    );
+    let mut login = Command::new(BIN)
+        .args(["login", "token", "--config", config.to_str().unwrap()])
+        .env("STATE_DIRECTORY", state_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(login.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let url = line.strip_prefix("open ").expect("open URL").trim().to_owned();
+    let mut stdin = login.stdin.take().unwrap();
+    writeln!(stdin, "{}", with_state(&landed_at(&url), "forged")).unwrap();
+    writeln!(stdin, "{}", landed_at(&url)).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = login.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut login.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{rest}{err}");
+    assert!(rest.contains("logged in: token sub="), "{rest}");
+    assert!(err.contains("its state does not match"), "the forged one refused: {err}");
+    let requests = iss.token_requests();
+    let m = Mount::start_at(
+        &tmp.path().join("api"),
+        &["--config", config.to_str().unwrap()],
+    );
+    assert!(m.read("token").is_ok(), "served from the saved token");
+    assert!(iss.token_requests() > requests);
+}

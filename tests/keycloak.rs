@@ -676,6 +676,86 @@ fn device_login_from_the_filesystem_and_again_after_the_session_is_revoked() {
     }
 }
 
+/// The code login against the real Keycloak, as the README configures it: the
+/// user opens `token.consent-url`, logs in on Keycloak's page, and hands the
+/// address the browser landed on to `tokenfs consent`; the daemon redeems it
+/// with its PKCE verifier, the next read is served and the offline token saved.
+/// The same URL again is refused; after the offline session is revoked the file
+/// asks again (`EKEYEXPIRED`) and a second login serves it again.
+#[test]
+fn code_login_with_tokenfs_consent_and_again_after_the_session_is_revoked() {
+    let Some(kc) = keycloak_and_fuse("code_login_with_tokenfs_consent") else {
+        return;
+    };
+    let user = "heidi";
+    let tmp = tempdir();
+    let config = kc.readme_code_config(tmp.path());
+    let m = Mount::start_at(
+        &tmp.path().join("api"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let file = m.path("token");
+    let file = file.to_str().unwrap();
+    let login = |expected: i32| {
+        assert_eq!(errno(m.read("token")), expected);
+        let url = m.read_string("token.consent-url").trim_end().to_owned();
+        assert!(
+            url.starts_with(&format!("{}/protocol/openid-connect/auth?", kc.realm_url)),
+            "{url}"
+        );
+        // A browser of its own each time: no Keycloak session carried over.
+        let landed = Browser::new().login(&url, user);
+        assert!(landed.starts_with(CALLBACK), "{landed}");
+        let started = Instant::now();
+        let out = run(&["consent", file, &landed]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let token = m.read_string("token");
+        eprintln!(
+            "code login: consent to the first served read {:?}",
+            started.elapsed()
+        );
+        (landed, token)
+    };
+    let (landed, token) = login(libc::ENOKEY);
+    assert_eq!(jwt_claims(&token)["preferred_username"], user);
+    let saved = tmp.path().join("state/offline-token");
+    let offline = std::fs::read_to_string(&saved).unwrap();
+    assert_eq!(jwt_claims(&offline)["typ"], "Offline", "offline_access was asked for");
+
+    let replay = run(&["consent", file, &landed]);
+    let err = String::from_utf8_lossy(&replay.stderr);
+    assert!(!replay.status.success() && err.contains("already used"), "{err}");
+
+    kc.revoke_consent(user, "domino-tokenfs");
+    eventually(Duration::from_secs(90), "a login asked for again", || {
+        let failed = m.read("token").err()?.raw_os_error();
+        (failed == Some(libc::EKEYEXPIRED)).then_some(())
+    });
+    let (_, again) = login(libc::EKEYEXPIRED);
+    assert_ne!(again, token);
+    let renewed = std::fs::read_to_string(&saved).unwrap();
+    assert_ne!(renewed, offline, "the new login's offline token saved");
+
+    let status = m.read_string(".status");
+    let log = m.proc.stderr();
+    let code = reqwest::Url::parse(&landed)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    for secret in [
+        offline.as_str(),
+        renewed.as_str(),
+        code.as_str(),
+        kc.secret_of("domino-tokenfs"),
+    ] {
+        assert!(!status.contains(secret), ".status shows a secret");
+        assert!(!log.contains(secret), "the log holds a secret");
+    }
+}
+
 /// The device login against a certified third-party provider (oidc-provider,
 /// the brokered IdP): its own confirmation, login and consent pages, its JWT
 /// access token, and its rotating refresh token used for the next token.

@@ -332,11 +332,34 @@ impl Keycloak {
     /// The README's device-login config ("Logging in from the filesystem"),
     /// pointed at this Keycloak: no offline token file at all.
     pub fn readme_device_config(&self, dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+        self.readme_login_config(
+            "### Logging in from the filesystem (device login)",
+            dir,
+            edit,
+        )
+    }
+
+    /// The README's code-login config ("Logging in where the device flow is
+    /// blocked"), pointed at this Keycloak, its redirect at [`CALLBACK`].
+    pub fn readme_code_config(&self, dir: &Path) -> PathBuf {
+        self.readme_login_config(
+            "### Logging in where the device flow is blocked (code login)",
+            dir,
+            |t| t.replace("http://127.0.0.1:8400/callback", CALLBACK),
+        )
+    }
+
+    fn readme_login_config(
+        &self,
+        heading: &str,
+        dir: &Path,
+        edit: impl Fn(String) -> String,
+    ) -> PathBuf {
         let secret = dir.join("client-secret");
         write_file(&secret, &self.client_secret, 0o600);
         let readme =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-        let block = readme_toml(&readme, "### Logging in from the filesystem (device login)");
+        let block = readme_toml(&readme, heading);
         let text = self.pointed_here(
             &block,
             &secret,
