@@ -214,7 +214,10 @@ pub fn redirect_router(cells: Vec<Arc<Cell>>) -> Router {
 }
 
 async fn from_browser(State(cells): State<Cells>, uri: Uri) -> Response {
-    let query = uri.query().unwrap_or_default();
+    // A browser also asks for /favicon.ico and the like: no query, no login.
+    let Some(query) = uri.query() else {
+        return plain(StatusCode::NOT_FOUND, "not found".into());
+    };
     let (status, line) = match complete(&cells, None, query).await {
         Ok(line) => {
             tracing::info!("code login completed at the redirect listener");

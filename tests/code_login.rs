@@ -400,7 +400,11 @@ fn tokenfs_login_takes_the_landing_address_on_stdin() {
     let mut out = std::io::BufReader::new(login.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    let url = line.strip_prefix("open ").expect("open URL").trim().to_owned();
+    let url = line
+        .strip_prefix("open ")
+        .expect("open URL")
+        .trim()
+        .to_owned();
     let mut stdin = login.stdin.take().unwrap();
     writeln!(stdin, "{}", with_state(&landed_at(&url), "forged")).unwrap();
     writeln!(stdin, "{}", landed_at(&url)).unwrap();
@@ -411,7 +415,10 @@ fn tokenfs_login_takes_the_landing_address_on_stdin() {
     std::io::Read::read_to_string(&mut login.stderr.take().unwrap(), &mut err).unwrap();
     assert!(status.success(), "{rest}{err}");
     assert!(rest.contains("logged in: token sub="), "{rest}");
-    assert!(err.contains("its state does not match"), "the forged one refused: {err}");
+    assert!(
+        err.contains("its state does not match"),
+        "the forged one refused: {err}"
+    );
     let requests = iss.token_requests();
     let m = Mount::start_at(
         &tmp.path().join("api"),

@@ -708,7 +708,11 @@ fn code_login_with_tokenfs_consent_and_again_after_the_session_is_revoked() {
         assert!(landed.starts_with(CALLBACK), "{landed}");
         let started = Instant::now();
         let out = run(&["consent", file, &landed]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let token = m.read_string("token");
         eprintln!(
             "code login: consent to the first served read {:?}",
@@ -720,11 +724,18 @@ fn code_login_with_tokenfs_consent_and_again_after_the_session_is_revoked() {
     assert_eq!(jwt_claims(&token)["preferred_username"], user);
     let saved = tmp.path().join("state/offline-token");
     let offline = std::fs::read_to_string(&saved).unwrap();
-    assert_eq!(jwt_claims(&offline)["typ"], "Offline", "offline_access was asked for");
+    assert_eq!(
+        jwt_claims(&offline)["typ"],
+        "Offline",
+        "offline_access was asked for"
+    );
 
     let replay = run(&["consent", file, &landed]);
     let err = String::from_utf8_lossy(&replay.stderr);
-    assert!(!replay.status.success() && err.contains("already used"), "{err}");
+    assert!(
+        !replay.status.success() && err.contains("already used"),
+        "{err}"
+    );
 
     kc.revoke_consent(user, "domino-tokenfs");
     eventually(Duration::from_secs(90), "a login asked for again", || {

@@ -324,12 +324,12 @@ impl Source for OAuthSource {
         // Its own task, as `issue`: between the upstream redeeming the code and
         // us saving the refresh token nothing may interrupt.
         let inner = self.inner.clone();
-        let file = file.to_owned();
-        match tokio::spawn(async move { inner.complete_login(&file, redirect).await }).await {
+        let name = file.to_owned();
+        match tokio::spawn(async move { inner.complete_login(&name, redirect).await }).await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => Err(LoginError::Redeem {
-                file: String::new(),
+                file: file.to_owned(),
                 reason: format!("the request was cancelled: {e}"),
             }),
         }
@@ -618,9 +618,14 @@ impl Inner {
 
     /// Redeem the code the browser brought back for the login waiting now.
     async fn complete_login(&self, file: &str, redirect: Redirect) -> Result<(), LoginError> {
-        let Some(login) = &self.code else {
+        let (Some(login), GrantState::RefreshToken { held, saver, .. }) = (&self.code, &self.grant)
+        else {
             return Err(LoginError::NoCodeLogin { file: file.into() });
         };
+        // Held from the state check to the save: two redirects for one login
+        // (two browser tabs) are redeemed one after the other, and the second
+        // finds the login used.
+        let mut held = held.lock().await;
         let verifier = {
             let state = lock(&login.state);
             let used = lock(&login.used);
@@ -662,10 +667,6 @@ impl Inner {
             .exchange_as("authorization_code", form)
             .await
             .map_err(redeem)?;
-        let GrantState::RefreshToken { held, saver, .. } = &self.grant else {
-            return Err(LoginError::NoCodeLogin { file: file.into() });
-        };
-        let mut held = held.lock().await;
         match answer.refresh_token.take() {
             Some(refresh) => self.rotate(&mut held, refresh, saver.as_ref()).await,
             None => tracing::warn!(
