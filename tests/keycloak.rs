@@ -818,3 +818,65 @@ fn device_login_against_a_third_party_provider() {
         "rotated and saved"
     );
 }
+
+/// The code login against a certified third-party provider (oidc-provider):
+/// its login and consent pages, PKCE S256 checked by it, the landing address
+/// handed over by `tokenfs consent`, its rotating refresh token saved.
+#[test]
+fn code_login_against_a_third_party_provider() {
+    let Some(kc) = keycloak_and_fuse("code_login_against_a_third_party_provider") else {
+        return;
+    };
+    let tmp = tempdir();
+    let secret = tmp.path().join("code-secret");
+    write_file(&secret, "tokenfs-code-secret", 0o600);
+    let saved = tmp.path().join("state/refresh-token");
+    let config = tmp.path().join("config.toml");
+    write_file(
+        &config,
+        &format!(
+            "[files.token]\nsource = \"oauth2\"\ntoken_url = \"{idp}/token\"\n\
+             authorization_url = \"{idp}/auth\"\nclient_id = \"tokenfs-code\"\n\
+             client_secret_file = \"{}\"\nscope = \"openid\"\nlogin = \"code\"\n\
+             redirect_uri = \"{CALLBACK}\"\nrefresh_token_file = \"{}\"\n\
+             rotated_refresh_token_file = \"{}\"\nmin_valid = \"20s\"\n",
+            secret.display(),
+            tmp.path().join("none-yet").display(),
+            saved.display(),
+            idp = kc.idp_url,
+        ),
+        0o600,
+    );
+    let m = Mount::start_at(
+        &tmp.path().join("api"),
+        &["--config", config.to_str().unwrap()],
+    );
+    assert_eq!(errno(m.read("token")), libc::ENOKEY);
+    let url = m.read_string("token.consent-url").trim_end().to_owned();
+    assert!(url.starts_with(&format!("{}/auth?", kc.idp_url)), "{url}");
+    let (ok, landed) = Browser::new().try_run(
+        "consent",
+        serde_json::json!({"url": url, "idp_username": "heidi", "idp_password": "heidi-idp-pw",
+                           "callback_prefix": CALLBACK}),
+    );
+    assert!(ok, "{landed}");
+    let landed = landed["url"].as_str().unwrap().to_owned();
+    let out = run(&["consent", m.path("token").to_str().unwrap(), &landed]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = m.read_string("token");
+    let claims = jwt_claims(&token);
+    assert_eq!(claims["sub"], "heidi-entra-oid");
+    assert_eq!(claims["aud"], IDP_RESOURCE);
+    let first_refresh = std::fs::read_to_string(&saved).unwrap();
+    let next = next_token(&m, "token", &token, Duration::from_secs(90));
+    assert_eq!(jwt_claims(&next)["sub"], "heidi-entra-oid");
+    assert_ne!(
+        std::fs::read_to_string(&saved).unwrap(),
+        first_refresh,
+        "rotated and saved"
+    );
+}

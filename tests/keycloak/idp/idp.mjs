@@ -11,6 +11,10 @@ const CLIENT_ID = env.IDP_CLIENT_ID || 'keycloak-broker';
 const CLIENT_SECRET = env.IDP_CLIENT_SECRET || 'keycloak-broker-secret';
 const DEVICE_CLIENT_ID = 'tokenfs-device';
 const DEVICE_CLIENT_SECRET = env.IDP_DEVICE_CLIENT_SECRET || 'tokenfs-device-secret';
+// tokenfs's code login (authorization code + PKCE), landing where the tests' browser stops.
+const CODE_CLIENT_ID = 'tokenfs-code';
+const CODE_CLIENT_SECRET = env.IDP_CODE_CLIENT_SECRET || 'tokenfs-code-secret';
+const CODE_REDIRECT_URI = 'http://127.0.0.1:9/callback';
 const REDIRECT_URIS = (env.IDP_REDIRECT_URIS || 'http://127.0.0.1:18080/realms/DominoRealm/broker/azure/endpoint').split(',').map((s) => s.trim()).filter(Boolean);
 const RESOURCE = env.IDP_RESOURCE || 'https://storage.azure.com';
 const AT_TTL = Number(env.IDP_AT_TTL || 60);
@@ -68,6 +72,10 @@ const config = {
     client_id: DEVICE_CLIENT_ID, client_secret: DEVICE_CLIENT_SECRET, redirect_uris: [], response_types: [],
     grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
     token_endpoint_auth_method: 'client_secret_post',
+  }, {
+    client_id: CODE_CLIENT_ID, client_secret: CODE_CLIENT_SECRET, redirect_uris: [CODE_REDIRECT_URI],
+    grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'],
+    token_endpoint_auth_method: 'client_secret_post',
   }],
   // Entra-like: identity claims ride in the id_token (the JWT access token is for the resource,
   // not for userinfo), so map them all to `openid`, which is the only scope Keycloak must send.
@@ -111,7 +119,7 @@ const config = {
   },
   // Always give the broker a refresh token (Keycloak does not ask for offline_access), not
   // tied to the IdP browser session, rotated on every use (reuse of an old one kills the grant).
-  issueRefreshToken: (ctx, client) => [CLIENT_ID, DEVICE_CLIENT_ID].includes(client.clientId),
+  issueRefreshToken: (ctx, client) => [CLIENT_ID, DEVICE_CLIENT_ID, CODE_CLIENT_ID].includes(client.clientId),
   expiresWithSession: () => false,
   rotateRefreshToken: () => true,
   ttl: {
