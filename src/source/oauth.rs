@@ -512,8 +512,8 @@ impl Inner {
             GrantState::RefreshToken { held, file, saver } => {
                 let mut held = held.lock().await;
                 if let Some((answer, sent)) = self.take_approved() {
-                    // The device login's own answer, if still recent (nobody may
-                    // have read for a while): its refresh token is held already.
+                    // A login's own answer, if still recent (nobody may have
+                    // read for a while): its refresh token is held already.
                     if sent.elapsed().unwrap_or_default() < APPROVED_ANSWER_MAX_AGE {
                         return issued_from_answer(answer, sent);
                     }
@@ -639,6 +639,7 @@ impl Inner {
                 _ => return Err(LoginError::StateMismatch { file: file.into() }),
             }
         };
+        let used_state = redirect.state().map(str::to_owned);
         let code = match redirect {
             Redirect::Code { code, .. } => code,
             Redirect::Error {
@@ -675,11 +676,8 @@ impl Inner {
             ),
         }
         self.had_consent.store(true, Ordering::Relaxed);
-        let mut state = lock(&login.state);
-        if let LoginState::Waiting(p) = &*state {
-            *lock(&login.used) = Some(p.state.clone());
-        }
-        *state = LoginState::Approved(answer, sent);
+        *lock(&login.used) = used_state;
+        *lock(&login.state) = LoginState::Approved(answer, sent);
         tracing::info!("code login completed; the next read is served");
         Ok(())
     }
