@@ -440,11 +440,22 @@ async fn rotation_survives_a_failed_write_and_a_bad_access_token() {
     // The answer rotates the refresh token but has no usable access
     // token, and the rotated file cannot be written: the new refresh
     // token must still be used next time.
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    let mode = {
+        let open = open.clone();
+        move |m| std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(m))
+    };
     let calls = Arc::new(Mutex::new(0));
+    let opened = mode.clone();
     let (url, seen) = endpoint(move |_| {
         let mut n = calls.lock().unwrap();
         *n += 1;
         if *n == 1 {
+            // Others may write the directory now (after the refresh token was
+            // locked and the file read): saving into it is refused.
+            opened(0o777).unwrap();
             json_answer(StatusCode::OK, json!({"refresh_token": "rt-new"}))
         } else {
             json_answer(
@@ -454,18 +465,22 @@ async fn rotation_survives_a_failed_write_and_a_bad_access_token() {
         }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    // Others may write this directory: saving into it is refused.
-    let open = dir.path().join("open");
-    std::fs::create_dir(&open).unwrap();
-    let mode = |m| std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(m));
-    mode(0o777).unwrap();
     let unwritable = open.join("refresh_token");
     let src = OAuthSource::new(refresh_cfg(&url, "rt-old", Some(unwritable.clone()))).unwrap();
     assert!(matches!(src.issue().await, Err(SourceError::Malformed(_))));
     let why = src.unsaved_refresh_token().unwrap();
     assert!(why.contains("writable by users other than root"), "{why}");
+    // The unsaved rotation keeps the lock: another process cannot take it (and
+    // read the stale file), while this one's next refresh goes on under it.
+    let lock = open.join("refresh_token.lock");
+    let other = std::fs::File::open(&lock).unwrap();
+    use std::os::fd::AsRawFd;
+    let flock = |f: &std::fs::File| unsafe {
+        libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0
+    };
+    assert!(!flock(&other), "kept while unsaved");
     assert!(src.issue().await.is_ok());
+    assert!(!flock(&other), "still kept while unsaved");
     let sent: Vec<_> = seen
         .lock()
         .unwrap()
@@ -486,6 +501,7 @@ async fn rotation_survives_a_failed_write_and_a_bad_access_token() {
     assert_eq!(src.unsaved_refresh_token(), None);
     assert_eq!(std::fs::read_to_string(&unwritable).unwrap(), "rt-new");
     assert_eq!(seen.lock().unwrap().len(), 2, "saved without a request");
+    assert!(flock(&other), "released once saved");
 }
 
 // ---- token exchange (Keycloak internal→external) and Entra consent ----
