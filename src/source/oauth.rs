@@ -946,17 +946,19 @@ impl Saver {
             return Ok((lock, None));
         }
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        // Unreadable, it may hold a token another process rotated in: sending
-        // ours could spend a revoked one.
-        let current = self
-            .writer_now(&mut writer)
-            .and_then(|w| w.read_current())
-            .map_err(|e| {
-                SourceError::Lock(format!(
-                    "{e}; not refreshing, as another tokenfs sharing the file may have saved a newer token there"
-                ))
-            })?;
-        Ok((lock, current))
+        match self.writer_now(&mut writer).and_then(|w| w.read_current()) {
+            Ok(current) => Ok((lock, current)),
+            Err(e) => {
+                // What an untrusted or broken file holds is never taken; refreshing
+                // with the held token keeps a lone daemon working (and its rotation
+                // is kept, with this lock, until it can be saved), at the risk of
+                // a token another sharer saved there being missed.
+                tracing::warn!(
+                    "{e}; refreshing with the refresh token held, not one another tokenfs                      may have saved there"
+                );
+                Ok((lock, None))
+            }
+        }
     }
 
     /// Write `token` now (blocking I/O), then release `lock`; on failure it
