@@ -52,7 +52,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Validate a config and obtain one token per file, without mounting. Prints
     /// sub/exp/jti per file (never a token). Exit code 0 if every file worked, else 1.
-    /// Note: with refresh-token rotation this uses (and persists) the rotated token.
+    /// Note: with refresh-token rotation this uses (and persists) the rotated token,
+    /// taking turns with the daemons that share it: safe beside a running one.
     Check(CheckArgs),
     /// Log in for one file of a config (`login = "device"` or `"code"`) from a
     /// terminal, before any mount: prints the URL (and code) to approve, waits (for

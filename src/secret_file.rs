@@ -76,8 +76,12 @@ pub fn read_token_file(path: &Path) -> Result<SecretString, SecretFileError> {
 }
 
 fn read_checked(path: &Path, private: bool) -> Result<SecretString, SecretFileError> {
+    read_opened(open_checked(path)?, path, private)
+}
+
+/// Read the secret `file` (opened from `path`) holds; see [`read_secret_file`].
+fn read_opened(file: File, path: &Path, private: bool) -> Result<SecretString, SecretFileError> {
     let err_path = || path.to_path_buf();
-    let file = open_checked(path)?;
     // Check the opened file, not the path, so that a swap between the check
     // and the read cannot slip a different file in.
     let meta = file.metadata().map_err(|source| SecretFileError::Read {
@@ -247,6 +251,64 @@ impl SecretWriter {
         &self.path
     }
 
+    /// The secret the file holds now (`None`: no file yet), read through the held
+    /// directory as [`read_secret_file`] reads: another process may have replaced it.
+    pub fn read_current(&self) -> Result<Option<SecretString>, SecretFileError> {
+        trusted_dir(&self.path, &self.dir)?;
+        match rustix::fs::openat(
+            &self.dir,
+            &self.name,
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => read_opened(File::from(fd), &self.path, true).map(Some),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(SecretFileError::Open {
+                path: self.path.clone(),
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// Open (created 0600 if missing) the file named after this one plus `suffix`,
+    /// through the held directory, never through a link, and only if it is a
+    /// regular file of root's open to nobody else: e.g. its `.lock`.
+    pub fn open_beside(&self, suffix: &str) -> Result<(PathBuf, File), SecretFileError> {
+        let mut name = self.name.clone();
+        name.push(suffix);
+        let path = self.path.with_file_name(&name);
+        trusted_dir(&self.path, &self.dir)?;
+        let fd = rustix::fs::openat(
+            &self.dir,
+            &name,
+            OFlags::RDWR | OFlags::CREATE | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| SecretFileError::Open {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        let file = File::from(fd);
+        let meta = file.metadata().map_err(|source| SecretFileError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(SecretFileError::NotRegular { path });
+        }
+        if !resolve::trusted_uid(meta.uid()) {
+            return Err(SecretFileError::NotRoots {
+                path,
+                uid: meta.uid(),
+            });
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(SecretFileError::TooOpen { path, mode });
+        }
+        Ok((path, file))
+    }
+
     /// Replace the file with `secret` (exact bytes, no newline added): the temp
     /// file (0600, created exclusively) is written and synced, renamed over the
     /// file, and the directory synced so the rename survives a power loss.
@@ -295,7 +357,13 @@ impl SecretWriter {
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
             ) {
-                Ok(fd) => return Ok((tmp, File::from(fd))),
+                Ok(fd) => {
+                    // Marks it live for another process's `remove_stale_temps`
+                    // (daemons sharing the directory); the kernel drops it with
+                    // the descriptor, also after a kill.
+                    rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockShared)?;
+                    return Ok((tmp, File::from(fd)));
+                }
                 Err(rustix::io::Errno::EXIST) => {
                     last_err = Some(io::Error::from(rustix::io::Errno::EXIST))
                 }
@@ -306,7 +374,10 @@ impl SecretWriter {
     }
 
     /// Remove temp files a killed run left beside the file: each holds a live
-    /// secret. Called at start, before anything writes it.
+    /// secret. Called at start. A temp file still open in a live process (another
+    /// daemon's spare, or a save under way) is locked by it and kept: removing it
+    /// would fail that save. (One created in the instant before its lock is taken
+    /// may still go; that save then fails and is retried.)
     pub fn remove_stale_temps(&self) {
         let mut prefix = OsString::from(".");
         prefix.push(&self.name);
@@ -329,6 +400,19 @@ impl SecretWriter {
                 continue;
             }
             let shown = self.path.with_file_name(&name);
+            let Ok(tmp) = rustix::fs::openat(
+                &self.dir,
+                &name,
+                OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) else {
+                continue;
+            };
+            if rustix::fs::flock(&tmp, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                .is_err()
+            {
+                continue;
+            }
             match rustix::fs::unlinkat(&self.dir, &name, rustix::fs::AtFlags::empty()) {
                 Ok(()) => {
                     tracing::info!(file = %shown.display(), "removed a temp file left by an interrupted write")
@@ -602,5 +686,11 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [".other.tmp.1", "rotated"]);
+
+        // Another writer's spare temp file (live, locked by it) is kept.
+        let other = SecretWriter::open(&target).unwrap();
+        remove_stale_temps(&target);
+        let spare = other.spare.as_ref().unwrap().0.clone();
+        assert!(dir.path().join(&spare).exists(), "a live spare kept");
     }
 }

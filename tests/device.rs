@@ -283,3 +283,54 @@ fn tokenfs_login_before_the_mount() {
         "the mount needed no login"
     );
 }
+
+/// One login for all of a user's workloads: two daemons on one config (one
+/// state directory) each show a code; once the first's is approved, the second
+/// takes the refresh token that login saved and serves, its own code never
+/// approved and no third one asked for.
+#[test]
+fn one_device_login_serves_every_daemon_sharing_its_state() {
+    if !fuse_available("one_device_login_serves_every_daemon_sharing_its_state") {
+        return;
+    }
+    let iss = DevIssuer::start(&["--device-interval", "1s"]);
+    let tmp = tempdir();
+    let (config, saved) = device_config(&iss, tmp.path());
+    let config = config.to_str().unwrap();
+    let a = Mount::start_at(&tmp.path().join("a"), &["--config", config]);
+    let b = Mount::start_at(&tmp.path().join("b"), &["--config", config]);
+    assert_eq!(errno(a.read("token")), libc::ENOKEY);
+    assert_eq!(errno(b.read("token")), libc::ENOKEY);
+    let (_, code_a) = instructions(&a).expect("a's token.consent-url");
+    let (_, code_b) = instructions(&b).expect("b's token.consent-url");
+    assert_ne!(code_a, code_b);
+
+    decide(&iss, &code_a, true);
+    let token_a = eventually(Duration::from_secs(30), "a's token", || {
+        a.read("token").ok().map(|b| String::from_utf8(b).unwrap())
+    });
+    assert!(saved.exists(), "a's login saved");
+    let token_b = eventually(Duration::from_secs(30), "b's token", || {
+        b.read("token").ok().map(|b| String::from_utf8(b).unwrap())
+    });
+    for token in [&token_a, &token_b] {
+        assert_eq!(jwt_claims(token)["preferred_username"], "alice");
+    }
+    assert_ne!(
+        token_a, token_b,
+        "b got its own token with a's refresh token"
+    );
+    assert!(
+        b.proc
+            .stderr()
+            .contains("using the refresh token another tokenfs saved"),
+        "{}",
+        b.proc.stderr()
+    );
+    assert!(!b.path("token.consent-url").exists());
+    assert_eq!(
+        stats(&iss)["device_authorizations"],
+        2,
+        "no login asked for after a's"
+    );
+}

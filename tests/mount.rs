@@ -652,12 +652,14 @@ fn a_rotating_answer_later_than_timeout_is_still_saved_and_the_grant_lives_on() 
     );
 }
 
-/// One holder per refresh token: beside a running daemon, `check` and a second
-/// daemon on the same config are refused before they send anything, so the
-/// daemon's grant survives (with rotation that revokes the whole session on reuse).
+/// One grant for all of a user's daemons: two mounts on one config (one state
+/// directory) and a `check` between them share a rotating refresh token, each
+/// refresh locking it and taking the rotation another saved. The issuer ends the
+/// whole session when a spent token comes back, so a token sent twice would fail
+/// the next refresh of both, and the restart.
 #[test]
-fn check_and_a_second_daemon_beside_a_running_one_are_refused_and_its_grant_lives_on() {
-    let test = "check_and_a_second_daemon_beside_a_running_one_are_refused_and_its_grant_lives_on";
+fn two_daemons_and_check_on_one_config_share_a_rotating_grant_and_it_lives_on() {
+    let test = "two_daemons_and_check_on_one_config_share_a_rotating_grant_and_it_lives_on";
     if !fuse_available(test) {
         return;
     }
@@ -665,40 +667,41 @@ fn check_and_a_second_daemon_beside_a_running_one_are_refused_and_its_grant_live
     let tmp = tempdir();
     let config = issuer.config(tmp.path(), "", "min_valid = \"1s\"");
     let config = config.to_str().unwrap();
-    let mut m = Mount::start(&["--config", config]);
-    let first = m.read_string("token");
-    let requests = issuer.token_requests();
-
-    let out = run(&["check", "--config", config]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    let why = format!(
-        "another tokenfs (pid {}) refreshes with this refresh token",
-        m.proc.pid()
+    let mut a = Mount::start_at(&tmp.path().join("a"), &["--config", config]);
+    let mut b = Mount::start_at(&tmp.path().join("b"), &["--config", config]);
+    let (mut last_a, mut last_b) = (a.read_string("token"), b.read_string("token"));
+    for round in 0..3 {
+        last_a = next_token(&a, "token", &last_a);
+        last_b = next_token(&b, "token", &last_b);
+        if round == 1 {
+            let out = run(&["check", "--config", config]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{stderr}");
+            assert!(!stderr.contains("invalid_grant"), "{stderr}");
+        }
+    }
+    for m in [&a, &b] {
+        let status = m.file_status("token");
+        assert_eq!(status["failures"], 0, "{status}");
+        assert!(
+            !m.proc.stderr().contains("invalid_grant"),
+            "{}",
+            m.proc.stderr()
+        );
+    }
+    let adopted = "using the refresh token another tokenfs saved";
+    assert!(
+        a.proc.stderr().contains(adopted) && b.proc.stderr().contains(adopted),
+        "each took the other's rotation:\n{}\n{}",
+        a.proc.stderr(),
+        b.proc.stderr()
     );
-    assert!(stderr.contains(&why), "{stderr}");
 
-    let other = tempdir();
-    let mut second = Proc::spawn(
-        &[
-            "mount",
-            other.path().join("api").to_str().unwrap(),
-            "--config",
-            config,
-        ],
-        &[],
-    );
-    let status = second.exits_within(Duration::from_secs(10), "refusing to start");
-    assert!(!status.success());
-    assert!(second.stderr().contains(&why), "{}", second.stderr());
-    assert_eq!(issuer.token_requests(), requests, "neither sent a request");
-
-    // Two refreshes later, and after a restart, the daemon's grant still works.
-    let second_token = next_token(&m, "token", &first);
-    next_token(&m, "token", &second_token);
-    assert!(m.stop().success());
-    let m = Mount::start(&["--config", config]);
+    assert!(a.stop().success());
+    assert!(b.stop().success());
+    let m = Mount::start_at(&tmp.path().join("a"), &["--config", config]);
     assert!(m.read("token").is_ok(), "{}", m.file_status("token"));
+    assert_eq!(m.file_status("token")["failures"], 0);
 }
 
 #[test]

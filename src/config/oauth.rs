@@ -183,7 +183,7 @@ fn refresh_grant(name: &str, f: &RawFile, may_be_missing: bool) -> Result<Grant,
         None => (default_rotated_file(&path), true),
     };
     // The original first, so a config that cannot work is refused before anything
-    // is written; a rotation saved earlier supersedes it (read once claimed).
+    // is written; a rotation saved earlier supersedes it.
     let not_yet = may_be_missing && !path.exists();
     let original = if rotated.exists() || not_yet {
         None
@@ -204,9 +204,9 @@ fn refresh_grant(name: &str, f: &RawFile, may_be_missing: bool) -> Result<Grant,
         };
         invalid(key("rotated_refresh_token_file"), why)
     })?;
-    // Before touching the files: another holder may be writing them right now.
-    crate::holder::claim(&rotated)
-        .map_err(|e| invalid(key("rotated_refresh_token_file"), e.to_string()))?;
+    // No lock is taken here: daemons sharing the file share the grant, each use
+    // of the token locking it (see `holder`); a save under way elsewhere keeps its
+    // temp file.
     secret_file::remove_stale_temps(&rotated);
     let refresh_token = if rotated.exists() {
         Some(secret(key("rotated_refresh_token_file"), &rotated)?)

@@ -141,11 +141,7 @@ fn the_rotated_token_directory_is_created_or_the_config_is_refused() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(
-        left,
-        ["offline-token.lock"],
-        "no file left but the holder's lock"
-    );
+    assert!(left.is_empty(), "no file left, no lock taken: {left:?}");
     // A config that cannot work (its refresh token file is missing) writes nothing.
     let nowhere = d.0.path().join("never/offline-token");
     let missing = d.0.path().join("missing");

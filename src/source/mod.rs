@@ -60,6 +60,10 @@ pub enum SourceError {
         expired: bool,
         user_code: Option<String>,
     },
+    /// The refresh token's lock (shared with other tokenfs processes) could not
+    /// be taken: nothing was sent. The text says who holds it or what failed.
+    #[error("{0}")]
+    Lock(String),
     /// The upstream answered with something that is not a usable token.
     #[error("upstream answered garbage: {0}")]
     Malformed(String),
@@ -78,6 +82,7 @@ impl SourceError {
             SourceError::Unavailable(_)
             | SourceError::Rejected(_)
             | SourceError::Malformed(_)
+            | SourceError::Lock(_)
             | SourceError::Invalid(_) => libc::EIO,
             SourceError::Timeout(_) => libc::ETIMEDOUT,
             SourceError::ConsentRequired { expired: false, .. } => libc::ENOKEY,

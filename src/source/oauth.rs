@@ -20,6 +20,7 @@ use super::http::{
     HttpSettings,
 };
 use super::{device, jwt, Issued, Source, SourceError, Subject};
+use crate::holder::{self, RefreshLock};
 use crate::secret_file::{self, SecretWriter};
 
 /// How many times `timeout` a refresh-token request may take (see `exchange`).
@@ -140,6 +141,11 @@ struct Held {
     token: Option<SecretString>,
     /// mtime of `file` when `token` was taken from it (or at start).
     file_mtime: Option<SystemTime>,
+    /// What the rotated file held when last looked at (at start: the token the
+    /// config loaded). A change means another process sharing it rotated or
+    /// logged in; the same token there is not newer than one held since (e.g.
+    /// from `file`, or the dead one a device login replaces).
+    rotated_seen: Option<SecretString>,
 }
 
 #[derive(Debug)]
@@ -223,6 +229,7 @@ impl OAuthSource {
                 let file_mtime = file.as_deref().and_then(mtime);
                 GrantState::RefreshToken {
                     held: tokio::sync::Mutex::new(Held {
+                        rotated_seen: refresh_token.clone(),
                         token: refresh_token,
                         file_mtime,
                     }),
@@ -422,12 +429,62 @@ impl Inner {
     /// Adopt a rotated refresh token: persist it first, so that a crash
     /// right after cannot lose it, then use it. A failed write does not stop
     /// its use, since the upstream may already have revoked the old one.
-    async fn rotate(&self, held: &mut Held, new: SecretString, saver: Option<&Arc<Saver>>) {
+    /// `lock` is released once it is saved (see [`Saver::save`]).
+    async fn rotate(
+        &self,
+        held: &mut Held,
+        new: SecretString,
+        saver: Option<&Arc<Saver>>,
+        lock: Option<RefreshLock>,
+    ) {
         match saver {
-            Some(saver) => saver.clone().save_or_retry(new.clone()).await,
+            Some(saver) => saver.clone().save_or_retry(new.clone(), lock).await,
             None => tracing::debug!("the upstream rotated the refresh token (kept in memory only)"),
         }
         held.token = Some(new);
+    }
+
+    /// How long to wait for another process's use of the refresh token: its
+    /// request takes at most the rotating timeout, its read and save a little more.
+    fn lock_wait(&self) -> Duration {
+        self.http.timeout * (ROTATING_TIMEOUT_FACTOR + 1)
+    }
+
+    /// Lock the refresh token against the other processes sharing its rotated
+    /// file, and take what they saved there since we last looked: sending the
+    /// token we hold after another rotated it would spend a revoked token, which
+    /// ends the whole grant at Keycloak and oidc-provider.
+    async fn sync(&self, held: &mut Held, saver: &Arc<Saver>) -> Result<TokenLock, SourceError> {
+        let wait = self.lock_wait();
+        let s = saver.clone();
+        let (lock, current) = tokio::task::spawn_blocking(move || s.lock_and_read(wait))
+            .await
+            .map_err(|e| SourceError::Lock(format!("locking the refresh token failed: {e}")))??;
+        if let Some(current) = current {
+            let same = |t: &Option<SecretString>| {
+                t.as_ref()
+                    .is_some_and(|t| t.expose_secret() == current.expose_secret())
+            };
+            if !same(&held.rotated_seen) && !same(&held.token) {
+                tracing::info!(
+                    file = %saver.path.display(),
+                    "using the refresh token another tokenfs saved (it refreshed or logged in)"
+                );
+                held.token = Some(current.clone());
+                // Our own login is not needed any more (a device login's poller stops).
+                if let Some(device) = &self.device {
+                    drop_waiting(&device.state);
+                }
+                if let Some(code) = &self.code {
+                    drop_waiting(&code.state);
+                }
+            }
+            held.rotated_seen = Some(current);
+        }
+        Ok(TokenLock {
+            lock: Some(lock),
+            saver: saver.clone(),
+        })
     }
 
     /// Take a refresh token written to `file` since we last read it: the
@@ -521,7 +578,14 @@ impl Inner {
                 if let Some(file) = file {
                     self.reload(&mut held, file).await;
                 }
+                // Held until the rotation this refresh brings is saved; also before
+                // a device login: another process may have logged in already.
+                let lock = match saver {
+                    Some(saver) => Some(self.sync(&mut held, saver).await?),
+                    None => None,
+                };
                 let Some(token) = held.token.clone() else {
+                    drop(lock);
                     drop(held);
                     return Err(self.start_login().await);
                 };
@@ -534,6 +598,7 @@ impl Inner {
                         if expired {
                             self.had_consent.store(true, Ordering::Relaxed);
                         }
+                        drop(lock);
                         drop(held);
                         return Err(self.start_login().await);
                     }
@@ -544,7 +609,8 @@ impl Inner {
                 // may have rotated (and so revoked) the refresh token we hold.
                 if let Some(new) = answer.refresh_token.take() {
                     if new.expose_secret() != token.expose_secret() {
-                        self.rotate(&mut held, new, saver.as_ref()).await;
+                        let lock = lock.and_then(TokenLock::into_lock);
+                        self.rotate(&mut held, new, saver.as_ref(), lock).await;
                     }
                 }
                 (answer, sent)
@@ -669,7 +735,10 @@ impl Inner {
             .await
             .map_err(redeem)?;
         match answer.refresh_token.take() {
-            Some(refresh) => self.rotate(&mut held, refresh, saver.as_ref()).await,
+            Some(refresh) => {
+                let lock = self.login_lock(saver.as_ref()).await;
+                self.rotate(&mut held, refresh, saver.as_ref(), lock).await
+            }
             None => tracing::warn!(
                 "the code login's answer has no refresh token (is offline_access allowed for \
                  this client?): the user must log in again when this token expires"
@@ -765,7 +834,10 @@ impl Inner {
                     match parsed {
                         Ok(mut answer) => {
                             match answer.refresh_token.take() {
-                                Some(refresh) => self.rotate(&mut held, refresh, saver.as_ref()).await,
+                                Some(refresh) => {
+                                    let lock = self.login_lock(saver.as_ref()).await;
+                                    self.rotate(&mut held, refresh, saver.as_ref(), lock).await
+                                }
                                 None => tracing::warn!(
                                     "the device login's answer has no refresh token (is offline_access in scope?): \
                                      the user must log in again when this token expires"
@@ -782,6 +854,25 @@ impl Inner {
                     }
                     return;
                 }
+            }
+        }
+    }
+
+    /// The lock for saving a new login's refresh token. Nothing is spent by the
+    /// save, so a lock not had in time is no reason to drop the login: the token
+    /// is saved all the same (the newest save wins; each is a live grant).
+    async fn login_lock(&self, saver: Option<&Arc<Saver>>) -> Option<RefreshLock> {
+        let saver = saver?.clone();
+        let wait = self.lock_wait();
+        match tokio::task::spawn_blocking(move || saver.lock(wait)).await {
+            Ok(Ok((lock, _))) => Some(lock),
+            Ok(Err(e)) => {
+                tracing::warn!("{e}; saving the login's refresh token without the lock");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("locking the refresh token failed: {e}; saving without the lock");
+                None
             }
         }
     }
@@ -875,6 +966,13 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn drop_waiting<P>(m: &std::sync::Mutex<LoginState<P>>) {
+    let mut state = lock(m);
+    if matches!(*state, LoginState::Waiting(_)) {
+        *state = LoginState::Idle;
+    }
+}
+
 fn take_approved<P>(m: &std::sync::Mutex<LoginState<P>>) -> Option<(TokenResponse, SystemTime)> {
     let mut state = lock(m);
     match std::mem::replace(&mut *state, LoginState::Idle) {
@@ -914,9 +1012,43 @@ struct Saver {
     path: PathBuf,
     /// Opened at the first save (the config checked it can be).
     writer: std::sync::Mutex<Option<SecretWriter>>,
-    /// The newest rotation not saved yet, and why.
-    unsaved: std::sync::Mutex<Option<(SecretString, String)>>,
+    /// The newest rotation not saved yet.
+    unsaved: std::sync::Mutex<Option<Unsaved>>,
     retrying: AtomicBool,
+    /// `<path>.lock`, opened with the writer and kept (see [`holder::LockFile`]).
+    lock_file: std::sync::Mutex<Option<Arc<holder::LockFile>>>,
+}
+
+#[derive(Debug)]
+struct Unsaved {
+    token: SecretString,
+    why: String,
+    /// The lock of the refresh that brought the token, kept until it is saved:
+    /// released earlier, another process would read the file's token, which the
+    /// upstream revoked with that refresh, and send it, ending the whole grant.
+    /// `None` while this process's next use of the token holds it.
+    lock: Option<RefreshLock>,
+}
+
+/// A refresh's lock: handed to the save of the rotation it brings, or, dropped
+/// without one, given back to an unsaved earlier rotation that still needs it.
+struct TokenLock {
+    lock: Option<RefreshLock>,
+    saver: Arc<Saver>,
+}
+
+impl TokenLock {
+    fn into_lock(mut self) -> Option<RefreshLock> {
+        self.lock.take()
+    }
+}
+
+impl Drop for TokenLock {
+    fn drop(&mut self) {
+        if let Some(lock) = self.lock.take() {
+            self.saver.release(lock);
+        }
+    }
 }
 
 /// Waits between attempts to save a rotation that failed to save.
@@ -926,11 +1058,16 @@ const SAVE_RETRY_MAX: Duration = Duration::from_secs(60);
 impl Saver {
     fn new(path: PathBuf) -> Saver {
         let writer = SecretWriter::open(&path).ok();
+        let lock_file = writer
+            .as_ref()
+            .and_then(|w| holder::open(w).ok())
+            .map(Arc::new);
         Saver {
             path,
             writer: std::sync::Mutex::new(writer),
             unsaved: std::sync::Mutex::new(None),
             retrying: AtomicBool::new(false),
+            lock_file: std::sync::Mutex::new(lock_file),
         }
     }
 
@@ -939,13 +1076,102 @@ impl Saver {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|(_, why)| why.clone())
+            .map(|u| u.why.clone())
     }
 
-    /// Write `token` now (blocking I/O); on failure it becomes the unsaved one.
-    fn save(&self, token: &SecretString) -> Result<(), String> {
+    /// The writer, opened again if the last save dropped it.
+    fn writer_now<'a>(
+        &self,
+        writer: &'a mut Option<SecretWriter>,
+    ) -> Result<&'a mut SecretWriter, secret_file::SecretFileError> {
+        if writer.is_none() {
+            *writer = Some(SecretWriter::open(&self.path)?);
+        }
+        Ok(writer.as_mut().expect("just opened"))
+    }
+
+    /// Take the lock on the refresh token (blocking, at most `wait`). The lock an
+    /// unsaved rotation keeps is this process's already: it passes to the caller
+    /// (`true`: the file cannot have changed since, nobody else could write it).
+    fn lock(&self, wait: Duration) -> Result<(RefreshLock, bool), SourceError> {
+        let kept = self
+            .unsaved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .and_then(|u| u.lock.take());
+        if let Some(lock) = kept {
+            return Ok((lock, true));
+        }
+        let file = {
+            // Not held while waiting: a retried save needs the writer meanwhile.
+            let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut kept = self.lock_file.lock().unwrap_or_else(|e| e.into_inner());
+            match &*kept {
+                Some(file) => file.clone(),
+                None => {
+                    let writer = self.writer_now(&mut writer).map_err(|e| {
+                        SourceError::Lock(format!("cannot lock the refresh token: {e}"))
+                    })?;
+                    let file = Arc::new(
+                        holder::open(writer).map_err(|e| SourceError::Lock(e.to_string()))?,
+                    );
+                    *kept = Some(file.clone());
+                    file
+                }
+            }
+        };
+        let lock = file.wait(wait).map_err(|e| {
+            if let holder::HolderError::Io { .. } = e {
+                // Opened again next time: the file may be gone or replaced.
+                *self.lock_file.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            SourceError::Lock(e.to_string())
+        })?;
+        Ok((lock, false))
+    }
+
+    /// Release `lock`, unless an unsaved rotation needs it kept.
+    fn release(&self, lock: RefreshLock) {
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(u) = unsaved.as_mut() {
+            if u.lock.is_none() {
+                u.lock = Some(lock);
+            }
+        }
+    }
+
+    /// [`Saver::lock`], then what the file holds now (`None`: nothing yet, or
+    /// nothing another process can have written).
+    fn lock_and_read(
+        &self,
+        wait: Duration,
+    ) -> Result<(RefreshLock, Option<SecretString>), SourceError> {
+        let (lock, kept) = self.lock(wait)?;
+        if kept {
+            return Ok((lock, None));
+        }
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        self.save_locked(&mut writer, token)
+        match self.writer_now(&mut writer).and_then(|w| w.read_current()) {
+            Ok(current) => Ok((lock, current)),
+            Err(e) => {
+                // What an untrusted or broken file holds is never taken; refreshing
+                // with the held token keeps a lone daemon working (and its rotation
+                // is kept, with this lock, until it can be saved), at the risk of
+                // a token another sharer saved there being missed.
+                tracing::warn!(
+                    "{e}; refreshing with the refresh token held, not one another tokenfs                      may have saved there"
+                );
+                Ok((lock, None))
+            }
+        }
+    }
+
+    /// Write `token` now (blocking I/O), then release `lock`; on failure it
+    /// becomes the unsaved one, and keeps the lock.
+    fn save(&self, token: &SecretString, lock: Option<RefreshLock>) -> Result<(), String> {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.save_locked(&mut writer, token, lock)
     }
 
     /// Write the unsaved rotation, if there still is one. Under the writer's lock,
@@ -957,14 +1183,15 @@ impl Saver {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|(t, _)| t.clone())?;
-        Some(self.save_locked(&mut writer, &token))
+            .map(|u| u.token.clone())?;
+        Some(self.save_locked(&mut writer, &token, None))
     }
 
     fn save_locked(
         &self,
         writer: &mut Option<SecretWriter>,
         token: &SecretString,
+        lock: Option<RefreshLock>,
     ) -> Result<(), String> {
         let written = match writer.as_mut() {
             Some(w) => w.write(token),
@@ -977,7 +1204,10 @@ impl Saver {
         let mut unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
         match written {
             Ok(()) => {
+                // Saved (renamed and synced): now others may read and use it, so
+                // the lock goes, the one an earlier unsaved rotation kept too.
                 *unsaved = None;
+                drop(lock);
                 Ok(())
             }
             Err(e) => {
@@ -988,15 +1218,20 @@ impl Saver {
                     "{e}; the rotated refresh token is kept in memory only (retrying) and is \
                      lost if tokenfs restarts before it is saved"
                 );
-                *unsaved = Some((token.clone(), why.clone()));
+                let lock = lock.or_else(|| unsaved.take().and_then(|u| u.lock));
+                *unsaved = Some(Unsaved {
+                    token: token.clone(),
+                    why: why.clone(),
+                    lock,
+                });
                 Err(why)
             }
         }
     }
 
-    async fn save_or_retry(self: Arc<Self>, token: SecretString) {
+    async fn save_or_retry(self: Arc<Self>, token: SecretString, lock: Option<RefreshLock>) {
         let saver = self.clone();
-        match tokio::task::spawn_blocking(move || saver.save(&token)).await {
+        match tokio::task::spawn_blocking(move || saver.save(&token, lock)).await {
             Ok(Ok(())) => {
                 tracing::debug!(file = %self.path.display(), "saved the rotated refresh token")
             }

@@ -439,11 +439,22 @@ async fn rotation_survives_a_failed_write_and_a_bad_access_token() {
     // The answer rotates the refresh token but has no usable access
     // token, and the rotated file cannot be written: the new refresh
     // token must still be used next time.
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    let mode = {
+        let open = open.clone();
+        move |m| std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(m))
+    };
     let calls = Arc::new(Mutex::new(0));
+    let opened = mode.clone();
     let (url, seen) = endpoint(move |_| {
         let mut n = calls.lock().unwrap();
         *n += 1;
         if *n == 1 {
+            // Others may write the directory now (after the refresh token was
+            // locked and the file read): saving into it is refused.
+            opened(0o777).unwrap();
             json_answer(StatusCode::OK, json!({"refresh_token": "rt-new"}))
         } else {
             json_answer(
@@ -453,18 +464,22 @@ async fn rotation_survives_a_failed_write_and_a_bad_access_token() {
         }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    // Others may write this directory: saving into it is refused.
-    let open = dir.path().join("open");
-    std::fs::create_dir(&open).unwrap();
-    let mode = |m| std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(m));
-    mode(0o777).unwrap();
     let unwritable = open.join("refresh_token");
     let src = OAuthSource::new(refresh_cfg(&url, "rt-old", Some(unwritable.clone()))).unwrap();
     assert!(matches!(src.issue().await, Err(SourceError::Malformed(_))));
     let why = src.unsaved_refresh_token().unwrap();
     assert!(why.contains("writable by users other than root"), "{why}");
+    // The unsaved rotation keeps the lock: another process cannot take it (and
+    // read the stale file), while this one's next refresh goes on under it.
+    let lock = open.join("refresh_token.lock");
+    let other = std::fs::File::open(&lock).unwrap();
+    use std::os::fd::AsRawFd;
+    let flock = |f: &std::fs::File| unsafe {
+        libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0
+    };
+    assert!(!flock(&other), "kept while unsaved");
     assert!(src.issue().await.is_ok());
+    assert!(!flock(&other), "still kept while unsaved");
     let sent: Vec<_> = seen
         .lock()
         .unwrap()
@@ -485,6 +500,7 @@ async fn rotation_survives_a_failed_write_and_a_bad_access_token() {
     assert_eq!(src.unsaved_refresh_token(), None);
     assert_eq!(std::fs::read_to_string(&unwritable).unwrap(), "rt-new");
     assert_eq!(seen.lock().unwrap().len(), 2, "saved without a request");
+    assert!(flock(&other), "released once saved");
 }
 
 // ---- token exchange (Keycloak internal→external) and Entra consent ----
@@ -741,4 +757,90 @@ async fn a_refresh_token_written_to_its_file_later_is_picked_up() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     source.issue().await.unwrap();
     assert_eq!(seen.lock().unwrap()[0]["refresh_token"], "rt-after-consent");
+}
+
+/// Two sources (as two daemons) sharing a rotated file take turns with one
+/// rotating refresh token: each refresh locks it and sends the newest, also
+/// when both refresh at once; a spent one is never sent again.
+#[tokio::test]
+async fn sources_sharing_a_rotated_file_never_send_a_spent_refresh_token() {
+    let valid = Arc::new(Mutex::new(0u32));
+    let jwt = make_jwt(&json!({"exp": now_secs() + 300}));
+    let (url, seen) = endpoint(move |f| {
+        let mut n = valid.lock().unwrap();
+        if f["refresh_token"] != format!("rt-{n}") {
+            return json_answer(StatusCode::BAD_REQUEST, json!({"error": "invalid_grant"}));
+        }
+        *n += 1;
+        json_answer(
+            StatusCode::OK,
+            json!({"access_token": jwt, "expires_in": 300, "refresh_token": format!("rt-{n}")}),
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let rotated = dir.path().join("rotated");
+    let a = OAuthSource::new(refresh_cfg(&url, "rt-0", Some(rotated.clone()))).unwrap();
+    let b = OAuthSource::new(refresh_cfg(&url, "rt-0", Some(rotated.clone()))).unwrap();
+    for src in [&a, &b, &a, &b] {
+        src.issue().await.unwrap();
+    }
+    let (x, y) = tokio::join!(a.issue(), b.issue());
+    x.unwrap();
+    y.unwrap();
+    let sent: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|f| f["refresh_token"].clone())
+        .collect();
+    assert_eq!(sent, ["rt-0", "rt-1", "rt-2", "rt-3", "rt-4", "rt-5"]);
+    assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "rt-6");
+}
+
+/// A token written to `refresh_token_file` (a new consent) wins over the older
+/// one in the rotated file: that one is not newer, only what another process
+/// saved since it was last looked at is.
+#[tokio::test]
+async fn a_new_token_in_the_file_is_not_replaced_by_the_older_rotated_one() {
+    let jwt = make_jwt(&json!({"exp": now_secs() + 300}));
+    let (url, seen) = endpoint(move |f| {
+        if f["refresh_token"] != "rt-new" {
+            return json_answer(StatusCode::BAD_REQUEST, json!({"error": "invalid_grant"}));
+        }
+        json_answer(
+            StatusCode::OK,
+            json!({"access_token": jwt, "expires_in": 300}),
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file, rotated) = (dir.path().join("file"), dir.path().join("rotated"));
+    crate::secret_file::write_secret_file(&file, &"rt-0".into()).unwrap();
+    crate::secret_file::write_secret_file(&rotated, &"rt-1".into()).unwrap();
+    let mut cfg = refresh_cfg(&url, "rt-1", Some(rotated));
+    cfg.grant = match cfg.grant {
+        Grant::RefreshToken {
+            refresh_token,
+            rotated_file,
+            ..
+        } => Grant::RefreshToken {
+            refresh_token,
+            file: Some(file.clone()),
+            rotated_file,
+        },
+        other => other,
+    };
+    let src = OAuthSource::new(cfg).unwrap();
+    // Written later than the start (a coarse mtime may not have changed yet).
+    let later = SystemTime::now() + Duration::from_secs(5);
+    crate::secret_file::write_secret_file(&file, &"rt-new".into()).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    src.issue().await.unwrap();
+    assert_eq!(seen.lock().unwrap()[0]["refresh_token"], "rt-new");
 }
