@@ -264,6 +264,59 @@ fn offline_token_rotates_and_survives_check_and_restart() {
     eprintln!("figure: a spent offline token: {body}");
 }
 
+/// Two daemons on two mountpoints with one config (one state directory) share
+/// one rotating Keycloak offline token: each refreshes in turn with the newest
+/// rotation, so Keycloak never sees a spent token (it would end the session),
+/// and a `tokenfs check` beside them takes its turn too.
+#[test]
+fn two_daemons_share_one_rotating_offline_token() {
+    let Some(kc) = keycloak_and_fuse("two_daemons_share_one_rotating_offline_token") else {
+        return;
+    };
+    let offline = kc.offline_token(CLIENT, "grace");
+    let tmp = tempdir();
+    let config = kc.readme_config(tmp.path(), &offline, false, |t| t);
+    let config = config.to_str().unwrap();
+    let a = Mount::start_at(&tmp.path().join("a"), &["--config", config]);
+    let b = Mount::start_at(&tmp.path().join("b"), &["--config", config]);
+    let (mut last_a, mut last_b) = (a.read_string("token"), b.read_string("token"));
+    let sid = jwt_claims(&last_a)["sid"].clone();
+    for _ in 0..2 {
+        last_a = next_token(&a, "token", &last_a, Duration::from_secs(60));
+        last_b = next_token(&b, "token", &last_b, Duration::from_secs(60));
+    }
+    let out = run(&["check", "--config", config]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (m, token) in [(&a, &last_a), (&b, &last_b)] {
+        assert_eq!(jwt_claims(token)["sid"], sid, "one offline session");
+        assert_eq!(
+            m.file_status("token")["failures"],
+            0,
+            "{}",
+            m.file_status("token")
+        );
+        assert!(!m.proc.stderr().contains("invalid_grant"));
+    }
+    let log = a.proc.stderr() + &b.proc.stderr();
+    assert!(
+        log.contains("using the refresh token another tokenfs saved"),
+        "{log}"
+    );
+    let (status, body) = kc.token_request(
+        CLIENT,
+        &[("grant_type", "refresh_token"), ("refresh_token", &offline)],
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "rotated"
+    );
+}
+
 /// An offline session revoked by an admin, or idle past its timeout: `EIO`, and
 /// `.status` quotes Keycloak's reason.
 #[test]
@@ -687,7 +740,9 @@ fn code_login_with_tokenfs_consent_and_again_after_the_session_is_revoked() {
     let Some(kc) = keycloak_and_fuse("code_login_with_tokenfs_consent") else {
         return;
     };
-    let user = "heidi";
+    // Not heidi: the device test revokes heidi's consent, which would end this
+    // test's session too.
+    let user = "ivan";
     let tmp = tempdir();
     let config = kc.readme_code_config(tmp.path());
     let m = Mount::start_at(
