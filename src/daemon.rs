@@ -158,12 +158,13 @@ pub fn run(args: MountArgs) -> Result<()> {
         "mounted"
     );
     let notify = Notify::from_env();
-    // Held only until here: an open descriptor on the mount keeps it busy, and
-    // an unmount from outside must end the session.
-    let answered = crate::mountpoint::read_status(mounted.root);
     if notify.enabled() {
-        // Ready means the mount answers: ask it, as a reader would.
-        if let Err(probe) = answered {
+        // Ready means the mount answers: ask it, as a reader would. Only then:
+        // a daemon killed while it reads its own mount can hang in exit, its
+        // FUSE request never answered, so it does not do so needlessly.
+        // The root descriptor goes with it: an open descriptor on the mount
+        // keeps it busy, and an unmount from outside must end the session.
+        if let Err(probe) = crate::mountpoint::read_status(mounted.root) {
             bail!(
                 "mounted, but {}/{} does not answer ({probe:?}); not signalling readiness",
                 mountpoint.display(),
@@ -178,6 +179,8 @@ pub fn run(args: MountArgs) -> Result<()> {
         if let Some(every) = notify.watchdog_interval() {
             rt.spawn(watchdog(notify.clone(), every, refreshers));
         }
+    } else {
+        drop(mounted.root);
     }
 
     let external_unmount = rt.block_on(async {
