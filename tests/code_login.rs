@@ -427,3 +427,47 @@ fn tokenfs_login_takes_the_landing_address_on_stdin() {
     assert!(m.read("token").is_ok(), "served from the saved token");
     assert!(iss.token_requests() > requests);
 }
+
+/// Two daemons sharing a state directory: a code login completed in one
+/// serves the other's next read, whose own login is dropped.
+#[test]
+fn one_code_login_serves_every_daemon_sharing_its_state() {
+    if !fuse_available("one_code_login_serves_every_daemon_sharing_its_state") {
+        return;
+    }
+    let iss = DevIssuer::start(&[]);
+    let h = Home::new();
+    let config = h.config(&code_file(
+        &iss,
+        h.tmp.path(),
+        "token",
+        "http://127.0.0.1:9/landed",
+        "",
+    ));
+    let a = h.mount(&config);
+    let b = Mount::start_at(
+        &h.tmp.path().join("b"),
+        &["--config", config.to_str().unwrap()],
+    );
+    assert_eq!(errno(a.read("token")), libc::ENOKEY);
+    assert_eq!(errno(b.read("token")), libc::ENOKEY);
+    let url_a = a.read_string("token.consent-url").trim_end().to_owned();
+    let url_b = b.read_string("token.consent-url").trim_end().to_owned();
+    assert_ne!(
+        query(&url_a, "state"),
+        query(&url_b, "state"),
+        "a login each"
+    );
+    let file = a.path("token");
+    let (ok, _, err) = h.consent(USER, &[file.to_str().unwrap(), &landed_at(&url_a)]);
+    assert!(ok, "{err}");
+    let token = eventually(Duration::from_secs(10), "b served", || {
+        b.read("token").ok().map(|t| String::from_utf8(t).unwrap())
+    });
+    assert!(b.read("token.consent-url").is_err(), "b asks for nothing");
+    assert!(b
+        .proc
+        .stderr()
+        .contains("using the refresh token another tokenfs saved"));
+    assert_eq!(jwt_claims(&token)["preferred_username"], "alice");
+}
