@@ -132,10 +132,16 @@ impl Filesystem for TokenFs {
         );
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        // With a handle the kernel is about to read (it refreshes the size
+        // first): only then is a token worth asking the upstream for.
+        let reading = fh.is_some();
         self.with_view(
             ino.0,
-            |f| f.attr_now(ino.0),
+            move |f| match reading {
+                true => f.attr_to_read(ino.0),
+                false => f.attr_now(ino.0),
+            },
             move |view| match view {
                 Ok(v) => reply.attr(&v.ttl, &file_attr(&v.attr)),
                 Err(errno) => reply.error(Errno::from_i32(errno)),
@@ -356,6 +362,15 @@ pub async fn invalidate_on_change(files: Arc<Files>, notifier: Notifier) {
                     continue;
                 }
                 seen = generation;
+                // A token a read asked for reaches the kernel in that read's own
+                // reply (a GETATTR before the read, or the read itself), and a new
+                // size or mtime in it drops stale pages. An invalidation now would
+                // race that reply, and the kernel drops an attribute reply older
+                // than an invalidation: the file would keep its old size (0 for a
+                // file that had no token), and the read would end at once, empty.
+                if cell.obtained_for_a_read(generation) {
+                    continue;
+                }
                 // inval_inode writes to /dev/fuse and may block on the kernel; keep it
                 // off the async workers.
                 let notifier = notifier.clone();

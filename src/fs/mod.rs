@@ -269,9 +269,22 @@ impl Files {
             .map(|(i, t)| (Self::token_ino(i), &t.cell))
     }
 
-    /// The view an attribute request (`lookup`, `getattr`) gets: for a token, the
-    /// newest servable one, which becomes the announced content.
+    /// The view `stat`, `ls -l`, `find` and the like get (`lookup`, and `getattr`
+    /// without a file handle): like [`Files::attr_to_read`], except that a token
+    /// file with no servable token is an empty file whose attributes nobody may
+    /// cache, instead of a wait for the upstream. Walking the directory never
+    /// asks the upstream for a token, and never fails for want of one.
     pub fn attr_now(&self, ino: u64) -> Now {
+        match self.attr_to_read(ino) {
+            Now::MustWait => Now::Ready(self.placeholder_view(ino)),
+            now => now,
+        }
+    }
+
+    /// The view an attribute request on the way to a read gets (`getattr` with a
+    /// file handle: the kernel checks the size before reading): for a token, the
+    /// newest servable one, which becomes the announced content.
+    pub fn attr_to_read(&self, ino: u64) -> Now {
         match self.node(ino) {
             None => Now::Err(libc::ENOENT),
             Some(Node::Root) => Now::Ready(self.root_view()),
@@ -295,19 +308,21 @@ impl Files {
         match self.node(ino) {
             None => Now::Err(libc::ENOENT),
             Some(Node::Root) => Now::Err(libc::EISDIR),
-            Some(Node::Status) => doc(&self.status).map_or_else(|| self.attr_now(ino), Now::Ready),
+            Some(Node::Status) => {
+                doc(&self.status).map_or_else(|| self.attr_to_read(ino), Now::Ready)
+            }
             Some(Node::Metrics) => {
-                doc(&self.metrics).map_or_else(|| self.attr_now(ino), Now::Ready)
+                doc(&self.metrics).map_or_else(|| self.attr_to_read(ino), Now::Ready)
             }
             Some(Node::Consent(file)) => {
-                doc(&file.consent).map_or_else(|| self.attr_now(ino), Now::Ready)
+                doc(&file.consent).map_or_else(|| self.attr_to_read(ino), Now::Ready)
             }
             Some(Node::Token(file)) => {
                 let now = file.cell.now();
                 let announced = lock(&file.announced).clone();
                 match announced.filter(|t| t.servable(now)) {
                     Some(token) => Now::Ready(self.token_view(ino, token, now)),
-                    None => self.attr_now(ino),
+                    None => self.attr_to_read(ino),
                 }
             }
         }
@@ -363,6 +378,24 @@ impl Files {
             },
             ttl,
             content: Some(content),
+        }
+    }
+
+    /// A token file while no token can be served: empty, dated at the mount's
+    /// start, TTL zero so that the kernel asks again (with a file handle, before
+    /// a read) rather than serve a length no read will return.
+    fn placeholder_view(&self, ino: u64) -> View {
+        View {
+            attr: Attr {
+                ino,
+                kind: Kind::File,
+                size: 0,
+                mtime: self.started,
+                perm: 0o400,
+                owner: self.opts.owner,
+            },
+            ttl: Duration::ZERO,
+            content: None,
         }
     }
 

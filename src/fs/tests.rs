@@ -92,10 +92,22 @@ fn names_and_inodes() {
 
 #[tokio::test]
 async fn empty_cell_must_wait_then_attrs_match_content() {
-    let (files, _, clock) = files();
+    let (files, cell, clock) = files();
     assert!(
-        matches!(files.attr_now(4), Now::MustWait),
-        "issue happens on first access"
+        matches!(files.attr_to_read(4), Now::MustWait),
+        "issue happens on the first read"
+    );
+    // A stat meanwhile: an empty file nobody may cache, and no request.
+    let stat = ready(files.attr_now(4));
+    assert_eq!(
+        (stat.attr.size, stat.ttl, stat.attr.perm),
+        (0, Duration::ZERO, 0o400)
+    );
+    assert!(stat.content.is_none());
+    assert_eq!(
+        cell.status().fetches,
+        0,
+        "stat asks the upstream for nothing"
     );
     let view = files.wait(4).await.unwrap();
     let content = view.content.clone().unwrap();
@@ -134,8 +146,13 @@ async fn ttl_is_capped_and_shrinks_towards_the_deadline() {
     assert_eq!(ready(files.attr_now(4)).ttl, Duration::from_secs(69));
     clock.0.fetch_add(70, Ordering::SeqCst);
     assert!(
-        matches!(files.attr_now(4), Now::MustWait),
+        matches!(files.attr_to_read(4), Now::MustWait),
         "past the deadline nothing is served"
+    );
+    assert_eq!(
+        ready(files.attr_now(4)).attr.size,
+        0,
+        "and stat sees an empty file"
     );
 }
 
