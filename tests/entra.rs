@@ -64,7 +64,11 @@ fn each_consent_error_means_consent_and_consent_recovers_without_restart() {
     );
     assert_eq!(mount.file_status(FILE)["state"], "consent_required");
 
-    for (error, code) in [("invalid_grant", 700082), ("interaction_required", 50173)] {
+    // Waiting on the user, not dead: the refresh token is kept and tried again
+    // at each read while the login is offered (an admin's consent or a sign-in
+    // elsewhere fixes it). A dead one (`invalid_grant`) is dropped: see
+    // tests/code_login.rs, where a new login replaces it.
+    for (error, code) in [("interaction_required", 50173)] {
         entra.set_mode(EntraMode::Error { error, code });
         eventually(Duration::from_secs(10), error, || {
             let errno = errno(mount.read(FILE));

@@ -592,10 +592,19 @@ impl Inner {
                 let form = vec![("refresh_token", token.expose_secret())];
                 let result = self.exchange(form).await;
                 if let Err(e) = &result {
-                    if let Some(expired) = grant_is_dead(e).filter(|_| self.has_login()) {
-                        tracing::warn!("the refresh token is dead ({e}): starting a login");
-                        held.token = None;
-                        if expired {
+                    if let Some(refused) = refused_for_the_user(e).filter(|_| self.has_login()) {
+                        if refused.dead {
+                            tracing::warn!("the refresh token is dead ({e}): starting a login");
+                            held.token = None;
+                        } else {
+                            // Fixable without a new token (an admin's consent, a
+                            // sign-in elsewhere): kept, and tried again at the next
+                            // read, while the login is offered.
+                            tracing::debug!(
+                                "the refresh token needs the user ({e}): offering a login"
+                            );
+                        }
+                        if refused.had_consent {
                             self.had_consent.store(true, Ordering::Relaxed);
                         }
                         drop(lock);
@@ -988,18 +997,24 @@ fn take_approved<P>(m: &std::sync::Mutex<LoginState<P>>) -> Option<(TokenRespons
 /// refresh token gets a fresh one instead.
 const APPROVED_ANSWER_MAX_AGE: Duration = Duration::from_secs(30);
 
-/// Whether a refresh failed because the refresh token is dead (revoked,
-/// expired, the offline session gone), as Keycloak and Entra say it, and if
-/// so whether consent was had (`EKEYEXPIRED`) or never given (Entra's
-/// `consent_required`: `ENOKEY`).
-fn grant_is_dead(e: &SourceError) -> Option<bool> {
+/// A refresh the upstream refused for want of the user, as Keycloak and
+/// Entra say it.
+struct Refused {
+    /// Consent was had (`EKEYEXPIRED`), not never given (`ENOKEY`).
+    had_consent: bool,
+    /// The refresh token is spent for good (revoked, expired, the offline
+    /// session gone: `invalid_grant`), not only waiting on the user (Entra's
+    /// `interaction_required`, `consent_required`).
+    dead: bool,
+}
+
+fn refused_for_the_user(e: &SourceError) -> Option<Refused> {
+    let refused = |had_consent, dead| Some(Refused { had_consent, dead });
     match e {
-        SourceError::Rejected(m) if m.starts_with("consent_required") => Some(false),
-        SourceError::Rejected(m) => ["invalid_grant", "interaction_required"]
-            .iter()
-            .any(|code| m.starts_with(code))
-            .then_some(true),
-        SourceError::ConsentRequired { expired, .. } => Some(*expired),
+        SourceError::Rejected(m) if m.starts_with("invalid_grant") => refused(true, true),
+        SourceError::Rejected(m) if m.starts_with("interaction_required") => refused(true, false),
+        SourceError::Rejected(m) if m.starts_with("consent_required") => refused(false, false),
+        SourceError::ConsentRequired { expired, .. } => refused(*expired, true),
         _ => None,
     }
 }
