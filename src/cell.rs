@@ -537,9 +537,6 @@ pub struct Cell {
     state: Mutex<State>,
     /// Bumped after every finished request; readers waiting on a fetch watch it.
     finished: watch::Sender<u64>,
-    /// The generation of the newest token a read asked for (see
-    /// [`Cell::obtained_for_a_read`]).
-    read_generation: AtomicU64,
     /// Upstream request durations, for `.metrics`.
     latency: Histogram,
     /// Reads the daemon answered (the kernel's page cache serves the rest).
@@ -580,7 +577,6 @@ impl Cell {
             jitter,
             state: Mutex::new(State::default()),
             finished: watch::channel(0).0,
-            read_generation: AtomicU64::new(0),
             latency: Histogram::default(),
             reads: AtomicU64::new(0),
         })
@@ -674,11 +670,6 @@ impl Cell {
                 short_before,
             )
         };
-        if let (Ok(token), Trigger::Read) = (&outcome, trigger) {
-            // Before `finished` wakes the watchers below.
-            self.read_generation
-                .store(token.generation, Ordering::SeqCst);
-        }
         span.record("latency_ms", latency.as_millis() as u64);
         span.record(
             "outcome",
@@ -785,10 +776,9 @@ impl Cell {
         self.lock().consent_url(self.clock.now())
     }
 
-    /// Whether the token of `generation` was asked for by a read (rather than by
-    /// refresh-ahead): that read's own request brings the kernel its attributes.
-    pub fn obtained_for_a_read(&self, generation: u64) -> bool {
-        self.read_generation.load(Ordering::SeqCst) == generation
+    /// Whether the last request to the upstream failed (and none succeeded since).
+    pub fn last_request_failed(&self) -> bool {
+        self.lock().failure.is_some()
     }
 
     /// Counts tokens obtained so far; changes exactly when the served token does.

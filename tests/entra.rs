@@ -68,19 +68,20 @@ fn each_consent_error_means_consent_and_consent_recovers_without_restart() {
     // at each read while the login is offered (an admin's consent or a sign-in
     // elsewhere fixes it). A dead one (`invalid_grant`) is dropped: see
     // tests/code_login.rs, where a new login replaces it.
-    for (error, code) in [("interaction_required", 50173)] {
-        entra.set_mode(EntraMode::Error { error, code });
-        eventually(Duration::from_secs(10), error, || {
-            let errno = errno(mount.read(FILE));
-            let status = mount.file_status(FILE);
-            let seen = status["last_error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("expired");
-            (errno == libc::EKEYEXPIRED && seen).then_some(())
-        });
-        assert!(mount.path("azure-token.consent-url").exists(), "{error}");
-    }
+    entra.set_mode(EntraMode::Error {
+        error: "interaction_required",
+        code: 50173,
+    });
+    eventually(Duration::from_secs(10), "interaction_required", || {
+        let errno = errno(mount.read(FILE));
+        let status = mount.file_status(FILE);
+        let seen = status["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired");
+        (errno == libc::EKEYEXPIRED && seen).then_some(())
+    });
+    assert!(mount.path("azure-token.consent-url").exists());
 
     entra.set_mode(EntraMode::Ok { lifetime: 3600 });
     let token = eventually(Duration::from_secs(10), "a token after consent", || {

@@ -75,6 +75,11 @@ impl TokenFs {
                 let files = self.files.clone();
                 self.rt.spawn(async move { answer(files.wait(ino).await) });
             }
+            Now::MustWaitToStat => {
+                let files = self.files.clone();
+                self.rt
+                    .spawn(async move { answer(files.wait_to_stat(ino).await) });
+            }
         }
     }
 }
@@ -354,6 +359,7 @@ pub async fn invalidate_on_change(files: Arc<Files>, notifier: Notifier) {
         let mut finished = cell.subscribe();
         let cell = cell.clone();
         let notifier = notifier.clone();
+        let files = files.clone();
         tasks.spawn(async move {
             let mut seen = cell.generation();
             while finished.changed().await.is_ok() {
@@ -362,13 +368,7 @@ pub async fn invalidate_on_change(files: Arc<Files>, notifier: Notifier) {
                     continue;
                 }
                 seen = generation;
-                // A token a read asked for reaches the kernel in that read's own
-                // reply (a GETATTR before the read, or the read itself), and a new
-                // size or mtime in it drops stale pages. An invalidation now would
-                // race that reply, and the kernel drops an attribute reply older
-                // than an invalidation: the file would keep its old size (0 for a
-                // file that had no token), and the read would end at once, empty.
-                if cell.obtained_for_a_read(generation) {
+                if !files.kernel_may_cache_older(ino, generation) {
                     continue;
                 }
                 // inval_inode writes to /dev/fuse and may block on the kernel; keep it

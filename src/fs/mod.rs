@@ -116,6 +116,8 @@ pub enum Now {
     Ready(View),
     /// The cell has no servable token: wait for it with [`Files::wait`].
     MustWait,
+    /// As `MustWait`, for a `stat`: wait with [`Files::wait_to_stat`].
+    MustWaitToStat,
     Err(i32),
 }
 
@@ -151,6 +153,10 @@ impl DocSlot {
 struct TokenFile {
     cell: Arc<Cell>,
     announced: Mutex<Option<Arc<Token>>>,
+    /// The generation of the token last announced (0: an empty file), and
+    /// until when the kernel may go on using those attributes (their TTL)
+    /// without asking again.
+    cached: Mutex<(u64, SystemTime)>,
     consent: DocSlot,
 }
 
@@ -181,6 +187,7 @@ impl Files {
                 .map(|cell| TokenFile {
                     cell,
                     announced: Mutex::new(None),
+                    cached: Mutex::new((0, SystemTime::UNIX_EPOCH)),
                     consent: DocSlot::new(),
                 })
                 .collect(),
@@ -271,13 +278,58 @@ impl Files {
 
     /// The view `stat`, `ls -l`, `find` and the like get (`lookup`, and `getattr`
     /// without a file handle): like [`Files::attr_to_read`], except that a token
-    /// file with no servable token is an empty file whose attributes nobody may
-    /// cache, instead of a wait for the upstream. Walking the directory never
-    /// asks the upstream for a token, and never fails for want of one.
+    /// file whose last request failed (consent needed, the upstream down) is an
+    /// empty file whose attributes nobody may cache, instead of a wait for the
+    /// upstream: walking the directory then neither fails nor asks again.
+    ///
+    /// A file never asked for, or whose token merely expired, is asked for at
+    /// its first access, `stat` included ([`Now::MustWaitToStat`]), and is an
+    /// empty file only if that fails. An empty-file answer while a token may be
+    /// on its way could race a concurrent reader's attribute request: the
+    /// kernel keeps the newest-applied attributes and would drop the real size,
+    /// and that read would end at once, empty. After a failure a read fails.
     pub fn attr_now(&self, ino: u64) -> Now {
-        match self.attr_to_read(ino) {
-            Now::MustWait => Now::Ready(self.placeholder_view(ino)),
-            now => now,
+        match (self.attr_to_read(ino), self.node(ino)) {
+            (Now::MustWait, Some(Node::Token(file))) if file.cell.last_request_failed() => {
+                Now::Ready(self.empty_file(ino, file))
+            }
+            (Now::MustWait, _) => Now::MustWaitToStat,
+            (now, _) => now,
+        }
+    }
+
+    /// [`Files::wait`] for a `stat`: an empty file if the upstream refused or
+    /// failed. A timeout stays `ETIMEDOUT`, as for a read: the request goes on,
+    /// and a read that follows must not wait a second `read_timeout` for it.
+    pub async fn wait_to_stat(&self, ino: u64) -> Result<View, i32> {
+        match (self.wait(ino).await, self.node(ino)) {
+            (Err(errno), Some(Node::Token(file))) if errno != libc::ETIMEDOUT => {
+                Ok(self.empty_file(ino, file))
+            }
+            (result, _) => result,
+        }
+    }
+
+    fn empty_file(&self, ino: u64, file: &TokenFile) -> View {
+        *lock(&file.cached) = (0, file.cell.now());
+        self.placeholder_view(ino)
+    }
+
+    /// Whether the kernel may still be using attributes (and so pages) of a
+    /// token older than `generation`, within their TTL: only then does the
+    /// token of `generation` need an invalidation to be seen. Otherwise the
+    /// kernel asks before its next read (or has been told already), and the
+    /// reply's new size and mtime drop stale pages; an invalidation then would
+    /// only race that reply (the kernel drops an attribute reply older than an
+    /// invalidation, keeping the old size: an empty file's 0 would make the
+    /// read end at once).
+    pub fn kernel_may_cache_older(&self, ino: u64, generation: u64) -> bool {
+        match self.node(ino) {
+            Some(Node::Token(file)) => {
+                let (announced, until) = *lock(&file.cached);
+                announced < generation && file.cell.now() < until
+            }
+            _ => false,
         }
     }
 
@@ -351,7 +403,10 @@ impl Files {
 
     fn announce(&self, ino: u64, file: &TokenFile, token: Arc<Token>) -> View {
         *lock(&file.announced) = Some(token.clone());
-        self.token_view(ino, token, file.cell.now())
+        let now = file.cell.now();
+        let view = self.token_view(ino, token, now);
+        *lock(&file.cached) = (view_generation(&view), now + view.ttl);
+        view
     }
 
     fn token_view(&self, ino: u64, token: Arc<Token>, now: SystemTime) -> View {
@@ -441,6 +496,13 @@ impl Files {
             }
             None => Now::Err(libc::ENOENT),
         }
+    }
+}
+
+fn view_generation(view: &View) -> u64 {
+    match &view.content {
+        Some(Content::Token(t)) => t.generation,
+        _ => 0,
     }
 }
 

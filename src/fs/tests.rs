@@ -61,7 +61,7 @@ pub(super) fn files() -> (Arc<Files>, Arc<Cell>, Arc<ManualClock>) {
 fn ready(now: Now) -> View {
     match now {
         Now::Ready(v) => v,
-        Now::MustWait => panic!("expected Ready, got MustWait"),
+        Now::MustWait | Now::MustWaitToStat => panic!("expected Ready, got a wait"),
         Now::Err(e) => panic!("expected Ready, got errno {e}"),
     }
 }
@@ -97,18 +97,11 @@ async fn empty_cell_must_wait_then_attrs_match_content() {
         matches!(files.attr_to_read(4), Now::MustWait),
         "issue happens on the first read"
     );
-    // A stat meanwhile: an empty file nobody may cache, and no request.
-    let stat = ready(files.attr_now(4));
-    assert_eq!(
-        (stat.attr.size, stat.ttl, stat.attr.perm),
-        (0, Duration::ZERO, 0o400)
+    assert!(
+        matches!(files.attr_now(4), Now::MustWaitToStat),
+        "a file never asked for is issued at its first access, stat included"
     );
-    assert!(stat.content.is_none());
-    assert_eq!(
-        cell.status().fetches,
-        0,
-        "stat asks the upstream for nothing"
-    );
+    assert_eq!(cell.status().fetches, 0);
     let view = files.wait(4).await.unwrap();
     let content = view.content.clone().unwrap();
     assert_eq!(content.bytes(), b"token-x");
@@ -148,11 +141,6 @@ async fn ttl_is_capped_and_shrinks_towards_the_deadline() {
     assert!(
         matches!(files.attr_to_read(4), Now::MustWait),
         "past the deadline nothing is served"
-    );
-    assert_eq!(
-        ready(files.attr_now(4)).attr.size,
-        0,
-        "and stat sees an empty file"
     );
 }
 
@@ -253,6 +241,9 @@ async fn consent_url_file_exists_only_while_consent_is_needed() {
         "not before the upstream said so"
     );
     assert_eq!(files.wait(4).await.err(), Some(libc::ENOKEY));
+    // A stat's own wait ends in an empty file, not the error.
+    let stat = files.wait_to_stat(4).await.unwrap();
+    assert_eq!(stat.attr.size, 0);
 
     let ino = files
         .lookup(ROOT_INO, consent)
@@ -290,4 +281,89 @@ async fn consent_url_file_exists_only_while_consent_is_needed() {
     assert_eq!(files.lookup(ROOT_INO, consent), None);
     assert!(matches!(files.attr_now(ino), Now::Err(libc::ENOENT)));
     assert_eq!(files.entries().len(), 3);
+}
+
+#[tokio::test]
+async fn the_kernel_may_cache_a_token_only_within_its_announced_ttl() {
+    let (files, cell, clock) = files();
+    assert!(!files.kernel_may_cache_older(4, 1), "nothing announced");
+    let view = files.wait(4).await.unwrap();
+    assert!(
+        !files.kernel_may_cache_older(4, 1),
+        "the reply that announced generation 1 told the kernel already"
+    );
+    assert!(files.kernel_may_cache_older(4, 2), "generation 1 is cached");
+    clock.0.fetch_add(view.ttl.as_secs() + 1, Ordering::SeqCst);
+    assert!(
+        !files.kernel_may_cache_older(4, 2),
+        "past its TTL the kernel asks again"
+    );
+    assert_eq!(cell.generation(), 1);
+    assert!(
+        !files.kernel_may_cache_older(STATUS_INO, 2),
+        "documents are never cached"
+    );
+}
+
+/// Fails every request, as an upstream that is down or a file needing consent.
+struct Failing(AtomicU64);
+
+#[async_trait::async_trait]
+impl Source for Failing {
+    async fn issue(&self) -> Result<Issued, SourceError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Err(SourceError::ConsentRequired {
+            url: "https://idp.example/login".into(),
+            expired: false,
+            user_code: None,
+        })
+    }
+    fn upstream(&self) -> String {
+        "test".into()
+    }
+}
+
+#[tokio::test]
+async fn after_a_failure_stat_sees_an_empty_file_and_asks_nothing() {
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_000_000)));
+    let source = Arc::new(Failing(AtomicU64::new(0)));
+    let cell = Cell::new(
+        "azure-token",
+        source.clone(),
+        Policy::default(),
+        clock,
+        Arc::new(|| 0.5),
+    );
+    let opts = Options {
+        owner: Owner {
+            uid: 1000,
+            gid: 1001,
+        },
+        read_timeout: Duration::from_secs(10),
+        ttl_cap: Duration::from_secs(600),
+        login_socket: None,
+    };
+    let files = Files::new(vec![cell], opts);
+    assert_eq!(files.wait(4).await.err(), Some(libc::ENOKEY));
+    for _ in 0..3 {
+        let stat = ready(files.attr_now(4));
+        assert_eq!(
+            (stat.attr.size, stat.ttl, stat.attr.perm),
+            (0, Duration::ZERO, 0o400)
+        );
+        assert!(stat.content.is_none());
+    }
+    assert_eq!(
+        source.0.load(Ordering::SeqCst),
+        1,
+        "stat asked the upstream nothing"
+    );
+    assert!(
+        !files.kernel_may_cache_older(4, 1),
+        "an empty file is never cached"
+    );
+    assert!(
+        matches!(files.attr_to_read(4), Now::MustWait),
+        "a read asks again"
+    );
 }
