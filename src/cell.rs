@@ -439,19 +439,6 @@ pub enum StateName {
     Expired,
 }
 
-impl StateName {
-    /// Whether a file in this state serves (or will serve on first read) a valid
-    /// token; `failed_before` is whether its last request failed.
-    pub fn healthy(self, failed_before: bool) -> bool {
-        match self {
-            StateName::Fresh | StateName::Degraded => true,
-            // Lazy: not read yet, or the first request is in flight.
-            StateName::Empty | StateName::Fetching => !failed_before,
-            StateName::Failed | StateName::ConsentRequired | StateName::Expired => false,
-        }
-    }
-}
-
 /// Time rendered as RFC 3339 in `.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timestamp(pub SystemTime);
@@ -521,8 +508,13 @@ pub struct CellStatus {
 }
 
 impl CellStatus {
-    pub fn healthy(&self) -> bool {
-        self.state.healthy(self.last_error.is_some())
+    /// Whether its upstream fails (see [`crate::health`]): waiting on the user,
+    /// or not asked for yet, is not a failure.
+    pub fn failing(&self) -> bool {
+        matches!(
+            crate::health::Readiness::of(self.state, self.last_error.as_deref()),
+            crate::health::Readiness::Failing(_)
+        )
     }
 }
 

@@ -47,8 +47,9 @@ pub enum Command {
     /// SIGINT unmounts and exits 0).
     Mount(MountArgs),
     /// Show the state of every file of a running mount (from its `.status`). Exit
-    /// code: 0 all files fresh or degraded (or not read yet), 1 some file failed,
-    /// expired or needs consent, 2 not mounted or `.status` unreadable.
+    /// code: 0 every file serves a token, waits on its user (consent, a login) or
+    /// was not read yet; 1 some file's upstream fails; 2 not mounted or `.status`
+    /// unreadable.
     Status(StatusArgs),
     /// Validate a config and obtain one token per file, without mounting. Prints
     /// sub/exp/jti per file (never a token). Exit code 0 if every file worked, else 1.
@@ -69,9 +70,12 @@ pub enum Command {
     /// Detach a tokenfs (a reader holding a file keeps it until closing it); its
     /// daemon then exits.
     Unmount(StatusArgs),
-    /// Wait until a tokenfs answers on the mountpoint: for a container entrypoint
-    /// that starts the workload once the mount is ready. Exit code 0 when ready; 1
-    /// on timeout or when the daemon given by --pid exited first.
+    /// Wait until a tokenfs on the mountpoint is ready: it answers, and every file
+    /// serves a token or waits on its user (consent, a login); each file not asked
+    /// for yet is read once to find out. For a container entrypoint that starts
+    /// the workload once credentials work. Exit code 0 when ready; 1 on timeout
+    /// (naming each file not ready and why) or when the daemon given by --pid
+    /// exited first.
     Wait(WaitArgs),
     /// Run the embedded Keycloak-compatible issuer alone. For development and tests only.
     DevIssuer(crate::issuer::DevIssuerArgs),
@@ -162,6 +166,11 @@ pub struct WaitArgs {
     /// exits instead of waiting for the timeout.
     #[arg(long)]
     pub pid: Option<i32>,
+
+    /// Only wait until the daemon answers (liveness, e.g. a kubelet exec probe),
+    /// whatever its files' upstreams and consents.
+    #[arg(long)]
+    pub live: bool,
 }
 
 #[derive(Debug, Args)]

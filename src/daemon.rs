@@ -130,21 +130,31 @@ pub fn run(args: MountArgs) -> Result<()> {
     };
     let notifier = session.notifier();
 
-    let refreshers: Vec<_> = cells
-        .iter()
-        .map(|cell| rt.spawn(cell.clone().keep_fresh()))
-        .collect();
+    let liveness = crate::health::Liveness::new();
+    for cell in &cells {
+        let (cell, alive) = (cell.clone(), liveness.refresh_loop());
+        rt.spawn(async move {
+            let _alive = alive;
+            cell.keep_fresh().await
+        });
+    }
     rt.spawn(invalidate_on_change(files.clone(), notifier));
     if let Some(listen) = args.metrics_listen {
-        rt.spawn(crate::metrics::http::serve(listen, cells.clone()));
+        rt.spawn(crate::metrics::http::serve(
+            listen,
+            cells.clone(),
+            liveness.clone(),
+        ));
     }
     serve_logins(login_socket.as_deref(), redirect_listens, &cells, owner.uid);
 
     let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel();
+    let fuse_alive = liveness.clone();
     let serving = std::thread::Builder::new()
         .name("tokenfs-fuse".into())
         .spawn(move || {
             let result = session.run();
+            fuse_alive.fuse_ended();
             let _ = ended_tx.send(());
             result
         })
@@ -171,13 +181,13 @@ pub fn run(args: MountArgs) -> Result<()> {
                 crate::fs::STATUS_NAME
             );
         }
-        notify.send_or_warn(&format!(
-            "READY=1\nSTATUS=serving {} file(s) on {}",
-            cells.len(),
-            mountpoint.display()
+        rt.spawn(signal_ready(
+            notify.clone(),
+            cells.clone(),
+            mountpoint.display().to_string(),
         ));
         if let Some(every) = notify.watchdog_interval() {
-            rt.spawn(watchdog(notify.clone(), every, refreshers));
+            rt.spawn(watchdog(notify.clone(), every, liveness.clone()));
         }
     } else {
         drop(mounted.root);
@@ -268,16 +278,41 @@ pub(crate) fn build_cells(files: Vec<FileConfig>) -> Result<Vec<Arc<Cell>>> {
 
 /// `WATCHDOG=1` every `every`, only while the runtime runs this task on time and
 /// every file's refresh loop is still alive; otherwise systemd restarts the daemon.
-async fn watchdog(notify: Notify, every: Duration, refreshers: Vec<tokio::task::JoinHandle<()>>) {
+async fn watchdog(notify: Notify, every: Duration, liveness: Arc<crate::health::Liveness>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if refreshers.iter().any(|r| r.is_finished()) {
-            tracing::error!("a refresh loop ended; no longer pinging the watchdog");
+        if let Err(why) = liveness.check() {
+            tracing::error!("{why}; no longer pinging the watchdog");
             return;
         }
         notify.send_or_warn("WATCHDOG=1");
+    }
+}
+
+/// `READY=1` once every file serves a token or waits on its user (each is
+/// asked once for it); until then `STATUS=` says which file keeps it back and
+/// why, so `systemctl status` shows it.
+async fn signal_ready(notify: Notify, cells: Vec<Arc<Cell>>, mountpoint: String) {
+    const EVERY: Duration = Duration::from_millis(200);
+    crate::health::ask_pending(&cells);
+    let mut said = String::new();
+    loop {
+        let not_ready = crate::health::not_ready(&cells);
+        if not_ready.is_empty() {
+            notify.send_or_warn(&format!(
+                "READY=1\nSTATUS=serving {} file(s) on {mountpoint}",
+                cells.len()
+            ));
+            return;
+        }
+        let status = format!("not ready: {}", crate::health::describe(&not_ready));
+        if status != said {
+            notify.send_or_warn(&format!("STATUS={status}"));
+            said = status;
+        }
+        tokio::time::sleep(EVERY).await;
     }
 }
 

@@ -12,6 +12,7 @@ pub mod dev;
 pub mod docs;
 pub mod fs;
 pub mod harden;
+pub mod health;
 pub mod holder;
 pub mod issuer;
 pub mod listener;

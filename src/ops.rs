@@ -10,16 +10,20 @@ use anyhow::{Context, Result};
 use crate::cell::StateName;
 use crate::cli::{CheckArgs, ConsentArgs, LoginArgs, StatusArgs, WaitArgs};
 use crate::config::Config;
-use crate::mountpoint::{self, MountpointError, Probe, Unanswered};
+use crate::health::Readiness;
+use crate::mountpoint::{self, MountpointError, Unanswered};
 
 /// Exit codes of `status`.
 pub const HEALTHY: u8 = 0;
 pub const UNHEALTHY: u8 = 1;
 pub const UNREACHABLE: u8 = 2;
 
-/// A `.status` entry's health, as the daemon judges it (an unknown state is not healthy).
-fn healthy(state: &str, last_error: Option<&str>) -> bool {
-    serde_json::from_value::<StateName>(state.into()).is_ok_and(|s| s.healthy(last_error.is_some()))
+/// A `.status` entry's readiness, as the daemon judges it (an unknown state is failing).
+fn readiness(state: &str, last_error: Option<&str>) -> Readiness {
+    match serde_json::from_value::<StateName>(state.into()) {
+        Ok(state) => Readiness::of(state, last_error),
+        Err(_) => Readiness::Failing(format!("unknown state {state:?}")),
+    }
 }
 
 /// `tokenfs status [MOUNTPOINT]`.
@@ -89,7 +93,7 @@ pub fn render_status(doc: &serde_json::Value, now: SystemTime) -> (String, u8) {
     for f in &files {
         let state = f["state"].as_str().unwrap_or("unknown");
         let error = f["last_error"].as_str();
-        if !healthy(state, error) {
+        if let Readiness::Failing(_) = readiness(state, error) {
             code = UNHEALTHY;
         }
         let expires_in = f["expires_at"]
@@ -376,10 +380,35 @@ pub fn wait(args: WaitArgs) -> Result<u8> {
     const POLL: Duration = Duration::from_millis(50);
     let path = mountpoint::absolute(&args.mountpoint)?;
     let deadline = std::time::Instant::now() + args.timeout;
+    let mut asked = false;
+    let mut why = String::new();
     loop {
-        let mount = mountpoint::find(&path).ok().flatten();
-        if mount.is_some_and(|m| m.is_tokenfs() && matches!(m.probe(), Probe::Alive)) {
-            return Ok(HEALTHY);
+        let mount = mountpoint::find(&path)
+            .ok()
+            .flatten()
+            .filter(|m| m.is_tokenfs());
+        let status = mount
+            .as_ref()
+            .and_then(|m| m.read_status().ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        if let (Some(doc), Some(mount)) = (status, &mount) {
+            if args.live {
+                return Ok(HEALTHY);
+            }
+            let not_ready = not_ready(&doc);
+            if not_ready.is_empty() {
+                return Ok(HEALTHY);
+            }
+            if !asked {
+                // Files are issued at their first access: read each once (the
+                // bytes are dropped) so its upstream is asked.
+                asked = true;
+                for (name, _) in &not_ready {
+                    let _ = mount.read_file(name).map(zeroize_bytes);
+                }
+                continue;
+            }
+            why = crate::health::describe(&not_ready);
         }
         if let Some(pid) = args.pid {
             // Signal 0: only asks whether the process exists.
@@ -393,6 +422,13 @@ pub fn wait(args: WaitArgs) -> Result<u8> {
             }
         }
         if std::time::Instant::now() >= deadline {
+            if !why.is_empty() {
+                anyhow::bail!(
+                    "{} is not ready after {}: {why}",
+                    path.display(),
+                    humantime::format_duration(args.timeout)
+                );
+            }
             anyhow::bail!(
                 "no tokenfs answered on {} within {}: is `tokenfs mount` running? (`tokenfs status` says more)",
                 path.display(),
@@ -401,6 +437,30 @@ pub fn wait(args: WaitArgs) -> Result<u8> {
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// The files of a `.status` document that keep the mount from being ready.
+fn not_ready(doc: &serde_json::Value) -> Vec<(String, String)> {
+    let files = doc["files"].as_array().cloned().unwrap_or_default();
+    files
+        .iter()
+        .filter_map(|f| {
+            let name = f["name"].as_str().unwrap_or("?").to_owned();
+            match readiness(
+                f["state"].as_str().unwrap_or("unknown"),
+                f["last_error"].as_str(),
+            ) {
+                r if r.ok() => None,
+                Readiness::Failing(why) => Some((name, why)),
+                _ => Some((name, "no token asked for yet".to_owned())),
+            }
+        })
+        .collect()
+}
+
+fn zeroize_bytes(mut token: Vec<u8>) {
+    use secrecy::zeroize::Zeroize;
+    token.zeroize();
 }
 
 /// A child that exited but was not reaped yet (a shell's background job) still
@@ -444,13 +504,18 @@ mod tests {
         let (table, code) = render_status(&doc, now);
         assert_eq!(code, HEALTHY);
         assert!(table.contains("token        fresh  5m"), "{table}");
+        // Waiting on the user is not a failure; the table says what to do.
         let doc = serde_json::json!({"files": [
             {"name": "token", "state": "degraded", "last_error": "upstream unavailable: x"},
             {"name": "azure-token", "state": "consent_required", "last_error": "consent required"},
         ]});
         let (table, code) = render_status(&doc, now);
-        assert_eq!(code, UNHEALTHY);
+        assert_eq!(code, HEALTHY);
         assert!(table.contains("consent required"), "{table}");
+        let doc = serde_json::json!({"files": [
+            {"name": "token", "state": "failed", "last_error": "upstream unavailable: x"},
+        ]});
+        assert_eq!(render_status(&doc, now).1, UNHEALTHY);
         let doc = serde_json::json!({"files": [
             {"name": "token", "state": "empty", "last_error": "upstream unavailable: x"},
         ]});

@@ -105,7 +105,10 @@ fn metrics_parse_as_prometheus_text_and_move_with_reads_and_refreshes() {
         after[r#"tokenfs_consent_required{file="azure-token"}"#],
         1.0
     );
-    assert_eq!(after[r#"tokenfs_file_healthy{file="azure-token"}"#], 0.0);
+    assert_eq!(
+        after[r#"tokenfs_file_healthy{file="azure-token"}"#], 1.0,
+        "waiting on consent is not a failing upstream"
+    );
     assert_eq!(after[r#"tokenfs_file_healthy{file="token"}"#], 1.0);
     assert!(after[r#"tokenfs_refreshes_total{file="azure-token",outcome="error"}"#] >= 1.0);
 
@@ -212,7 +215,7 @@ fn the_metrics_listener_serves_metrics_and_health_over_http() {
     );
     let ok = r#"tokenfs_refreshes_total{file="token",outcome="ok"}"#;
     assert_eq!(parse_prometheus(&body)[ok], 0.0);
-    assert_eq!(get("/healthz").0, 200, "healthy before any read (lazy)");
+    assert_eq!(get("/healthz").0, 200, "alive before any read");
 
     let token = m.read_string("token");
     let (_, _, body) = get("/metrics");
@@ -226,11 +229,15 @@ fn the_metrics_listener_serves_metrics_and_health_over_http() {
     );
     assert!(!body.contains(&token));
 
-    // azure-token needs consent: unhealthy, and /healthz names it.
+    // azure-token needs consent: still alive, and ready (it waits on its user).
     assert_eq!(errno(m.read("azure-token")), libc::ENOKEY);
     let (status, _, body) = get("/healthz");
-    assert_eq!(status, 503);
-    assert_eq!(body, "unhealthy: azure-token\n");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let ready = eventually(Duration::from_secs(10), "ready", || {
+        let (status, _, body) = get("/readyz");
+        (status == 200).then_some(body)
+    });
+    assert_eq!(ready, "ready\n");
     assert_eq!(get("/nothing").0, 404);
 }
 
@@ -416,4 +423,78 @@ fn an_unsaved_rotated_refresh_token_shows_until_one_is_saved() {
     });
     assert!(rotated.exists());
     assert_eq!(gauge(), 0.0);
+}
+
+/// Readiness and liveness for an upstream that is down and for consent
+/// pending: `tokenfs wait` fails naming the file and why, `/readyz` is 503
+/// with the reason, `tokenfs status` exits 1; `/healthz` and `wait --live` say
+/// the daemon works. Waiting on consent is ready.
+#[test]
+fn readiness_follows_the_upstreams_and_liveness_only_the_daemon() {
+    if !fuse_available("readiness_follows_the_upstreams_and_liveness_only_the_daemon") {
+        return;
+    }
+    // Nothing listens on this port: the token endpoint is down.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let tmp = tempdir();
+    let secret = tmp.path().join("secret");
+    write_file(&secret, "s3cret", 0o600);
+    let config = tmp.path().join("config.toml");
+    write_file(
+        &config,
+        &format!(
+            "[files.token]\nsource = \"oauth2\"\ngrant = \"client_credentials\"\n\
+             token_url = \"http://127.0.0.1:{port}/token\"\nclient_id = \"c\"\n\
+             client_secret_file = \"{}\"\n",
+            secret.display()
+        ),
+        0o600,
+    );
+    let m = Mount::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let dir = m.dir.to_str().unwrap();
+    let out = run(&["wait", dir, "--timeout", "3s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is not ready after 3s: token: upstream unavailable"),
+        "{err}"
+    );
+    assert!(run(&["wait", dir, "--live", "--timeout", "3s"])
+        .status
+        .success());
+    assert_eq!(run(&["status", dir]).status.code(), Some(1));
+    let base = format!("http://{}", listener_address(&m));
+    let get = |path: &str| {
+        let r = reqwest::blocking::get(format!("{base}{path}")).unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let (status, body) = get("/readyz");
+    assert_eq!(status, 503);
+    assert!(
+        body.starts_with("not ready: token: upstream unavailable"),
+        "{body}"
+    );
+    assert_eq!(get("/healthz"), (200, "ok\n".to_owned()));
+
+    // --dev: token served, azure-token waits on consent: ready.
+    let dev = Mount::start(&["--dev"]);
+    let out = run(&["wait", dev.dir.to_str().unwrap(), "--timeout", "20s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(dev.file_status("azure-token")["state"], "consent_required");
+    assert_eq!(dev.file_status("token")["state"], "fresh");
+    assert_eq!(
+        run(&["status", dev.dir.to_str().unwrap()]).status.code(),
+        Some(0)
+    );
 }

@@ -290,10 +290,25 @@ fn readiness_is_signalled_only_once_the_mount_answers() {
         let n = socket.recv(buf).expect("a notification");
         text(&buf[..n])
     };
-    let first = recv(&mut buf);
-    // At the moment READY=1 arrives the mount is there and answers.
+    // Until every file serves a token or waits on its user, STATUS says why.
+    let mut first = recv(&mut buf);
+    for _ in 0..50 {
+        if first.starts_with("READY=1\n") {
+            break;
+        }
+        assert!(
+            first.starts_with("STATUS=not ready: ") || first == "WATCHDOG=1",
+            "{first:?}"
+        );
+        first = recv(&mut buf);
+    }
+    // At the moment READY=1 arrives the mount is there, answers, and each
+    // file was asked once: token is served, azure-token waits for consent.
     assert!(is_mounted(&dir), "READY=1 before the mount");
-    assert!(std::fs::read(dir.join(".status")).is_ok());
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(".status")).unwrap()).unwrap();
+    assert_eq!(status["files"][0]["state"], "fresh", "{status}");
+    assert_eq!(status["files"][1]["state"], "consent_required", "{status}");
     assert!(first.starts_with("READY=1\n"), "{first:?}");
     assert!(first.contains("STATUS=serving 2 file(s)"), "{first:?}");
 

@@ -121,8 +121,8 @@ pub fn render(cells: &[Arc<Cell>], now: SystemTime) -> Vec<u8> {
         &mut out,
         &rows,
         ("tokenfs_file_healthy", "gauge"),
-        "1 while the file serves a valid token or has not failed yet, else 0.",
-        |r| flag(r.status.healthy()),
+        "0 while the file's upstream fails, else 1 (waiting on the user's consent or login is not a failure).",
+        |r| flag(!r.status.failing()),
     );
     out.into_bytes()
 }

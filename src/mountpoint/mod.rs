@@ -184,6 +184,19 @@ impl Existing {
         read_status(self.root.try_clone().map_err(Unanswered::Error)?)
     }
 
+    /// Read a file of this very mount (not following a link there).
+    pub fn read_file(&self, name: &str) -> std::io::Result<Vec<u8>> {
+        let fd = rustix::fs::openat(
+            &self.root,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut buf = Vec::new();
+        std::fs::File::from(fd).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
     pub fn probe(&self) -> Probe {
         match self.read_status() {
             Ok(_) => Probe::Alive,
