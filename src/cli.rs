@@ -70,6 +70,11 @@ pub enum Command {
     /// Detach a tokenfs (a reader holding a file keeps it until closing it); its
     /// daemon then exits.
     Unmount(StatusArgs),
+    /// The container entrypoint in one command: mount, wait until ready, run
+    /// COMMAND as --user with no capabilities (no passwd entry needed) and
+    /// DOMINO_TOKEN_FILE set, forward signals to it, remount if the daemon dies,
+    /// and on COMMAND's exit unmount and exit with its status.
+    Exec(ExecArgs),
     /// Wait until a tokenfs on the mountpoint is ready: it answers, and every file
     /// serves a token or waits on its user (consent, a login); each file not asked
     /// for yet is read once to find out. For a container entrypoint that starts
@@ -113,13 +118,19 @@ pub struct MountArgs {
     #[arg(long)]
     pub dev: bool,
 
+    /// The files' owner, UID:GID, over the config's `mount.uid`/`mount.gid` and the
+    /// default (the owner of the mountpoint's parent directory).
+    #[arg(long, value_name = "UID:GID", value_parser = parse_owner)]
+    pub owner: Option<crate::fs::Owner>,
+
     /// Serve every read from the daemon instead of the kernel's page cache (slower;
     /// the automatic fallback when the kernel lacks the needed FUSE capabilities).
     #[arg(long)]
     pub direct_io: bool,
 
-    /// Also serve the metrics (the text of `.metrics`) at http://ADDR/metrics, and
-    /// health at /healthz (200, or 503 naming the unhealthy files). ADDR is a port
+    /// Also serve the metrics (the text of `.metrics`) at http://ADDR/metrics,
+    /// liveness at /healthz (200 while the daemon works) and readiness at /readyz
+    /// (200 once every file serves a token or waits on its user). ADDR is a port
     /// (bound on 127.0.0.1), IP:PORT, or unix:/PATH (a socket only root can use,
     /// in a directory only root writes). Off by default; no authentication: any
     /// local user can connect to a TCP port, and one that binds it first answers
@@ -196,6 +207,49 @@ pub struct LoginArgs {
     /// How long to wait for the approval.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Config file (TOML) [default: /etc/tokenfs/config.toml].
+    #[arg(long, conflicts_with = "dev")]
+    pub config: Option<PathBuf>,
+
+    /// Serve tokens from the embedded development issuer (as `mount --dev`).
+    #[arg(long)]
+    pub dev: bool,
+
+    /// Where to mount.
+    #[arg(long, default_value = DEFAULT_MOUNTPOINT)]
+    pub mountpoint: PathBuf,
+
+    /// Run COMMAND as UID:GID (numbers; no passwd entry needed), with no
+    /// supplementary groups and no capabilities; the files belong to it.
+    #[arg(long, value_name = "UID:GID", value_parser = parse_owner, env = "TOKENFS_USER")]
+    pub user: crate::fs::Owner,
+
+    /// How long to wait for the mount to be ready before giving up.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// The workload and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// `UID:GID`, both numbers, neither 0 for a workload (that would be root).
+fn parse_owner(s: &str) -> Result<crate::fs::Owner, String> {
+    let (uid, gid) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not UID:GID (e.g. 12574:12574)"))?;
+    let number = |n: &str| {
+        n.parse::<u32>()
+            .map_err(|_| format!("{s:?} is not UID:GID: {n:?} is not a number"))
+    };
+    Ok(crate::fs::Owner {
+        uid: number(uid)?,
+        gid: number(gid)?,
+    })
 }
 
 #[derive(Debug, Args)]

@@ -61,7 +61,7 @@ pub fn run(args: MountArgs) -> Result<()> {
             .with_context(|| format!("invalid configuration in {}", path.display()))?;
         (config, None)
     };
-    let owner = match config.owner {
+    let owner = match args.owner.or(config.owner) {
         Some(owner) => owner,
         None => owner_of_parent(&prepared)?,
     };

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod dev;
 pub mod docs;
+pub mod exec;
 pub mod fs;
 pub mod harden;
 pub mod health;

@@ -17,6 +17,7 @@ fn main() -> std::process::ExitCode {
         Command::Consent(args) => tokenfs::ops::consent(args),
         Command::Unmount(args) => tokenfs::ops::unmount(args).map_err(anyhow::Error::from),
         Command::Wait(args) => tokenfs::ops::wait(args),
+        Command::Exec(args) => tokenfs::exec::run(args),
         Command::DevIssuer(args) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -377,9 +377,21 @@ pub fn unmount(args: StatusArgs) -> Result<u8, MountpointError> {
 /// `tokenfs wait [MOUNTPOINT]`: until a live tokenfs answers there (exit 0), the
 /// timeout passes, or the daemon named by `--pid` exits (exit 1, with the reason).
 pub fn wait(args: WaitArgs) -> Result<u8> {
+    wait_until(&args.mountpoint, args.timeout, args.pid, args.live)?;
+    Ok(HEALTHY)
+}
+
+/// Wait until the mount at `mountpoint` is ready (or, `live`, answers); fail
+/// after `timeout`, or once the daemon `pid` is gone.
+pub fn wait_until(
+    mountpoint: &std::path::Path,
+    timeout: Duration,
+    pid: Option<i32>,
+    live: bool,
+) -> Result<()> {
     const POLL: Duration = Duration::from_millis(50);
-    let path = mountpoint::absolute(&args.mountpoint)?;
-    let deadline = std::time::Instant::now() + args.timeout;
+    let path = mountpoint::absolute(mountpoint)?;
+    let deadline = std::time::Instant::now() + timeout;
     let mut asked = false;
     let mut why = String::new();
     loop {
@@ -392,12 +404,12 @@ pub fn wait(args: WaitArgs) -> Result<u8> {
             .and_then(|m| m.read_status().ok())
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
         if let (Some(doc), Some(mount)) = (status, &mount) {
-            if args.live {
-                return Ok(HEALTHY);
+            if live {
+                return Ok(());
             }
             let not_ready = not_ready(&doc);
             if not_ready.is_empty() {
-                return Ok(HEALTHY);
+                return Ok(());
             }
             if !asked {
                 // Files are issued at their first access: read each once (the
@@ -410,7 +422,7 @@ pub fn wait(args: WaitArgs) -> Result<u8> {
             }
             why = crate::health::describe(&not_ready);
         }
-        if let Some(pid) = args.pid {
+        if let Some(pid) = pid {
             // Signal 0: only asks whether the process exists.
             let gone = unsafe { libc::kill(pid, 0) } != 0
                 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
@@ -426,13 +438,13 @@ pub fn wait(args: WaitArgs) -> Result<u8> {
                 anyhow::bail!(
                     "{} is not ready after {}: {why}",
                     path.display(),
-                    humantime::format_duration(args.timeout)
+                    humantime::format_duration(timeout)
                 );
             }
             anyhow::bail!(
                 "no tokenfs answered on {} within {}: is `tokenfs mount` running? (`tokenfs status` says more)",
                 path.display(),
-                humantime::format_duration(args.timeout)
+                humantime::format_duration(timeout)
             );
         }
         std::thread::sleep(POLL);

@@ -72,10 +72,29 @@ pub fn write_file(path: &Path, content: &str, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// A child process whose stderr is collected; killed by PID on drop.
+/// Append what `pipe` carries to `sink` until it closes.
+fn collect(
+    mut pipe: impl Read + Send + 'static,
+    sink: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+}
+
+/// A child process whose stderr and stdout are collected; killed by PID on drop.
 pub struct Proc {
     pub child: Child,
     pub stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
     /// Collects stderr; joined once the process exited, so that its last lines
     /// are in `stderr` before anyone looks.
     reader: Option<std::thread::JoinHandle<()>>,
@@ -98,28 +117,29 @@ impl Proc {
         }
         let mut child = cmd.spawn().expect("spawn tokenfs");
         let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let reader = collect(child.stderr.take().unwrap(), stderr.clone());
+        // Not joined: stdout is only looked at while the process runs.
+        collect(child.stdout.take().unwrap(), stdout.clone());
         Proc {
             child,
             stderr,
+            stdout,
             reader: Some(reader),
         }
     }
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// What it wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn child_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     pub fn stderr(&self) -> String {
