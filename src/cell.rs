@@ -768,11 +768,6 @@ impl Cell {
         self.lock().consent_url(self.clock.now())
     }
 
-    /// Whether the last request to the upstream failed (and none succeeded since).
-    pub fn last_request_failed(&self) -> bool {
-        self.lock().failure.is_some()
-    }
-
     /// Counts tokens obtained so far; changes exactly when the served token does.
     pub fn generation(&self) -> u64 {
         self.lock().generation

@@ -240,7 +240,6 @@ fn tokenfs_login_before_the_mount() {
     if !fuse_available("tokenfs_login_before_the_mount") {
         return;
     }
-    use std::io::BufRead;
     let iss = DevIssuer::start(&["--device-interval", "1s"]);
     let tmp = tempdir();
     let (config, saved) = device_config(&iss, tmp.path());
@@ -250,11 +249,16 @@ fn tokenfs_login_before_the_mount() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("its files: token"));
 
     let mut login = Proc::spawn(&["login", "token", "--config", config], &[]);
-    let mut lines = std::io::BufReader::new(login.child.stdout.take().unwrap()).lines();
-    let url = lines.next().unwrap().unwrap();
+    let printed = eventually(Duration::from_secs(30), "the URL and the code", || {
+        let out = login.stdout();
+        (out.lines().count() >= 2).then_some(out)
+    });
+    let mut lines = printed.lines();
+    let url = lines.next().unwrap();
     let url = url.strip_prefix("open ").unwrap_or_else(|| panic!("{url}"));
-    let code = lines.next().unwrap().unwrap();
-    let code = code
+    let code = lines
+        .next()
+        .unwrap()
         .strip_prefix("code: ")
         .unwrap()
         .split_whitespace()
@@ -265,10 +269,13 @@ fn tokenfs_login_before_the_mount() {
     decide(&iss, &code, true);
     let status = login.exits_within(Duration::from_secs(30), "the approval");
     assert!(status.success(), "{}", login.stderr());
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let out = eventually(Duration::from_secs(5), "the last line", || {
+        let out = login.stdout();
+        out.contains("logged in: token sub=").then_some(out)
+    });
     assert!(
-        rest.iter().any(|l| l.starts_with("logged in: token sub=")),
-        "{rest:?}"
+        out.lines().any(|l| l.starts_with("logged in: token sub=")),
+        "{out}"
     );
     assert!(saved.exists());
 

@@ -69,15 +69,11 @@ fn dev_mount_serves_a_verified_jwt_with_contract_attributes() {
         .output()
         .unwrap();
     let listing = String::from_utf8_lossy(&ls.stdout);
-    // azure-token needs consent first: an empty file to ls, which succeeds.
+    // azure-token needs consent first: ls says so for that one entry.
+    let ls_errors = String::from_utf8_lossy(&ls.stderr);
     assert!(
-        ls.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ls.stderr)
-    );
-    assert!(
-        listing.contains(" 0 ") && listing.contains(" azure-token\n"),
-        "{listing}"
+        ls_errors.contains("azure-token': Required key not available"),
+        "{ls_errors}"
     );
     assert!(
         listing.contains(" token\n") && listing.contains(" .status\n"),
@@ -848,4 +844,25 @@ fn next_token(m: &Mount, name: &str, old: &str) -> String {
             .map(|b| String::from_utf8(b).unwrap())
             .filter(|t| t != old)
     })
+}
+
+/// The first read of a fresh mount, with or without a stat before it, never
+/// ends empty and its size is the token's: the read's own attribute request
+/// brings the token's size, and no invalidation races it. (With an
+/// invalidation after every new token, about one fresh mount in three read an
+/// empty `token`.)
+#[test]
+fn the_first_read_of_a_fresh_mount_gets_the_whole_token() {
+    if !fuse_available("the_first_read_of_a_fresh_mount_gets_the_whole_token") {
+        return;
+    }
+    for round in 0..30 {
+        let m = Mount::start(&["--dev"]);
+        let stat = (round % 2 == 0).then(|| std::fs::metadata(m.path("token")).unwrap().len());
+        let token = m.read("token").unwrap();
+        assert!(token.starts_with(b"eyJ"), "round {round}: {token:?}");
+        let size = std::fs::metadata(m.path("token")).unwrap().len();
+        assert_eq!(size, token.len() as u64);
+        assert_eq!(stat.unwrap_or(size), size, "round {round}");
+    }
 }

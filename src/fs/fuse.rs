@@ -75,11 +75,6 @@ impl TokenFs {
                 let files = self.files.clone();
                 self.rt.spawn(async move { answer(files.wait(ino).await) });
             }
-            Now::MustWaitToStat => {
-                let files = self.files.clone();
-                self.rt
-                    .spawn(async move { answer(files.wait_to_stat(ino).await) });
-            }
         }
     }
 }
@@ -137,16 +132,10 @@ impl Filesystem for TokenFs {
         );
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        // With a handle the kernel is about to read (it refreshes the size
-        // first): only then is a token worth asking the upstream for.
-        let reading = fh.is_some();
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.with_view(
             ino.0,
-            move |f| match reading {
-                true => f.attr_to_read(ino.0),
-                false => f.attr_now(ino.0),
-            },
+            |f| f.attr_now(ino.0),
             move |view| match view {
                 Ok(v) => reply.attr(&v.ttl, &file_attr(&v.attr)),
                 Err(errno) => reply.error(Errno::from_i32(errno)),

@@ -116,8 +116,6 @@ pub enum Now {
     Ready(View),
     /// The cell has no servable token: wait for it with [`Files::wait`].
     MustWait,
-    /// As `MustWait`, for a `stat`: wait with [`Files::wait_to_stat`].
-    MustWaitToStat,
     Err(i32),
 }
 
@@ -276,45 +274,6 @@ impl Files {
             .map(|(i, t)| (Self::token_ino(i), &t.cell))
     }
 
-    /// The view `stat`, `ls -l`, `find` and the like get (`lookup`, and `getattr`
-    /// without a file handle): like [`Files::attr_to_read`], except that a token
-    /// file whose last request failed (consent needed, the upstream down) is an
-    /// empty file whose attributes nobody may cache, instead of a wait for the
-    /// upstream: walking the directory then neither fails nor asks again.
-    ///
-    /// A file never asked for, or whose token merely expired, is asked for at
-    /// its first access, `stat` included ([`Now::MustWaitToStat`]), and is an
-    /// empty file only if that fails. An empty-file answer while a token may be
-    /// on its way could race a concurrent reader's attribute request: the
-    /// kernel keeps the newest-applied attributes and would drop the real size,
-    /// and that read would end at once, empty. After a failure a read fails.
-    pub fn attr_now(&self, ino: u64) -> Now {
-        match (self.attr_to_read(ino), self.node(ino)) {
-            (Now::MustWait, Some(Node::Token(file))) if file.cell.last_request_failed() => {
-                Now::Ready(self.empty_file(ino, file))
-            }
-            (Now::MustWait, _) => Now::MustWaitToStat,
-            (now, _) => now,
-        }
-    }
-
-    /// [`Files::wait`] for a `stat`: an empty file if the upstream refused or
-    /// failed. A timeout stays `ETIMEDOUT`, as for a read: the request goes on,
-    /// and a read that follows must not wait a second `read_timeout` for it.
-    pub async fn wait_to_stat(&self, ino: u64) -> Result<View, i32> {
-        match (self.wait(ino).await, self.node(ino)) {
-            (Err(errno), Some(Node::Token(file))) if errno != libc::ETIMEDOUT => {
-                Ok(self.empty_file(ino, file))
-            }
-            (result, _) => result,
-        }
-    }
-
-    fn empty_file(&self, ino: u64, file: &TokenFile) -> View {
-        *lock(&file.cached) = (0, file.cell.now());
-        self.placeholder_view(ino)
-    }
-
     /// Whether the kernel may still be using attributes (and so pages) of a
     /// token older than `generation`, within their TTL: only then does the
     /// token of `generation` need an invalidation to be seen. Otherwise the
@@ -333,10 +292,12 @@ impl Files {
         }
     }
 
-    /// The view an attribute request on the way to a read gets (`getattr` with a
-    /// file handle: the kernel checks the size before reading): for a token, the
-    /// newest servable one, which becomes the announced content.
-    pub fn attr_to_read(&self, ino: u64) -> Now {
+    /// The view an attribute request (`lookup`, `getattr`) gets: for a token, the
+    /// newest servable one, which becomes the announced content; with none, a
+    /// wait for it. (An empty file's attributes instead would race a concurrent
+    /// reader's attribute request: the kernel keeps the newest-applied ones and
+    /// would drop the real size, and that read would end at once, empty.)
+    pub fn attr_now(&self, ino: u64) -> Now {
         match self.node(ino) {
             None => Now::Err(libc::ENOENT),
             Some(Node::Root) => Now::Ready(self.root_view()),
@@ -360,21 +321,19 @@ impl Files {
         match self.node(ino) {
             None => Now::Err(libc::ENOENT),
             Some(Node::Root) => Now::Err(libc::EISDIR),
-            Some(Node::Status) => {
-                doc(&self.status).map_or_else(|| self.attr_to_read(ino), Now::Ready)
-            }
+            Some(Node::Status) => doc(&self.status).map_or_else(|| self.attr_now(ino), Now::Ready),
             Some(Node::Metrics) => {
-                doc(&self.metrics).map_or_else(|| self.attr_to_read(ino), Now::Ready)
+                doc(&self.metrics).map_or_else(|| self.attr_now(ino), Now::Ready)
             }
             Some(Node::Consent(file)) => {
-                doc(&file.consent).map_or_else(|| self.attr_to_read(ino), Now::Ready)
+                doc(&file.consent).map_or_else(|| self.attr_now(ino), Now::Ready)
             }
             Some(Node::Token(file)) => {
                 let now = file.cell.now();
                 let announced = lock(&file.announced).clone();
                 match announced.filter(|t| t.servable(now)) {
                     Some(token) => Now::Ready(self.token_view(ino, token, now)),
-                    None => self.attr_to_read(ino),
+                    None => self.attr_now(ino),
                 }
             }
         }
@@ -433,24 +392,6 @@ impl Files {
             },
             ttl,
             content: Some(content),
-        }
-    }
-
-    /// A token file while no token can be served: empty, dated at the mount's
-    /// start, TTL zero so that the kernel asks again (with a file handle, before
-    /// a read) rather than serve a length no read will return.
-    fn placeholder_view(&self, ino: u64) -> View {
-        View {
-            attr: Attr {
-                ino,
-                kind: Kind::File,
-                size: 0,
-                mtime: self.started,
-                perm: 0o400,
-                owner: self.opts.owner,
-            },
-            ttl: Duration::ZERO,
-            content: None,
         }
     }
 

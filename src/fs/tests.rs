@@ -61,7 +61,7 @@ pub(super) fn files() -> (Arc<Files>, Arc<Cell>, Arc<ManualClock>) {
 fn ready(now: Now) -> View {
     match now {
         Now::Ready(v) => v,
-        Now::MustWait | Now::MustWaitToStat => panic!("expected Ready, got a wait"),
+        Now::MustWait => panic!("expected Ready, got MustWait"),
         Now::Err(e) => panic!("expected Ready, got errno {e}"),
     }
 }
@@ -94,12 +94,8 @@ fn names_and_inodes() {
 async fn empty_cell_must_wait_then_attrs_match_content() {
     let (files, cell, clock) = files();
     assert!(
-        matches!(files.attr_to_read(4), Now::MustWait),
-        "issue happens on the first read"
-    );
-    assert!(
-        matches!(files.attr_now(4), Now::MustWaitToStat),
-        "a file never asked for is issued at its first access, stat included"
+        matches!(files.attr_now(4), Now::MustWait),
+        "issue happens on first access"
     );
     assert_eq!(cell.status().fetches, 0);
     let view = files.wait(4).await.unwrap();
@@ -139,7 +135,7 @@ async fn ttl_is_capped_and_shrinks_towards_the_deadline() {
     assert_eq!(ready(files.attr_now(4)).ttl, Duration::from_secs(69));
     clock.0.fetch_add(70, Ordering::SeqCst);
     assert!(
-        matches!(files.attr_to_read(4), Now::MustWait),
+        matches!(files.attr_now(4), Now::MustWait),
         "past the deadline nothing is served"
     );
 }
@@ -241,9 +237,6 @@ async fn consent_url_file_exists_only_while_consent_is_needed() {
         "not before the upstream said so"
     );
     assert_eq!(files.wait(4).await.err(), Some(libc::ENOKEY));
-    // A stat's own wait ends in an empty file, not the error.
-    let stat = files.wait_to_stat(4).await.unwrap();
-    assert_eq!(stat.attr.size, 0);
 
     let ino = files
         .lookup(ROOT_INO, consent)
@@ -302,68 +295,5 @@ async fn the_kernel_may_cache_a_token_only_within_its_announced_ttl() {
     assert!(
         !files.kernel_may_cache_older(STATUS_INO, 2),
         "documents are never cached"
-    );
-}
-
-/// Fails every request, as an upstream that is down or a file needing consent.
-struct Failing(AtomicU64);
-
-#[async_trait::async_trait]
-impl Source for Failing {
-    async fn issue(&self) -> Result<Issued, SourceError> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Err(SourceError::ConsentRequired {
-            url: "https://idp.example/login".into(),
-            expired: false,
-            user_code: None,
-        })
-    }
-    fn upstream(&self) -> String {
-        "test".into()
-    }
-}
-
-#[tokio::test]
-async fn after_a_failure_stat_sees_an_empty_file_and_asks_nothing() {
-    let clock = Arc::new(ManualClock(AtomicU64::new(1_000_000)));
-    let source = Arc::new(Failing(AtomicU64::new(0)));
-    let cell = Cell::new(
-        "azure-token",
-        source.clone(),
-        Policy::default(),
-        clock,
-        Arc::new(|| 0.5),
-    );
-    let opts = Options {
-        owner: Owner {
-            uid: 1000,
-            gid: 1001,
-        },
-        read_timeout: Duration::from_secs(10),
-        ttl_cap: Duration::from_secs(600),
-        login_socket: None,
-    };
-    let files = Files::new(vec![cell], opts);
-    assert_eq!(files.wait(4).await.err(), Some(libc::ENOKEY));
-    for _ in 0..3 {
-        let stat = ready(files.attr_now(4));
-        assert_eq!(
-            (stat.attr.size, stat.ttl, stat.attr.perm),
-            (0, Duration::ZERO, 0o400)
-        );
-        assert!(stat.content.is_none());
-    }
-    assert_eq!(
-        source.0.load(Ordering::SeqCst),
-        1,
-        "stat asked the upstream nothing"
-    );
-    assert!(
-        !files.kernel_may_cache_older(4, 1),
-        "an empty file is never cached"
-    );
-    assert!(
-        matches!(files.attr_to_read(4), Now::MustWait),
-        "a read asks again"
     );
 }

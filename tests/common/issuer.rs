@@ -30,22 +30,20 @@ impl DevIssuer {
             secret.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let mut proc = Proc::spawn(&args, &[]);
-        let stdout = BufReader::new(proc.child.stdout.take().unwrap());
-        let mut token_url = None;
-        let mut lines = stdout.lines();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if let Some(url) = line
-                .split_whitespace()
+        let proc = Proc::spawn(&args, &[]);
+        let find_url = |out: &str| {
+            out.split_whitespace()
                 .find(|w| w.starts_with("http") && w.ends_with("/protocol/openid-connect/token"))
-            {
-                token_url = Some(url.to_owned());
-                break;
+                .map(str::to_owned)
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut token_url = None;
+        while token_url.is_none() && Instant::now() < deadline {
+            token_url = find_url(&proc.stdout());
+            if token_url.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
-        // Keep draining: a closed pipe must not disturb the issuer.
-        std::thread::spawn(move || lines.for_each(drop));
         let token_url = token_url
             .unwrap_or_else(|| panic!("dev-issuer printed no token URL:\n{}", proc.stderr()));
         let realm_url = token_url

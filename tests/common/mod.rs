@@ -21,7 +21,7 @@ pub use issuer::*;
 #[allow(unused_imports)]
 pub use keycloak::*;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
