@@ -285,6 +285,7 @@ fn man_dir_writes_one_page_per_command_with_its_options() {
         "tokenfs-check.1",
         "tokenfs-login.1",
         "tokenfs-consent.1",
+        "tokenfs-exec.1",
         "tokenfs-unmount.1",
         "tokenfs-wait.1",
         "tokenfs-dev-issuer.1",
