@@ -167,6 +167,12 @@ struct TokenFile {
     /// until when the kernel may go on using those attributes (their TTL)
     /// without asking again.
     cached: Mutex<(u64, SystemTime)>,
+    /// The token a read of the file returns now, as far as the daemon knows:
+    /// the announced one, until the kernel dropped its cache of the file after a
+    /// refresh (then the next read gets the cell's newest). `.expires` describes
+    /// it, so that a client reading both never pairs a token with a later
+    /// token's expiry.
+    described: Mutex<Option<Arc<Token>>>,
     consent: DocSlot,
     expires: DocSlot,
 }
@@ -210,6 +216,7 @@ impl Files {
                     cell,
                     announced: Mutex::new(None),
                     cached: Mutex::new((0, SystemTime::UNIX_EPOCH)),
+                    described: Mutex::new(None),
                     consent: DocSlot::new(),
                     expires: DocSlot::new(),
                 })
@@ -267,7 +274,7 @@ impl Files {
         let cell = &self.tokens[index].cell;
         let exists = match companion {
             1 => cell.consent_url().is_some(),
-            2 => cell.peek().is_some(),
+            2 => self.described(&self.tokens[index]).is_some(),
             _ => true,
         };
         exists.then(|| Self::token_ino(index) + companion)
@@ -288,7 +295,7 @@ impl Files {
                     format!("{}{CONSENT_SUFFIX}", t.cell.name()),
                 ));
             }
-            if t.cell.peek().is_some() {
+            if self.described(t).is_some() {
                 out.push((
                     Self::token_ino(i) + 2,
                     format!("{}{EXPIRES_SUFFIX}", t.cell.name()),
@@ -302,6 +309,15 @@ impl Files {
     pub fn note_read(&self, ino: u64) {
         if let Some(Node::Token(file)) = self.node(ino) {
             file.cell.note_read();
+        }
+    }
+
+    /// The kernel holds no attributes of token file `ino` older than the cell's
+    /// newest token (an invalidation dropped them, or their TTL ran out): its
+    /// next read asks first and gets the newest, so `.expires` describes that one.
+    pub fn note_kernel_uncached(&self, ino: u64) {
+        if let Some(Node::Token(file)) = self.node(ino) {
+            *lock(&file.described) = file.cell.peek();
         }
     }
 
@@ -410,7 +426,7 @@ impl Files {
             // The announced rendering while the token file has something to serve
             // (it may describe a token a refresh just replaced: the next attribute
             // request announces the new one); gone with the last servable token.
-            Some(Node::Expires(file)) => match file.cell.peek() {
+            Some(Node::Expires(file)) => match self.described(file) {
                 Some(_) => doc(&file.expires).map_or_else(|| self.attr_to_read(ino), Now::Ready),
                 None => Now::Err(libc::ENOENT),
             },
@@ -448,6 +464,7 @@ impl Files {
 
     fn announce(&self, ino: u64, file: &TokenFile, token: Arc<Token>) -> View {
         *lock(&file.announced) = Some(token.clone());
+        *lock(&file.described) = Some(token.clone());
         let now = file.cell.now();
         let view = self.token_view(ino, token, now);
         *lock(&file.cached) = (view_generation(&view), now + view.ttl);
@@ -543,12 +560,21 @@ impl Files {
         }
     }
 
+    /// The token `.expires` describes: the one a read returns now, while it is
+    /// servable; else the newest servable one (what the next read gets). Only
+    /// cached tokens: this never asks the upstream, nor starts a refresh.
+    fn described(&self, file: &TokenFile) -> Option<Arc<Token>> {
+        let now = file.cell.now();
+        let described = lock(&file.described).clone();
+        described
+            .filter(|t| t.servable(now))
+            .or_else(|| file.cell.peek())
+    }
+
     /// `<file>.expires`: the expiry of the token `<file>` serves, as one line of
-    /// JSON, while it has one. Only the cached token counts: looking never asks
-    /// the upstream (nor starts a refresh). Its mtime is the token's, and changes
-    /// with it.
+    /// JSON, while it has one. Its mtime is the token's, and changes with it.
     fn expires_view(&self, ino: u64, file: &TokenFile) -> Now {
-        let Some(token) = file.cell.peek() else {
+        let Some(token) = self.described(file) else {
             return Now::Err(libc::ENOENT);
         };
         let expiry = Expiry {

@@ -341,17 +341,23 @@ async fn expires_file_follows_the_servable_token_and_never_asks_the_upstream() {
         text.as_bytes()
     );
 
-    // A refresh lands: reads keep the announced rendering until the kernel asks
-    // for attributes again, which announces the new token's.
+    // A refresh lands. Until the kernel dropped its cache of `token`, a read of
+    // it still returns the old token: so `.expires` still describes that one.
     clock.0.fetch_add(240, Ordering::SeqCst);
     assert!(cell.lock().try_start_refresh(clock.now()));
     let issued = cell.source.issue().await;
     cell.lock()
         .finish(issued, clock.now(), &Policy::default(), 0.5)
         .unwrap();
+    let before = ready(files.attr_now(6));
+    assert_eq!(before.content.unwrap().bytes(), text.as_bytes());
+    assert_eq!(before.attr.mtime, token.attr.mtime);
+    // The invalidation went through: the next read of `token` gets the new one.
+    files.note_kernel_uncached(4);
     assert_eq!(
         ready(files.read_now(6)).content.unwrap().bytes(),
-        text.as_bytes()
+        text.as_bytes(),
+        "reads keep the announced rendering until attributes are asked again"
     );
     let after = ready(files.attr_now(6));
     assert_eq!(json(&after)["expires_on"], 1_000_540);
@@ -491,4 +497,33 @@ async fn after_a_failure_stat_sees_an_empty_file_and_asks_nothing() {
         matches!(files.attr_to_read(4), Now::MustWait),
         "a read asks again"
     );
+}
+
+#[tokio::test]
+async fn expires_file_moves_on_when_the_token_file_is_announced() {
+    let (files, cell, clock) = files();
+    files.wait(4).await.unwrap();
+    clock.0.fetch_add(240, Ordering::SeqCst);
+    assert!(cell.lock().try_start_refresh(clock.now()));
+    let issued = cell.source.issue().await;
+    cell.lock()
+        .finish(issued, clock.now(), &Policy::default(), 0.5)
+        .unwrap();
+    assert_eq!(json(&ready(files.attr_now(6)))["expires_on"], 1_000_300);
+    // A stat of `token` (its cache gone) announces the new token, and reads follow.
+    assert_eq!(ready(files.attr_now(4)).attr.size, 8);
+    assert_eq!(json(&ready(files.attr_now(6)))["expires_on"], 1_000_540);
+    // Once the described token is past its deadline, the newest one counts.
+    let (files, cell, clock) = super::tests::files();
+    files.wait(4).await.unwrap();
+    clock.0.fetch_add(280, Ordering::SeqCst);
+    assert!(files
+        .lookup(ROOT_INO, OsStr::new("token.expires"))
+        .is_none());
+    assert!(cell.lock().try_start_refresh(clock.now()));
+    let issued = cell.source.issue().await;
+    cell.lock()
+        .finish(issued, clock.now(), &Policy::default(), 0.5)
+        .unwrap();
+    assert_eq!(json(&ready(files.attr_now(6)))["expires_on"], 1_000_580);
 }
