@@ -310,7 +310,7 @@ fn writes_creates_unlinks_renames_and_chmods_are_refused() {
         .collect();
     assert_eq!(
         names,
-        [".metrics", ".status", "azure-token", "token"]
+        [".metrics", ".status", "azure-token", "token", "token.expires"]
             .map(String::from)
             .into()
     );
