@@ -186,8 +186,14 @@ fn validate_name(name: &str) -> Result<(), ConfigError> {
             "a file name must not start with '.' or contain '/' (names starting with '.' are reserved)",
         ));
     }
-    if name.ends_with(".consent-url") {
-        return Err(invalid(key, "names ending in .consent-url are reserved"));
+    // The companion files' names: `<file>.consent-url` and `<file>.expires`.
+    for suffix in [crate::fs::CONSENT_SUFFIX, crate::fs::EXPIRES_SUFFIX] {
+        if name.ends_with(suffix) {
+            return Err(invalid(
+                key,
+                format!("names ending in {suffix} are reserved"),
+            ));
+        }
     }
     Ok(())
 }

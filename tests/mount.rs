@@ -306,9 +306,15 @@ fn writes_creates_unlinks_renames_and_chmods_are_refused() {
         .collect();
     assert_eq!(
         names,
-        [".metrics", ".status", "azure-token", "token"]
-            .map(String::from)
-            .into()
+        [
+            ".metrics",
+            ".status",
+            "azure-token",
+            "token",
+            "token.expires"
+        ]
+        .map(String::from)
+        .into()
     );
     assert_eq!(std::fs::metadata(&token).unwrap().mode() & 0o7777, 0o400);
 }

@@ -214,6 +214,8 @@ fn errors_name_the_key() {
         ("[files.token]\nsource = \"http\"\nurl = \"http://h/\"\nclient_id = \"c\"\n", "files.token.client_id: not valid for source = \"http\""),
         ("[files.token]\nsource = \"http\"\nurl = \"http://h/\"\nrefresh_at = 1.5\n", "files.token.refresh_at"),
         ("[files.\".hidden\"]\nsource = \"http\"\nurl = \"http://h/\"\n", "reserved"),
+        ("[files.\"token.consent-url\"]\nsource = \"http\"\nurl = \"http://h/\"\n", "names ending in .consent-url are reserved"),
+        ("[files.\"token.expires\"]\nsource = \"http\"\nurl = \"http://h/\"\n", "names ending in .expires are reserved"),
         ("[files.token]\nsource = \"http\"\nurl = \"http://h/\"\ntimeout = \"soon\"\n", "timeout"),
         ("[files.token]\nsource = \"http\"\nurl = \"http://h/\"\nbogus = 1\n", "unknown field `bogus`"),
         (

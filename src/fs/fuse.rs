@@ -358,6 +358,7 @@ pub async fn invalidate_on_change(files: Arc<Files>, notifier: Notifier) {
                 }
                 seen = generation;
                 if !files.kernel_may_cache_older(ino, generation) {
+                    files.note_kernel_uncached(ino);
                     continue;
                 }
                 // inval_inode writes to /dev/fuse and may block on the kernel; keep it
@@ -367,9 +368,11 @@ pub async fn invalidate_on_change(files: Arc<Files>, notifier: Notifier) {
                     tokio::task::spawn_blocking(move || notifier.inval_inode(INodeNo(ino), 0, 0))
                         .await;
                 match result {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => files.note_kernel_uncached(ino),
                     // ENOENT: the kernel holds no cache for the inode, nothing to drop.
-                    Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        files.note_kernel_uncached(ino)
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(file = cell.name(), "cache invalidation failed: {e}")
                     }

@@ -15,7 +15,7 @@ use std::ffi::OsStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::cell::{Cell, CellError, Token};
+use crate::cell::{Cell, CellError, Timestamp, Token};
 
 pub const ROOT_INO: u64 = 1;
 pub const STATUS_INO: u64 = 2;
@@ -28,6 +28,11 @@ pub const METRICS_NAME: &str = ".metrics";
 const TTL_MARGIN: Duration = Duration::from_secs(1);
 /// `<file>.consent-url` exists while `<file>` needs the user's consent.
 pub const CONSENT_SUFFIX: &str = ".consent-url";
+/// `<file>.expires` exists while `<file>` has a token to serve: when it expires,
+/// as JSON, so that clients need not decode the token (an opaque one cannot be).
+pub const EXPIRES_SUFFIX: &str = ".expires";
+/// Inodes per token file: the token, its `.consent-url`, its `.expires`.
+const INODES_PER_FILE: u64 = 3;
 
 /// Who owns the mount's files; only they (and root) may read them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +73,7 @@ pub struct Attr {
 #[derive(Clone)]
 pub enum Content {
     Token(Arc<Token>),
-    /// A rendered document: `.status` or a consent URL.
+    /// A rendered document: `.status`, `.metrics`, a consent URL or an expiry.
     Doc(Arc<Doc>),
 }
 
@@ -129,13 +134,18 @@ impl DocSlot {
     }
 
     fn announce(&self, bytes: Vec<u8>) -> Arc<Doc> {
+        self.announce_dated(bytes, SystemTime::now())
+    }
+
+    /// Like [`DocSlot::announce`], with the mtime a new rendering gets.
+    fn announce_dated(&self, bytes: Vec<u8>, mtime: SystemTime) -> Arc<Doc> {
         let mut slot = lock(&self.0);
         match &*slot {
             Some(doc) if doc.bytes == bytes => doc.clone(),
             _ => {
                 let doc = Arc::new(Doc {
                     bytes,
-                    rendered_at: SystemTime::now(),
+                    rendered_at: mtime,
                 });
                 *slot = Some(doc.clone());
                 doc
@@ -155,17 +165,35 @@ struct TokenFile {
     /// until when the kernel may go on using those attributes (their TTL)
     /// without asking again.
     cached: Mutex<(u64, SystemTime)>,
+    /// The token a read of the file returns now, as far as the daemon knows:
+    /// the announced one, until the kernel dropped its cache of the file after a
+    /// refresh (then the next read gets the cell's newest). `.expires` describes
+    /// it, so that a client reading both never pairs a token with a later
+    /// token's expiry.
+    described: Mutex<Option<Arc<Token>>>,
     consent: DocSlot,
+    expires: DocSlot,
 }
 
-/// Which file an inode is. Token file `i` is `FIRST_TOKEN_INO + 2i`, its
-/// consent-url file the inode after it.
+/// Which file an inode is. Token file `i` is `FIRST_TOKEN_INO + 3i`, its
+/// consent-url file the inode after it, its expires file the one after that.
 enum Node<'a> {
     Root,
     Status,
     Metrics,
     Token(&'a TokenFile),
     Consent(&'a TokenFile),
+    Expires(&'a TokenFile),
+}
+
+/// The content of `<file>.expires`: nothing of the token itself.
+#[derive(serde::Serialize)]
+struct Expiry {
+    /// Seconds since the epoch, as azure-identity's `AccessToken.expires_on`.
+    expires_on: u64,
+    expires_at: Timestamp,
+    obtained_at: Timestamp,
+    refresh_at: Timestamp,
 }
 
 /// The mount's files.
@@ -186,7 +214,9 @@ impl Files {
                     cell,
                     announced: Mutex::new(None),
                     cached: Mutex::new((0, SystemTime::UNIX_EPOCH)),
+                    described: Mutex::new(None),
                     consent: DocSlot::new(),
+                    expires: DocSlot::new(),
                 })
                 .collect(),
             status: DocSlot::new(),
@@ -197,7 +227,7 @@ impl Files {
     }
 
     fn token_ino(index: usize) -> u64 {
-        FIRST_TOKEN_INO + 2 * index as u64
+        FIRST_TOKEN_INO + INODES_PER_FILE * index as u64
     }
 
     fn node(&self, ino: u64) -> Option<Node<'_>> {
@@ -207,11 +237,12 @@ impl Files {
             METRICS_INO => Some(Node::Metrics),
             _ => {
                 let offset = ino.checked_sub(FIRST_TOKEN_INO)?;
-                let file = self.tokens.get(usize::try_from(offset / 2).ok()?)?;
-                Some(if offset % 2 == 0 {
-                    Node::Token(file)
-                } else {
-                    Node::Consent(file)
+                let index = usize::try_from(offset / INODES_PER_FILE).ok()?;
+                let file = self.tokens.get(index)?;
+                Some(match offset % INODES_PER_FILE {
+                    0 => Node::Token(file),
+                    1 => Node::Consent(file),
+                    _ => Node::Expires(file),
                 })
             }
         }
@@ -229,19 +260,26 @@ impl Files {
             return Some(METRICS_INO);
         }
         let name = name.to_str()?;
-        let (base, consent) = match name.strip_suffix(CONSENT_SUFFIX) {
-            Some(base) => (base, true),
-            None => (name, false),
+        // Config names never end in either suffix, so a name has one reading.
+        let (base, companion) = if let Some(base) = name.strip_suffix(CONSENT_SUFFIX) {
+            (base, 1)
+        } else if let Some(base) = name.strip_suffix(EXPIRES_SUFFIX) {
+            (base, 2)
+        } else {
+            (name, 0)
         };
         let index = self.tokens.iter().position(|t| t.cell.name() == base)?;
-        if consent && self.tokens[index].cell.consent_url().is_none() {
-            return None;
-        }
-        Some(Self::token_ino(index) + u64::from(consent))
+        let cell = &self.tokens[index].cell;
+        let exists = match companion {
+            1 => cell.consent_url().is_some(),
+            2 => self.described(&self.tokens[index]).is_some(),
+            _ => true,
+        };
+        exists.then(|| Self::token_ino(index) + companion)
     }
 
     /// Directory entries of the root, without `.` and `..`: consent-url files
-    /// only while consent is needed.
+    /// only while consent is needed, expires files only while a token is servable.
     pub fn entries(&self) -> Vec<(u64, String)> {
         let mut out = vec![
             (STATUS_INO, STATUS_NAME.to_owned()),
@@ -255,6 +293,12 @@ impl Files {
                     format!("{}{CONSENT_SUFFIX}", t.cell.name()),
                 ));
             }
+            if self.described(t).is_some() {
+                out.push((
+                    Self::token_ino(i) + 2,
+                    format!("{}{EXPIRES_SUFFIX}", t.cell.name()),
+                ));
+            }
         }
         out
     }
@@ -263,6 +307,15 @@ impl Files {
     pub fn note_read(&self, ino: u64) {
         if let Some(Node::Token(file)) = self.node(ino) {
             file.cell.note_read();
+        }
+    }
+
+    /// The kernel holds no attributes of token file `ino` older than the cell's
+    /// newest token (an invalidation dropped them, or their TTL ran out): its
+    /// next read asks first and gets the newest, so `.expires` describes that one.
+    pub fn note_kernel_uncached(&self, ino: u64) {
+        if let Some(Node::Token(file)) = self.node(ino) {
+            *lock(&file.described) = file.cell.peek();
         }
     }
 
@@ -304,6 +357,7 @@ impl Files {
             Some(Node::Status) => Now::Ready(self.status_view()),
             Some(Node::Metrics) => Now::Ready(self.metrics_view()),
             Some(Node::Consent(file)) => self.consent_view(ino, file),
+            Some(Node::Expires(file)) => self.expires_view(ino, file),
             Some(Node::Token(file)) => match file.cell.peek() {
                 Some(token) => Now::Ready(self.announce(ino, file, token)),
                 None => Now::MustWait,
@@ -328,6 +382,13 @@ impl Files {
             Some(Node::Consent(file)) => {
                 doc(&file.consent).map_or_else(|| self.attr_now(ino), Now::Ready)
             }
+            // The announced rendering while the token file has something to serve
+            // (it may describe a token a refresh just replaced: the next attribute
+            // request announces the new one); gone with the last servable token.
+            Some(Node::Expires(file)) => match self.described(file) {
+                Some(_) => doc(&file.expires).map_or_else(|| self.attr_now(ino), Now::Ready),
+                None => Now::Err(libc::ENOENT),
+            },
             Some(Node::Token(file)) => {
                 let now = file.cell.now();
                 let announced = lock(&file.announced).clone();
@@ -362,6 +423,7 @@ impl Files {
 
     fn announce(&self, ino: u64, file: &TokenFile, token: Arc<Token>) -> View {
         *lock(&file.announced) = Some(token.clone());
+        *lock(&file.described) = Some(token.clone());
         let now = file.cell.now();
         let view = self.token_view(ino, token, now);
         *lock(&file.cached) = (view_generation(&view), now + view.ttl);
@@ -437,6 +499,38 @@ impl Files {
             }
             None => Now::Err(libc::ENOENT),
         }
+    }
+
+    /// The token `.expires` describes: the one a read returns now, while it is
+    /// servable; else the newest servable one (what the next read gets). Only
+    /// cached tokens: this never asks the upstream, nor starts a refresh.
+    fn described(&self, file: &TokenFile) -> Option<Arc<Token>> {
+        let now = file.cell.now();
+        let described = lock(&file.described).clone();
+        described
+            .filter(|t| t.servable(now))
+            .or_else(|| file.cell.peek())
+    }
+
+    /// `<file>.expires`: the expiry of the token `<file>` serves, as one line of
+    /// JSON, while it has one. Its mtime is the token's, and changes with it.
+    fn expires_view(&self, ino: u64, file: &TokenFile) -> Now {
+        let Some(token) = self.described(file) else {
+            return Now::Err(libc::ENOENT);
+        };
+        let expiry = Expiry {
+            expires_on: token
+                .expires_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            expires_at: token.expires_at.into(),
+            obtained_at: token.obtained_at.into(),
+            refresh_at: token.refresh_at.into(),
+        };
+        let mut bytes = serde_json::to_vec(&expiry).unwrap_or_default();
+        bytes.push(b'\n');
+        let doc = file.expires.announce_dated(bytes, token.obtained_at);
+        Now::Ready(self.content_view(ino, Content::Doc(doc), Duration::ZERO))
     }
 }
 

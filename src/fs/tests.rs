@@ -238,6 +238,11 @@ async fn consent_url_file_exists_only_while_consent_is_needed() {
     );
     assert_eq!(files.wait(4).await.err(), Some(libc::ENOKEY));
 
+    assert_eq!(
+        files.lookup(ROOT_INO, OsStr::new("azure-token.expires")),
+        None,
+        "no expiry without a token"
+    );
     let ino = files
         .lookup(ROOT_INO, consent)
         .expect("present while consent is needed");
@@ -273,7 +278,133 @@ async fn consent_url_file_exists_only_while_consent_is_needed() {
     );
     assert_eq!(files.lookup(ROOT_INO, consent), None);
     assert!(matches!(files.attr_now(ino), Now::Err(libc::ENOENT)));
+    let names: Vec<_> = files.entries().into_iter().map(|(_, n)| n).collect();
+    assert_eq!(
+        names,
+        [".status", ".metrics", "azure-token", "azure-token.expires"]
+    );
+}
+
+fn json(view: &View) -> serde_json::Value {
+    let bytes = view.content.as_ref().unwrap().bytes();
+    assert_eq!(bytes.last(), Some(&b'\n'), "one line");
+    assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+    serde_json::from_slice(bytes).unwrap()
+}
+
+#[tokio::test]
+async fn expires_file_follows_the_servable_token_and_never_asks_the_upstream() {
+    let (files, cell, clock) = files();
+    let name = OsStr::new("token.expires");
+    // Before any read: no token, so no expiry, and looking asks for nothing.
+    assert_eq!(files.lookup(ROOT_INO, name), None);
+    for now in [files.attr_now(6), files.read_now(6)] {
+        assert!(matches!(now, Now::Err(libc::ENOENT)), "never waits");
+    }
+    let names: Vec<_> = files.entries().into_iter().map(|(_, n)| n).collect();
+    assert_eq!(names, [".status", ".metrics", "token"]);
+    assert_eq!(cell.status().fetches, 0);
+
+    let token = files.wait(4).await.unwrap();
+    assert_eq!(files.lookup(ROOT_INO, name), Some(6));
+    let names: Vec<_> = files.entries().into_iter().map(|(_, n)| n).collect();
+    assert_eq!(names, [".status", ".metrics", "token", "token.expires"]);
+    let view = ready(files.attr_now(6));
+    let served = cell.peek().unwrap();
+    assert_eq!(
+        json(&view),
+        serde_json::json!({
+            "expires_on": 1_000_300,
+            "expires_at": "1970-01-12T13:51:40Z",
+            "obtained_at": "1970-01-12T13:46:40Z",
+            "refresh_at": crate::cell::rfc3339(served.refresh_at),
+        })
+    );
+    let text = String::from_utf8(view.content.clone().unwrap().bytes().to_vec()).unwrap();
+    assert!(!text.contains("token-x"), "no secret in it: {text}");
+    assert_eq!(view.attr.size, text.len() as u64);
+    assert_eq!(
+        (view.attr.mtime, view.attr.perm, view.attr.owner, view.ttl),
+        (token.attr.mtime, 0o400, token.attr.owner, Duration::ZERO),
+        "dated and owned like the token; never cached, so a refresh shows at once"
+    );
+    assert_eq!(ready(files.attr_now(6)).attr, view.attr, "stable");
+    assert_eq!(
+        ready(files.read_now(6)).content.unwrap().bytes(),
+        text.as_bytes()
+    );
+
+    // A refresh lands. Until the kernel dropped its cache of `token`, a read of
+    // it still returns the old token: so `.expires` still describes that one.
+    clock.0.fetch_add(240, Ordering::SeqCst);
+    assert!(cell.lock().try_start_refresh(clock.now()));
+    let issued = cell.source.issue().await;
+    cell.lock()
+        .finish(issued, clock.now(), &Policy::default(), 0.5)
+        .unwrap();
+    let before = ready(files.attr_now(6));
+    assert_eq!(before.content.unwrap().bytes(), text.as_bytes());
+    assert_eq!(before.attr.mtime, token.attr.mtime);
+    // The invalidation went through: the next read of `token` gets the new one.
+    files.note_kernel_uncached(4);
+    assert_eq!(
+        ready(files.read_now(6)).content.unwrap().bytes(),
+        text.as_bytes(),
+        "reads keep the announced rendering until attributes are asked again"
+    );
+    let after = ready(files.attr_now(6));
+    assert_eq!(json(&after)["expires_on"], 1_000_540);
+    assert_eq!(json(&after)["obtained_at"], "1970-01-12T13:50:40Z");
+    assert_eq!(after.attr.mtime, clock.now(), "the new token's mtime");
+    assert_eq!(
+        ready(files.read_now(6)).content.unwrap().bytes(),
+        after.content.unwrap().bytes()
+    );
+    let fetches = cell.status().fetches;
+    for _ in 0..3 {
+        ready(files.attr_now(6));
+        ready(files.read_now(6));
+    }
+    assert_eq!(
+        cell.status().fetches,
+        fetches,
+        "reading it asks for nothing"
+    );
+
+    // Past the last token's deadline it is gone, and still nothing is asked.
+    clock.0.fetch_add(300, Ordering::SeqCst);
+    assert_eq!(files.lookup(ROOT_INO, name), None);
+    for now in [files.attr_now(6), files.read_now(6)] {
+        assert!(matches!(now, Now::Err(libc::ENOENT)));
+    }
     assert_eq!(files.entries().len(), 3);
+    assert_eq!(cell.status().fetches, fetches);
+}
+
+#[tokio::test]
+async fn each_file_has_three_inodes() {
+    let (one, first, clock) = files();
+    let second = Cell::new(
+        "second",
+        Arc::new(Counting(clock.clone(), AtomicU64::new(0))),
+        Policy::default(),
+        clock.clone(),
+        Arc::new(|| 0.5),
+    );
+    let files = Files::new(vec![first, second], one.opts.clone());
+    assert_eq!(files.lookup(ROOT_INO, OsStr::new("token")), Some(4));
+    assert_eq!(files.lookup(ROOT_INO, OsStr::new("second")), Some(7));
+    assert_eq!(files.wait(7).await.unwrap().attr.ino, 7);
+    assert_eq!(
+        files.lookup(ROOT_INO, OsStr::new("second.expires")),
+        Some(9)
+    );
+    assert_eq!(files.lookup(ROOT_INO, OsStr::new("token.expires")), None);
+    assert!(matches!(files.attr_now(9), Now::Ready(_)));
+    assert!(matches!(files.attr_now(6), Now::Err(libc::ENOENT)));
+    assert!(matches!(files.attr_now(10), Now::Err(libc::ENOENT)));
+    let inodes: Vec<_> = files.entries().into_iter().map(|(i, _)| i).collect();
+    assert_eq!(inodes, [STATUS_INO, METRICS_INO, 4, 7, 9]);
 }
 
 #[tokio::test]
@@ -296,4 +427,32 @@ async fn the_kernel_may_cache_a_token_only_within_its_announced_ttl() {
         !files.kernel_may_cache_older(STATUS_INO, 2),
         "documents are never cached"
     );
+}
+#[tokio::test]
+async fn expires_file_moves_on_when_the_token_file_is_announced() {
+    let (files, cell, clock) = files();
+    files.wait(4).await.unwrap();
+    clock.0.fetch_add(240, Ordering::SeqCst);
+    assert!(cell.lock().try_start_refresh(clock.now()));
+    let issued = cell.source.issue().await;
+    cell.lock()
+        .finish(issued, clock.now(), &Policy::default(), 0.5)
+        .unwrap();
+    assert_eq!(json(&ready(files.attr_now(6)))["expires_on"], 1_000_300);
+    // A stat of `token` (its cache gone) announces the new token, and reads follow.
+    assert_eq!(ready(files.attr_now(4)).attr.size, 8);
+    assert_eq!(json(&ready(files.attr_now(6)))["expires_on"], 1_000_540);
+    // Once the described token is past its deadline, the newest one counts.
+    let (files, cell, clock) = super::tests::files();
+    files.wait(4).await.unwrap();
+    clock.0.fetch_add(280, Ordering::SeqCst);
+    assert!(files
+        .lookup(ROOT_INO, OsStr::new("token.expires"))
+        .is_none());
+    assert!(cell.lock().try_start_refresh(clock.now()));
+    let issued = cell.source.issue().await;
+    cell.lock()
+        .finish(issued, clock.now(), &Policy::default(), 0.5)
+        .unwrap();
+    assert_eq!(json(&ready(files.attr_now(6)))["expires_on"], 1_000_580);
 }
