@@ -68,7 +68,8 @@ fn each_consent_error_means_consent_and_consent_recovers_without_restart() {
     // at each read while the login is offered (an admin's consent or a sign-in
     // elsewhere fixes it). A dead one (`invalid_grant`) is dropped: see
     // tests/code_login.rs, where a new login replaces it.
-    for (error, code) in [("interaction_required", 50173)] {
+    {
+        let (error, code) = ("interaction_required", 50173);
         entra.set_mode(EntraMode::Error { error, code });
         eventually(Duration::from_secs(10), error, || {
             let errno = errno(mount.read(FILE));
