@@ -348,3 +348,38 @@ fn check_accepts_a_secret_written_by_echo_and_refuses_stray_whitespace() {
         );
     }
 }
+
+#[test]
+fn a_client_secret_fixed_in_place_is_used_at_the_next_read() {
+    if !fuse_available("a_client_secret_fixed_in_place_is_used_at_the_next_read") {
+        return;
+    }
+    let issuer = DevIssuer::start(&[]);
+    let tmp = tempdir();
+    let config = issuer.config(tmp.path(), "", "");
+    let secret = std::fs::read_to_string(&issuer.client_secret_file).unwrap();
+    write_file(&issuer.client_secret_file, "not-the-secret", 0o600);
+    let m = Mount::start_at(
+        &tmp.path().join("api"),
+        &["--config", config.to_str().unwrap()],
+    );
+    assert!(m.read("token").is_err());
+    let status = m.file_status("token");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Invalid client credentials"),
+        "{status}"
+    );
+    // In its backoff (at least half a second after that failure): without the
+    // change a read now gets the same error without asking.
+    let before = issuer.token_requests();
+    assert!(m.read("token").is_err());
+    assert_eq!(issuer.token_requests(), before, "asked during the backoff");
+
+    write_file(&issuer.client_secret_file, &format!("{secret}\n"), 0o600);
+    let token = m.read_string("token");
+    assert!(token.starts_with("eyJ"), "{token}");
+    assert!(!m.proc.stderr().contains(&secret), "the secret in the log");
+}
