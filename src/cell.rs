@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::metrics::histogram::Histogram;
 use crate::source::code::{LoginError, Redirect};
-use crate::source::{Issued, LogClaims, Source, SourceError};
+use crate::source::{Inputs, Issued, LogClaims, Source, SourceError};
 
 /// Wall-clock time, injectable so the state machine is tested without sleeping.
 pub trait Clock: Send + Sync + 'static {
@@ -159,6 +159,9 @@ struct Failure {
     /// When refresh-ahead asks again.
     background_at: SystemTime,
     consecutive: u32,
+    /// The source's inputs when the failed request started: once they differ
+    /// (a secret file fixed in place), a read asks again before `retry_at`.
+    inputs: Option<Inputs>,
 }
 
 /// What a read should do now.
@@ -208,6 +211,31 @@ impl State {
         }
         self.start(now);
         Next::Fetch
+    }
+
+    /// Record the source's inputs the failed request started with.
+    pub fn failed_with(&mut self, inputs: Inputs) {
+        if let Some(f) = &mut self.failure {
+            f.inputs = Some(inputs);
+        }
+    }
+
+    /// The inputs of a failure still in its backoff at `now` (`None` if there is
+    /// none, it is over, or its inputs were not recorded).
+    pub fn backoff_inputs(&self, now: SystemTime) -> Option<&Inputs> {
+        self.failure
+            .as_ref()
+            .filter(|f| now < f.retry_at)
+            .and_then(|f| f.inputs.as_ref())
+    }
+
+    /// End the backoff of a failure whose inputs were `seen` at once: they changed.
+    pub fn inputs_changed(&mut self, seen: &Inputs, now: SystemTime) {
+        if let Some(f) = &mut self.failure {
+            if f.inputs.as_ref() == Some(seen) {
+                f.retry_at = f.retry_at.min(now);
+            }
+        }
     }
 
     /// When refresh-ahead should next ask the upstream; `None` while the file was
@@ -296,6 +324,7 @@ impl State {
                     retry_at,
                     background_at,
                     consecutive,
+                    inputs: None,
                 });
             }
         }
@@ -604,6 +633,9 @@ impl Cell {
         let mut finished = self.finished.subscribe();
         let mut waited = false;
         loop {
+            if !waited {
+                self.end_backoff_if_inputs_changed();
+            }
             let next = self.lock().on_read(self.clock.now(), waited);
             match next {
                 Next::Serve(token) => return Ok(token),
@@ -617,6 +649,20 @@ impl Cell {
             // The sender lives in `self`, so this only ends when a request finishes.
             let _ = finished.changed().await;
             waited = true;
+        }
+    }
+
+    /// A failure in its backoff whose source's inputs changed since (a secret
+    /// file rewritten) may be fixed: the read asks at once. The files are
+    /// stat'ed only while a backoff lasts, and outside the lock.
+    fn end_backoff_if_inputs_changed(&self) {
+        let now = self.clock.now();
+        let Some(recorded) = self.lock().backoff_inputs(now).cloned() else {
+            return;
+        };
+        if self.source.inputs() != recorded {
+            tracing::info!(file = %self.name, "its inputs changed since the last failure: asking again now");
+            self.lock().inputs_changed(&recorded, now);
         }
     }
 
@@ -635,6 +681,7 @@ impl Cell {
             jti = tracing::field::Empty,
         );
         let source = self.source.clone();
+        let inputs = source.inputs();
         let started = Instant::now();
         // A panicking source must not leave the cell "in flight" forever.
         let issuing = async move { source.issue().await }.instrument(span.clone());
@@ -656,11 +703,11 @@ impl Cell {
                 .as_ref()
                 .filter(|t| t.below_min_valid.is_some())
                 .map(|t| t.expires_at);
-            (
-                st.finish(result, now, &self.policy, (self.jitter)()),
-                before,
-                short_before,
-            )
+            let outcome = st.finish(result, now, &self.policy, (self.jitter)());
+            if outcome.is_err() {
+                st.failed_with(inputs);
+            }
+            (outcome, before, short_before)
         };
         span.record("latency_ms", latency.as_millis() as u64);
         span.record(

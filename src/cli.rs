@@ -3,12 +3,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// The mountpoint the platform's clients expect (`DOMINO_TOKEN_FILE` lives under it).
 pub const DEFAULT_MOUNTPOINT: &str = "/var/lib/domino/home/.api";
 /// Where `mount` looks for its config when neither `--config` nor `--dev` is given.
 pub const DEFAULT_CONFIG: &str = "/etc/tokenfs/config.toml";
+/// The user `--dev` and `dev-issuer` issue tokens for unless told otherwise.
+pub const DEV_USER: &str = "dev-user";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +35,41 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parse the process's arguments, as `Cli::parse`, with one rule clap cannot
+    /// say: `mount --dev` ignores a `TOKENFS_CONFIG` from the environment, and
+    /// refuses a `--config` given on the command line.
+    pub fn parse_args() -> Cli {
+        Self::parse_from_iter(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    pub fn parse_from_iter<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Cli::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        if let (Command::Mount(args), Some(("mount", sub))) =
+            (&mut cli.command, matches.subcommand())
+        {
+            if args.dev {
+                match sub.value_source("config") {
+                    Some(ValueSource::CommandLine) => {
+                        return Err(command.error(
+                            clap::error::ErrorKind::ArgumentConflict,
+                            "--config cannot be used with --dev (--dev needs no config file)",
+                        ))
+                    }
+                    _ => args.config = None,
+                }
+            }
+        }
+        Ok(cli)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -109,8 +147,12 @@ pub struct MountArgs {
     #[arg(default_value = DEFAULT_MOUNTPOINT, env = "TOKENFS_MOUNTPOINT")]
     pub mountpoint: PathBuf,
 
-    /// Config file (TOML) [default: /etc/tokenfs/config.toml].
-    #[arg(long, env = "TOKENFS_CONFIG", conflicts_with = "dev")]
+    /// Config file (TOML) [default: /etc/tokenfs/config.toml]. Not with --dev;
+    /// with --dev a TOKENFS_CONFIG in the environment is ignored.
+    // No `conflicts_with = "dev"`: clap applies it to the environment's value
+    // too, and a shell that exports TOKENFS_CONFIG must still run `--dev`.
+    // `Cli::parse_args` refuses only an explicit --config with --dev.
+    #[arg(long, env = "TOKENFS_CONFIG")]
     pub config: Option<PathBuf>,
 
     /// Serve tokens from an embedded development issuer on a loopback port, with no
@@ -151,9 +193,10 @@ pub struct MountArgs {
     #[arg(long, requires = "dev")]
     pub dev_login: bool,
 
-    /// With --dev: the user the embedded issuer issues tokens for [default: $USER].
-    #[arg(long, requires = "dev")]
-    pub dev_user: Option<String>,
+    /// With --dev: the user the embedded issuer issues tokens for (the user
+    /// `tokenfs dev-issuer` also defaults to).
+    #[arg(long, requires = "dev", default_value = DEV_USER)]
+    pub dev_user: String,
 }
 
 #[derive(Debug, Args)]

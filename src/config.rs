@@ -64,15 +64,27 @@ pub enum SourceConfig {
 /// A configuration problem, naming the key (`files.token.token_url`) and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    // The io::Error is in the message, not a `source`: `{:#}` would repeat it.
+    #[error("cannot read config file {path}: {error}; {}", read_hint(.error))]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config: {key}: {problem}")]
     Invalid { key: String, problem: String },
+}
+
+/// What to do when the config file cannot be read.
+fn read_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            "write one (an example: /usr/share/doc/tokenfs/examples/config.toml), or pass --config FILE"
+        }
+        std::io::ErrorKind::PermissionDenied => "run tokenfs as root",
+        _ => "check the file",
+    }
 }
 
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
@@ -83,11 +95,21 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
+    /// `load` for a command's edge: an error names the file once (reading and
+    /// parsing errors already do; a key's error gets the file added).
+    pub fn load_at_edge(path: &Path) -> anyhow::Result<Config> {
+        Config::load(path).map_err(|e| match e {
+            ConfigError::Invalid { .. } => anyhow::Error::new(e)
+                .context(format!("invalid configuration in {}", path.display())),
+            named => anyhow::Error::new(named),
+        })
+    }
+
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),

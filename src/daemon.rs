@@ -32,7 +32,7 @@ pub fn run(args: MountArgs) -> Result<()> {
     raise_open_files_limit();
     crate::mountpoint::check_privileges()?;
     // Before anything else starts: a second daemon stops here, a stale mount is detached.
-    let prepared = crate::mountpoint::prepare(&args.mountpoint)?;
+    let mut prepared = crate::mountpoint::prepare(&args.mountpoint)?;
     let mountpoint = prepared.path.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -45,7 +45,7 @@ pub fn run(args: MountArgs) -> Result<()> {
         .context("cannot start the async runtime")?;
     // In --dev the issuer serves from this process until `_dev_issuer` drops at exit.
     let (config, _dev_issuer) = if args.dev {
-        let user = args.dev_user.clone().unwrap_or_else(default_user);
+        let user = args.dev_user.clone();
         let lifetimes = crate::dev::Lifetimes {
             platform: args.dev_lifetime,
             azure: args.dev_azure_lifetime,
@@ -57,8 +57,7 @@ pub fn run(args: MountArgs) -> Result<()> {
             .config
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-        let config = Config::load(&path)
-            .with_context(|| format!("invalid configuration in {}", path.display()))?;
+        let config = Config::load_at_edge(&path)?;
         (config, None)
     };
     let owner = match args.owner.or(config.owner) {
@@ -104,6 +103,7 @@ pub fn run(args: MountArgs) -> Result<()> {
             mountpoint.display()
         )
     })?;
+    prepared.keep();
     drop(prepared);
     // The directory checked may have been renamed meanwhile (its parent is the
     // user's): say where the mount really is.
@@ -202,7 +202,8 @@ pub fn run(args: MountArgs) -> Result<()> {
     })?;
     notify.send_or_warn("STOPPING=1");
     if external_unmount {
-        tracing::warn!(mountpoint = %mountpoint.display(), "the filesystem was unmounted from outside; exiting");
+        // `tokenfs unmount` (or umount) is the ordinary way to stop a mount: nothing to warn of.
+        tracing::info!(mountpoint = %mountpoint.display(), "unmounted from outside (tokenfs unmount or umount); exiting");
     } else {
         match crate::mountpoint::unmount_ours(&ours)? {
             crate::mountpoint::Unmounted::Detached => {}
@@ -359,13 +360,6 @@ fn raise_open_files_limit() {
             tracing::warn!("cannot raise the open-files limit: {e}");
         }
     }
-}
-
-fn default_user() -> String {
-    std::env::var("USER")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "dev-user".into())
 }
 
 /// On the platform the mountpoint's parent is the user's home: its owner owns the files.

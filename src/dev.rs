@@ -66,6 +66,7 @@ pub async fn start(
             token_url: running.token_url(),
             client_id: CLIENT_ID.into(),
             client_secret: Some(client_secret.clone()),
+            client_secret_file: None,
             grant,
             scope: None,
             login: None,

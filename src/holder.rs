@@ -29,13 +29,20 @@ pub enum HolderError {
         holder: String,
         waited: Duration,
     },
-    #[error("cannot lock {}: {source}", lock.display())]
+    #[error("cannot lock {}: {error}", lock.display())]
     Io {
         lock: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    // Not `#[from]`: that would also make it the `source`, which `{:#}` prints again.
     #[error("cannot open the refresh token's lock: {0}")]
-    Open(#[from] SecretFileError),
+    Open(SecretFileError),
+}
+
+impl From<SecretFileError> for HolderError {
+    fn from(e: SecretFileError) -> Self {
+        HolderError::Open(e)
+    }
 }
 
 /// The lock on one refresh token, held until dropped.
@@ -81,7 +88,7 @@ impl LockFile {
     pub fn wait(self: &Arc<Self>, wait: Duration) -> Result<RefreshLock, HolderError> {
         let io = |source| HolderError::Io {
             lock: self.path.clone(),
-            source,
+            error: source,
         };
         let start = Instant::now();
         let mut pause = Duration::from_millis(2);

@@ -102,10 +102,10 @@ pub enum SendError {
         "the login socket {0} is in a directory users other than root can write: not using it"
     )]
     Untrusted(PathBuf),
-    #[error("cannot reach the daemon at {}: {source}", socket.display())]
+    #[error("cannot reach the daemon at {}: {error}", socket.display())]
     Io {
         socket: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the daemon's answer is not HTTP")]
     Garbled,
@@ -124,7 +124,7 @@ pub fn send(
     use std::os::fd::AsRawFd;
     let io = |source| SendError::Io {
         socket: socket.to_owned(),
-        source,
+        error: source,
     };
     let resolved =
         crate::resolve::resolve(socket).map_err(|e| io(std::io::Error::other(e.to_string())))?;

@@ -1,8 +1,7 @@
-use clap::Parser;
 use tokenfs::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     tokenfs::logging::init(cli.log_format);
     if let Err(e) = tokenfs::harden::harden() {
         eprintln!("tokenfs: error: cannot harden the process (no core dumps, not dumpable): {e}");

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    #[error("cannot send {state:?} to NOTIFY_SOCKET {socket}: {source}")]
+    #[error("cannot send {state:?} to NOTIFY_SOCKET {socket}: {error}")]
     Send {
         state: String,
         socket: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -43,7 +43,7 @@ impl Notify {
         let err = |source| NotifyError::Send {
             state: state.to_owned(),
             socket: socket.clone(),
-            source,
+            error: source,
         };
         let sock = UnixDatagram::unbound().map_err(err)?;
         if let Some(name) = socket.strip_prefix('@') {

@@ -148,8 +148,7 @@ pub fn render_status(doc: &serde_json::Value, now: SystemTime) -> (String, u8) {
 
 /// `tokenfs check --config FILE`: 0 if every file got a token, else 1.
 pub fn check(args: CheckArgs) -> Result<u8> {
-    let config = Config::load(&args.config)
-        .with_context(|| format!("invalid configuration in {}", args.config.display()))?;
+    let config = Config::load_at_edge(&args.config)?;
     println!("config {}: OK", args.config.display());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -201,8 +200,7 @@ pub fn check(args: CheckArgs) -> Result<u8> {
 /// so the login, the polling and the saving are the daemon's own.
 pub fn login(args: LoginArgs) -> Result<u8> {
     const EVERY: Duration = Duration::from_secs(1);
-    let config = Config::load(&args.config)
-        .with_context(|| format!("invalid configuration in {}", args.config.display()))?;
+    let config = Config::load_at_edge(&args.config)?;
     let names: Vec<String> = config.files.iter().map(|f| f.name.clone()).collect();
     let Some(file) = config.files.into_iter().find(|f| f.name == args.file) else {
         anyhow::bail!(

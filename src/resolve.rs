@@ -212,16 +212,18 @@ pub fn trusted_uid(uid: u32) -> bool {
     is_ours(uid)
 }
 
-/// Create `name` in `parent` as a directory (mode 0755, root's) and open it.
-pub fn create_dir(parent: impl AsFd, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+/// Create `name` in `parent` as a directory (mode 0755, root's) and open it;
+/// `true` if this call made it (not someone else in a race).
+pub fn create_dir(parent: impl AsFd, name: &OsStr) -> rustix::io::Result<(OwnedFd, bool)> {
     let parent = parent.as_fd();
-    match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o755)) {
-        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+    let made = match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o755)) {
+        Ok(()) => true,
+        Err(rustix::io::Errno::EXIST) => false,
         Err(e) => return Err(e),
-    }
+    };
     let fd = rustix::fs::openat(parent, name, path_flags(), Mode::empty())?;
     match file_type(&fd)? {
-        FileType::Directory => Ok(fd),
+        FileType::Directory => Ok((fd, made)),
         _ => Err(rustix::io::Errno::NOTDIR),
     }
 }
@@ -256,7 +258,8 @@ mod tests {
         let missing = resolve(&real.join("new")).unwrap();
         assert!(missing.leaf.is_none());
         assert_eq!(missing.name, "new");
-        let made = create_dir(&missing.parent, &missing.name).unwrap();
+        let (made, created) = create_dir(&missing.parent, &missing.name).unwrap();
+        assert!(created);
         assert_eq!(file_type(&made).unwrap(), FileType::Directory);
         assert!(real.join("new").is_dir());
 

@@ -28,10 +28,10 @@ pub const MAX_SECRET_FILE: usize = 64 * 1024;
 /// say how to fix it; they never contain the secret.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretFileError {
-    #[error("cannot open {}: {source}; check that it exists and tokenfs may read it", path.display())]
-    Open { path: PathBuf, source: io::Error },
-    #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
+    #[error("cannot open {}: {error}; check that it exists and tokenfs may read it", path.display())]
+    Open { path: PathBuf, error: io::Error },
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: PathBuf, error: io::Error },
     #[error("{} is not a regular file; point the setting at a file that holds only the secret", path.display())]
     NotRegular { path: PathBuf },
     #[error(
@@ -46,8 +46,18 @@ pub enum SecretFileError {
     NotUtf8 { path: PathBuf },
     #[error("{} is empty; write the secret into it", path.display())]
     Empty { path: PathBuf },
-    #[error("cannot write {}: {source}; check that its directory exists and tokenfs may write there", path.display())]
-    Write { path: PathBuf, source: io::Error },
+    #[error(
+        "the secret in {} has {stray}: secrets hold no whitespace; rewrite the file with the \
+         secret alone (printf '%s' \"$SECRET\" > {})",
+        path.display(),
+        path.display()
+    )]
+    Whitespace {
+        path: PathBuf,
+        stray: StrayWhitespace,
+    },
+    #[error("cannot write {}: {error}; check that its directory exists and tokenfs may write there", path.display())]
+    Write { path: PathBuf, error: io::Error },
     #[error("{} belongs to uid {uid}: a file root trusts must be root's; run: chown root {}", path.display(), path.display())]
     NotRoots { path: PathBuf, uid: u32 },
     #[error(
@@ -76,7 +86,51 @@ pub fn read_token_file(path: &Path) -> Result<SecretString, SecretFileError> {
 }
 
 fn read_checked(path: &Path, private: bool) -> Result<SecretString, SecretFileError> {
-    read_opened(open_checked(path)?, path, private)
+    let secret = read_opened(open_checked(path)?, path, private)?;
+    // Here, when the config is checked, not later as the upstream's
+    // `invalid_client`: no secret or token holds whitespace, so a stray space or
+    // a second newline is a mistake in writing the file.
+    if let Some(stray) = stray_whitespace(secret.expose_secret()) {
+        return Err(SecretFileError::Whitespace {
+            path: path.to_owned(),
+            stray,
+        });
+    }
+    Ok(secret)
+}
+
+/// Where whitespace sits in a secret, and which: for a message that tells what to
+/// remove without showing the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrayWhitespace {
+    what: String,
+    place: String,
+}
+
+impl std::fmt::Display for StrayWhitespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.what, self.place)
+    }
+}
+
+fn stray_whitespace(secret: &str) -> Option<StrayWhitespace> {
+    let chars: Vec<char> = secret.chars().collect();
+    let (at, c) = chars.iter().enumerate().find(|(_, c)| c.is_whitespace())?;
+    let what = match c {
+        ' ' => "a space".to_owned(),
+        '\t' => "a tab".to_owned(),
+        '\n' => "a line break (\\n)".to_owned(),
+        '\r' => "a carriage return (\\r)".to_owned(),
+        other => format!("a whitespace character (U+{:04X})", *other as u32),
+    };
+    let place = if at == 0 {
+        "at its start".to_owned()
+    } else if chars[at..].iter().all(|c| c.is_whitespace()) {
+        "at its end (only one final line break is removed)".to_owned()
+    } else {
+        format!("inside it, after character {at} of {}", chars.len())
+    };
+    Some(StrayWhitespace { what, place })
 }
 
 /// Read the secret `file` (opened from `path`) holds; see [`read_secret_file`].
@@ -86,7 +140,7 @@ fn read_opened(file: File, path: &Path, private: bool) -> Result<SecretString, S
     // and the read cannot slip a different file in.
     let meta = file.metadata().map_err(|source| SecretFileError::Read {
         path: err_path(),
-        source,
+        error: source,
     })?;
     if !meta.is_file() {
         return Err(SecretFileError::NotRegular { path: err_path() });
@@ -112,7 +166,7 @@ fn read_opened(file: File, path: &Path, private: bool) -> Result<SecretString, S
         buf.zeroize();
         return Err(SecretFileError::Read {
             path: err_path(),
-            source,
+            error: source,
         });
     }
     if buf.len() > MAX_SECRET_FILE {
@@ -149,7 +203,7 @@ fn read_opened(file: File, path: &Path, private: bool) -> Result<SecretString, S
 fn open_checked(path: &Path) -> Result<File, SecretFileError> {
     let open_err = |source| SecretFileError::Open {
         path: path.to_path_buf(),
-        source,
+        error: source,
     };
     let resolved = resolve::resolve(path).map_err(|e| match e {
         resolve::ResolveError::Io(_, source) => open_err(source),
@@ -179,7 +233,7 @@ fn trusted_dir<'a>(path: &Path, dir: &'a OwnedFd) -> Result<&'a OwnedFd, SecretF
         }),
         Err(e) => Err(SecretFileError::Open {
             path: path.to_path_buf(),
-            source: e.into(),
+            error: e.into(),
         }),
     }
 }
@@ -221,7 +275,7 @@ impl SecretWriter {
     pub fn open(path: &Path) -> Result<SecretWriter, SecretFileError> {
         let write_err = |source| SecretFileError::Write {
             path: path.to_path_buf(),
-            source,
+            error: source,
         };
         let (dir_path, name) = dir_and_name(path).map_err(write_err)?;
         let dir_path = std::path::absolute(dir_path).map_err(write_err)?;
@@ -265,7 +319,7 @@ impl SecretWriter {
             Err(rustix::io::Errno::NOENT) => Ok(None),
             Err(e) => Err(SecretFileError::Open {
                 path: self.path.clone(),
-                source: e.into(),
+                error: e.into(),
             }),
         }
     }
@@ -286,12 +340,12 @@ impl SecretWriter {
         )
         .map_err(|e| SecretFileError::Open {
             path: path.clone(),
-            source: e.into(),
+            error: e.into(),
         })?;
         let file = File::from(fd);
         let meta = file.metadata().map_err(|source| SecretFileError::Read {
             path: path.clone(),
-            source,
+            error: source,
         })?;
         if !meta.is_file() {
             return Err(SecretFileError::NotRegular { path });
@@ -315,7 +369,7 @@ impl SecretWriter {
     pub fn write(&mut self, secret: &SecretString) -> Result<(), SecretFileError> {
         let write_err = |source| SecretFileError::Write {
             path: self.path.clone(),
-            source,
+            error: source,
         };
         // Checked again at each save: a directory opened up since would let
         // another user swap what we write.
@@ -516,11 +570,38 @@ mod tests {
             (&b"s3cr3t"[..], "s3cr3t"),
             (b"s3cr3t\n", "s3cr3t"),
             (b"s3cr3t\r\n", "s3cr3t"),
-            (b"s3cr3t\n\n", "s3cr3t\n"),
-            (b" s3cr3t \n", " s3cr3t "),
         ] {
             write_with_mode(&p, content, 0o600);
             assert_eq!(read_secret_file(&p).unwrap().expose_secret(), want);
+        }
+    }
+
+    #[test]
+    fn refuses_stray_whitespace_saying_where_without_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret");
+        for (content, says) in [
+            (&b"s3cr3t\n\n"[..], "a line break (\\n) at its end"),
+            (b"s3cr3t \n", "a space at its end"),
+            (b"s3cr3t\r\r\n", "a carriage return (\\r) at its end"),
+            (b" s3cr3t", "a space at its start"),
+            (b"\ts3cr3t", "a tab at its start"),
+            (b"s3c r3t", "a space inside it, after character 3 of 7"),
+            (
+                b"s3c\nr3t\n",
+                "a line break (\\n) inside it, after character 3 of 7",
+            ),
+        ] {
+            write_with_mode(&p, content, 0o600);
+            let err = read_secret_file(&p).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, SecretFileError::Whitespace { .. }), "{msg}");
+            assert!(msg.contains(says), "{msg}");
+            assert!(msg.contains(&p.display().to_string()), "{msg}");
+            for part in ["s3cr3t", "s3c", "r3t"] {
+                assert!(!msg.contains(part), "{msg}");
+                assert!(!format!("{err:?}").contains(part), "{err:?}");
+            }
         }
         write_with_mode(&p, b"s3cr3t", 0o400);
         assert_eq!(read_secret_file(&p).unwrap().expose_secret(), "s3cr3t");

@@ -425,3 +425,54 @@ fn wait_returns_once_the_mount_answers_and_fails_fast_when_it_cannot() {
     daemon.signal(libc::SIGTERM);
     assert!(daemon.exits_within(STOP_LIMIT, "SIGTERM").success());
 }
+
+/// Each piece of an error (split at ": " and "; ") said once: no cause repeated
+/// after the message that already holds it.
+fn assert_said_once(err: &str) {
+    let line = err.trim();
+    assert_eq!(line.lines().count(), 1, "{err}");
+    assert!(line.matches("(os error").count() <= 1, "{err}");
+    let pieces: Vec<&str> = line
+        .split([':', ';'])
+        .map(str::trim)
+        .filter(|p| p.len() > 3)
+        .collect();
+    for (i, p) in pieces.iter().enumerate() {
+        assert!(!pieces[i + 1..].contains(p), "{p:?} twice in: {err}");
+    }
+}
+
+#[test]
+fn errors_say_what_happened_once() {
+    if !fuse_available("errors_say_what_happened_once") {
+        return;
+    }
+    let tmp = tempdir();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let missing = tmp.path().join("missing.toml");
+    let (file_below, missing_s, api) = (
+        file.join("x").to_str().unwrap().to_owned(),
+        missing.to_str().unwrap().to_owned(),
+        tmp.path().join("api").to_str().unwrap().to_owned(),
+    );
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["mount", "/nonexistent/x/y", "--dev"],
+            "parent directory must exist",
+        ),
+        (&["mount", &file_below, "--dev"], "is a file"),
+        (&["mount", &api, "--config", &missing_s], "No such file"),
+        (&["check", "--config", &missing_s], "No such file"),
+    ];
+    for (args, says) in cases {
+        let out = run(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_said_once(&err);
+    }
+    // The config's path once, not again in a context around it.
+    let out = run(&["check", "--config", &missing_s]);
+    assert_eq!(text(&out.stderr).matches(missing_s.as_str()).count(), 1);
+}

@@ -630,3 +630,24 @@ fn timestamps_past_the_year_9999_render_clamped_not_panicking() {
         "2027-01-15T08:00:00Z"
     );
 }
+
+#[test]
+fn changed_inputs_end_a_backoff_at_once() {
+    let policy = Policy::default();
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let mut st = State::default();
+    assert!(matches!(st.on_read(t0, false), Next::Fetch));
+    let rejected = Err(SourceError::Rejected("invalid_client".into()));
+    assert!(st.finish(rejected, t0, &policy, 0.5).is_err());
+    let seen = Inputs(vec![Some(t0)]);
+    st.failed_with(seen.clone());
+
+    let soon = t0 + Duration::from_millis(100);
+    assert_eq!(st.backoff_inputs(soon), Some(&seen));
+    assert!(matches!(st.on_read(soon, false), Next::Fail(_)));
+    // Other inputs than the failure's: nothing changes.
+    st.inputs_changed(&Inputs(vec![None]), soon);
+    assert!(matches!(st.on_read(soon, false), Next::Fail(_)));
+    st.inputs_changed(&seen, soon);
+    assert!(matches!(st.on_read(soon, false), Next::Fetch));
+}

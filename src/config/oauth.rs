@@ -315,6 +315,7 @@ pub(super) fn oauth2(
         token_url,
         client_id,
         client_secret,
+        client_secret_file: f.client_secret_file.clone(),
         grant,
         scope: f.scope,
         login: login_cfg,
@@ -375,6 +376,7 @@ pub(super) fn exchange(
         token_url,
         client_id,
         client_secret,
+        client_secret_file: f.client_secret_file.clone(),
         grant: Grant::TokenExchange(Exchange {
             subject,
             subject_token_type: f
@@ -503,6 +505,7 @@ pub(super) fn entra(
         token_url: format!("{authority}/{tenant}/oauth2/v2.0/token"),
         client_id,
         client_secret,
+        client_secret_file: f.client_secret_file.clone(),
         grant,
         scope: Some(scope),
         login: login(name, &f, derived, true)?,

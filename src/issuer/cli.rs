@@ -3,7 +3,7 @@
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use super::{store, Issuer, IssuerConfig, LinkState, RunningIssuer};
 /// /realms/REALM/..., so you can point tokenfs (or any OIDC client) at it instead of
 /// a real Keycloak. Typical use:
 ///
-///   tokenfs dev-issuer --offline-token-file /tmp/dev/offline --client-secret-file /tmp/dev/secret
+///   tokenfs dev-issuer --offline-token-file /root/dev/offline --client-secret-file /root/dev/secret
 ///
 /// then configure tokenfs with the printed token URL, the client id, and those files.
 /// Stop it with Ctrl-C (or SIGTERM).
@@ -59,7 +59,7 @@ pub struct DevIssuerArgs {
 
     /// Username whose offline token --offline-token-file receives. Tokens carry it as
     /// preferred_username and name, with email USER@example.com.
-    #[arg(long, value_name = "NAME", default_value = "dev-user")]
+    #[arg(long, value_name = "NAME", default_value = crate::cli::DEV_USER)]
     pub user: String,
 
     /// Client id to register (public, or confidential with --client-secret-file).
@@ -67,12 +67,13 @@ pub struct DevIssuerArgs {
     pub client_id: String,
 
     /// Mint an offline (refresh) token for --user and write it to PATH (mode 0600,
-    /// created or truncated, no trailing newline). Use it with the refresh_token grant.
+    /// created or truncated, no trailing newline; a missing directory is created
+    /// 0700). Use it with the refresh_token grant.
     #[arg(long, value_name = "PATH")]
     pub offline_token_file: Option<PathBuf>,
 
     /// Generate a random client secret, register the client as confidential, and write
-    /// the secret to PATH (mode 0600). Without it the client is public (no secret), and
+    /// the secret to PATH (mode 0600; a missing directory is created 0700). Without it the client is public (no secret), and
     /// the client_credentials grant is refused, as in Keycloak.
     #[arg(long, value_name = "PATH")]
     pub client_secret_file: Option<PathBuf>,
@@ -278,7 +279,15 @@ async fn start(args: &DevIssuerArgs) -> anyhow::Result<(RunningIssuer, &'static 
 
 /// Creates or truncates `path` with mode 0600 and writes the secret without a newline.
 /// Refuses to follow a symlink, so a planted link cannot redirect the secret.
+/// A missing directory is created 0700: the files hold secrets, and a mount's
+/// config may only name secret files in a directory only root writes.
 fn write_secret_file(path: &Path, secret: &SecretString) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)

@@ -38,8 +38,8 @@ pub enum MountpointError {
     )]
     FuseDeviceDenied(std::io::Error),
     #[error(
-        "mounting needs CAP_SYS_ADMIN, which this process lacks: run as root with \
-         CAP_SYS_ADMIN (docker: --cap-add SYS_ADMIN; Kubernetes: \
+        "mounting needs root (CAP_SYS_ADMIN), which this process lacks: run it as root \
+         with CAP_SYS_ADMIN (sudo; docker: --cap-add SYS_ADMIN; Kubernetes: \
          securityContext.capabilities.add: [SYS_ADMIN])"
     )]
     NoPrivilege,
@@ -58,29 +58,50 @@ pub enum MountpointError {
     NotMounted(PathBuf),
     #[error("{path} is a {fstype} mount, not tokenfs: not touching it")]
     NotTokenfs { path: PathBuf, fstype: String },
-    #[error("cannot use mountpoint {path}: {source}")]
+    // The io::Error is in the message and deliberately not a `source`: `{:#}`
+    // at the edge prints every source after the message, so it would say it twice.
+    #[error("cannot use mountpoint {path}: {}", io_hint(.error))]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Untrusted(resolve::ResolveError),
-    #[error("cannot unmount {path}: {source}")]
+    #[error("cannot unmount {path}: {error}")]
     Unmount {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
+/// What went wrong with a mountpoint's path and what to do about it.
+fn io_hint(e: &std::io::Error) -> String {
+    match e.kind() {
+        ErrorKind::NotFound => {
+            format!("{e}: its parent directory must exist; create it first (mkdir -p)")
+        }
+        ErrorKind::NotADirectory => {
+            format!("{e}: a component of the path is a file; give a path through directories")
+        }
+        ErrorKind::PermissionDenied => format!("{e}: run tokenfs as root"),
+        _ => e.to_string(),
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MountpointError + '_ {
-    move |source| MountpointError::Io {
+    move |error| MountpointError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
 /// What mounting needs from the machine: `/dev/fuse` openable and `CAP_SYS_ADMIN`.
 pub fn check_privileges() -> Result<(), MountpointError> {
+    // The capability first: without it (a user's shell, not root) /dev/fuse may
+    // also be closed to us, and "allow the device" would send one to the wrong fix.
+    if !has_cap_sys_admin() {
+        return Err(MountpointError::NoPrivilege);
+    }
     match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -89,9 +110,6 @@ pub fn check_privileges() -> Result<(), MountpointError> {
         Ok(_) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => return Err(MountpointError::NoFuseDevice),
         Err(e) => return Err(MountpointError::FuseDeviceDenied(e)),
-    }
-    if !has_cap_sys_admin() {
-        return Err(MountpointError::NoPrivilege);
     }
     Ok(())
 }
@@ -206,9 +224,9 @@ impl Existing {
 
     /// Detach this very mount (see `kernel::detach`).
     pub fn detach(&self) -> Result<(), MountpointError> {
-        kernel::detach(&self.root).map_err(|source| MountpointError::Unmount {
+        kernel::detach(&self.root).map_err(|error| MountpointError::Unmount {
             path: self.path.clone(),
-            source,
+            error,
         })
     }
 }
@@ -246,9 +264,9 @@ pub fn read_status(root: OwnedFd) -> Result<Vec<u8>, Unanswered> {
 
 fn resolve_error(path: &Path) -> impl FnOnce(resolve::ResolveError) -> MountpointError + '_ {
     move |e| match e {
-        resolve::ResolveError::Io(_, source) => MountpointError::Io {
+        resolve::ResolveError::Io(_, error) => MountpointError::Io {
             path: path.to_owned(),
-            source,
+            error,
         },
         untrusted => MountpointError::Untrusted(untrusted),
     }
@@ -286,6 +304,75 @@ pub struct Prepared {
     /// The directory holding the mountpoint (`O_PATH`).
     pub parent: OwnedFd,
     pub dir: OwnedFd,
+    /// Set if `prepare` made the directory: a start that fails before mounting
+    /// removes it again, so a failed start leaves the tree as it found it.
+    created: Option<Created>,
+}
+
+impl Prepared {
+    /// Mounted on: the directory stays, whatever happens next.
+    pub fn keep(&mut self) {
+        if let Some(created) = &mut self.created {
+            created.armed = false;
+        }
+    }
+}
+
+/// A directory `prepare` made, removed on drop while `armed`. Acts through the
+/// parent's descriptor and checks the name still names the very directory made
+/// (device and inode): the parent may be the user's, who may have renamed it
+/// and put something else there meanwhile.
+#[derive(Debug)]
+struct Created {
+    parent: OwnedFd,
+    name: std::ffi::OsString,
+    dev: u64,
+    ino: u64,
+    armed: bool,
+}
+
+impl Created {
+    fn new(parent: &OwnedFd, name: &std::ffi::OsStr, dir: &OwnedFd) -> std::io::Result<Created> {
+        let st = rustix::fs::fstat(dir)?;
+        Ok(Created {
+            parent: parent.try_clone()?,
+            name: name.to_owned(),
+            dev: st.st_dev,
+            ino: st.st_ino,
+            armed: true,
+        })
+    }
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let same = rustix::fs::statat(
+            &self.parent,
+            self.name.as_os_str(),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|st| {
+            st.st_dev == self.dev
+                && st.st_ino == self.ino
+                && rustix::fs::FileType::from_raw_mode(st.st_mode)
+                    == rustix::fs::FileType::Directory
+        });
+        if !same {
+            return;
+        }
+        // rmdir refuses a directory that is not empty (or is a mountpoint), so
+        // whatever someone put in it meanwhile stays, and so does the directory.
+        if let Err(e) = rustix::fs::unlinkat(
+            &self.parent,
+            self.name.as_os_str(),
+            rustix::fs::AtFlags::REMOVEDIR,
+        ) {
+            tracing::debug!("kept the mountpoint directory made for this start: {e}");
+        }
+    }
 }
 
 /// The mountpoint, resolved once (`resolve`) and held as a descriptor to an
@@ -294,13 +381,23 @@ pub struct Prepared {
 /// not an empty directory.
 pub fn prepare(path: &Path) -> Result<Prepared, MountpointError> {
     let path = absolute(path)?;
+    // Dropped on every error return below: a directory made here goes again.
+    let mut created = None;
     // Mounts may be stacked: peel off every stale one (bounded, to never spin).
     for _ in 0..8 {
         let resolved = resolve::resolve(&path).map_err(resolve_error(&path))?;
         let dir = match resolved.leaf {
             Some(fd) => fd,
-            None => resolve::create_dir(&resolved.parent, &resolved.name)
-                .map_err(|e| io(&path)(e.into()))?,
+            None => {
+                let (dir, made) = resolve::create_dir(&resolved.parent, &resolved.name)
+                    .map_err(|e| io(&path)(e.into()))?;
+                if made {
+                    created = Some(
+                        Created::new(&resolved.parent, &resolved.name, &dir).map_err(io(&path))?,
+                    );
+                }
+                dir
+            }
         };
         if let Some(mount) = existing(path.clone(), dir.try_clone().map_err(io(&path))?)? {
             match mount.read_status() {
@@ -316,7 +413,7 @@ pub fn prepare(path: &Path) -> Result<Prepared, MountpointError> {
                 Err(Unanswered::Error(e)) if mount.is_tokenfs() => {
                     return Err(MountpointError::Io {
                         path,
-                        source: std::io::Error::new(
+                        error: std::io::Error::new(
                             e.kind(),
                             format!("a tokenfs is mounted there and its .status fails ({e}); run `tokenfs unmount` on it first"),
                         ),
@@ -338,6 +435,7 @@ pub fn prepare(path: &Path) -> Result<Prepared, MountpointError> {
             path,
             parent: resolved.parent,
             dir,
+            created,
         });
     }
     Err(io(&path)(std::io::Error::other(
@@ -451,7 +549,39 @@ mod tests {
             Err(MountpointError::NotEmpty(_))
         ));
         let fresh = dir.path().join("new");
-        assert_eq!(prepare(&fresh).unwrap().path, fresh);
+        let mut prepared = prepare(&fresh).unwrap();
+        assert_eq!(prepared.path, fresh);
         assert!(fresh.is_dir());
+        prepared.keep();
+        drop(prepared);
+        assert!(fresh.is_dir(), "kept once mounted on");
+    }
+
+    #[test]
+    fn a_directory_made_for_a_start_that_fails_goes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("new");
+        drop(prepare(&fresh).unwrap());
+        assert!(!fresh.exists(), "made, not mounted on: removed");
+
+        // One that was there before stays.
+        std::fs::create_dir(&fresh).unwrap();
+        drop(prepare(&fresh).unwrap());
+        assert!(fresh.is_dir());
+        std::fs::remove_dir(&fresh).unwrap();
+
+        // Renamed away and replaced meanwhile: neither is touched.
+        let prepared = prepare(&fresh).unwrap();
+        std::fs::rename(&fresh, dir.path().join("moved")).unwrap();
+        std::fs::create_dir(&fresh).unwrap();
+        drop(prepared);
+        assert!(fresh.is_dir() && dir.path().join("moved").is_dir());
+
+        // Something put into it meanwhile keeps it.
+        let other = dir.path().join("other");
+        let prepared = prepare(&other).unwrap();
+        std::fs::write(other.join("f"), "x").unwrap();
+        drop(prepared);
+        assert!(other.join("f").exists());
     }
 }

@@ -43,10 +43,10 @@ impl Default for HttpSettings {
 /// which setting to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("cannot read the CA file {}: {source}", path.display())]
+    #[error("cannot read the CA file {}: {error}", path.display())]
     CaFileUnreadable {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the CA file {} holds no PEM certificate; it must contain one or more `-----BEGIN CERTIFICATE-----` blocks", path.display())]
     CaFileNotPem { path: PathBuf },
@@ -114,7 +114,7 @@ fn build_client(s: &HttpSettings) -> Result<reqwest::Client, BuildError> {
     if let Some(path) = &s.ca_file {
         let pem = std::fs::read(path).map_err(|source| BuildError::CaFileUnreadable {
             path: path.clone(),
-            source,
+            error: source,
         })?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .ok()

@@ -136,6 +136,24 @@ impl Subject for FileSubject {
     }
 }
 
+/// A stamp of what a source reads from disk before a request (the files' mtimes):
+/// when it differs from the stamp of a failed request, someone fixed a file, and
+/// a read asks again at once instead of waiting out the backoff.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inputs(pub Vec<Option<std::time::SystemTime>>);
+
+impl Inputs {
+    /// The mtimes of these files (`None` for one that cannot be stat'ed).
+    pub fn of_files<'a>(files: impl IntoIterator<Item = &'a std::path::Path>) -> Inputs {
+        Inputs(
+            files
+                .into_iter()
+                .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+                .collect(),
+        )
+    }
+}
+
 /// One upstream kind. `issue` is called by at most one task at a time per file.
 #[async_trait::async_trait]
 pub trait Source: Send + Sync {
@@ -160,5 +178,9 @@ pub trait Source: Send + Sync {
     /// Whether a code login waits for a redirect carrying `state`.
     fn login_waits_for(&self, _state: &str) -> bool {
         false
+    }
+    /// The stamp of the inputs the next request would read (see [`Inputs`]).
+    fn inputs(&self) -> Inputs {
+        Inputs::default()
     }
 }

@@ -94,6 +94,9 @@ pub struct OAuthConfig {
     pub token_url: String,
     pub client_id: String,
     pub client_secret: Option<SecretString>,
+    /// The file `client_secret` was read from: read again before a request once
+    /// its mtime changes, so a secret fixed in place is used without a restart.
+    pub client_secret_file: Option<PathBuf>,
     pub grant: Grant,
     /// Sent as `scope` when set.
     pub scope: Option<String>,
@@ -124,7 +127,7 @@ struct Inner {
     client: reqwest::Client,
     token_url: Url,
     client_id: String,
-    client_secret: Option<SecretString>,
+    client_secret: ClientSecret,
     scope: Option<String>,
     http: HttpSettings,
     grant: GrantState,
@@ -177,6 +180,58 @@ impl GrantState {
             GrantState::RefreshToken { .. } => "refresh_token",
             GrantState::ClientCredentials => "client_credentials",
             GrantState::TokenExchange { .. } => TOKEN_EXCHANGE,
+        }
+    }
+}
+
+/// The client secret in use, and the file it is re-read from when that changes.
+#[derive(Debug)]
+struct ClientSecret {
+    current: std::sync::Mutex<Option<Arc<SecretString>>>,
+    /// The file, and its mtime when `current` was read from it.
+    file: Option<(PathBuf, std::sync::Mutex<Option<SystemTime>>)>,
+}
+
+impl ClientSecret {
+    fn new(secret: Option<SecretString>, file: Option<PathBuf>) -> ClientSecret {
+        ClientSecret {
+            current: std::sync::Mutex::new(secret.map(Arc::new)),
+            file: file.map(|f| {
+                let at = mtime(&f);
+                (f, std::sync::Mutex::new(at))
+            }),
+        }
+    }
+
+    /// The secret to send now (a clone of the handle, so no lock is held across
+    /// a request).
+    fn get(&self) -> Option<Arc<SecretString>> {
+        lock(&self.current).clone()
+    }
+
+    fn path(&self) -> Option<&std::path::Path> {
+        self.file.as_ref().map(|(f, _)| f.as_path())
+    }
+
+    /// Take the secret written to the file since it was last read. A file that
+    /// does not read (mid-edit, or wrong) keeps the secret held, said once per change.
+    async fn reload(&self) {
+        let Some((file, seen)) = &self.file else {
+            return;
+        };
+        let now = mtime(file);
+        if now.is_none() || now == *lock(seen) {
+            return;
+        }
+        *lock(seen) = now;
+        let path = file.clone();
+        match tokio::task::spawn_blocking(move || secret_file::read_secret_file(&path)).await {
+            Ok(Ok(secret)) => {
+                tracing::info!(file = %file.display(), "using the client secret written to the file since it was last read");
+                *lock(&self.current) = Some(Arc::new(secret));
+            }
+            Ok(Err(e)) => tracing::warn!("{e}; keeping the client secret held"),
+            Err(e) => tracing::warn!("re-reading {} failed: {e}", file.display()),
         }
     }
 }
@@ -289,7 +344,7 @@ impl OAuthSource {
             client: http::client(&cfg.http)?,
             token_url,
             client_id: cfg.client_id,
-            client_secret: cfg.client_secret,
+            client_secret: ClientSecret::new(cfg.client_secret, cfg.client_secret_file),
             scope: cfg.scope,
             http: cfg.http,
             grant,
@@ -325,6 +380,20 @@ impl Source for OAuthSource {
 
     fn unsaved_refresh_token(&self) -> Option<String> {
         self.inner.unsaved_now()
+    }
+
+    fn inputs(&self) -> super::Inputs {
+        let refresh_token_file = match &self.inner.grant {
+            GrantState::RefreshToken { file, .. } => file.as_deref(),
+            _ => None,
+        };
+        super::Inputs::of_files(
+            self.inner
+                .client_secret
+                .path()
+                .into_iter()
+                .chain(refresh_token_file),
+        )
     }
 
     async fn complete_login(&self, file: &str, redirect: Redirect) -> Result<(), LoginError> {
@@ -374,7 +443,8 @@ impl Inner {
     ) -> Result<(TokenResponse, SystemTime), SourceError> {
         form.insert(0, ("grant_type", grant));
         form.push(("client_id", &self.client_id));
-        if let Some(secret) = &self.client_secret {
+        let secret = self.client_secret.get();
+        if let Some(secret) = &secret {
             form.push(("client_secret", secret.expose_secret()));
         }
         if let Some(scope) = &self.scope {
@@ -538,6 +608,7 @@ impl Inner {
     /// One exchange, with the refresh token held locked from request to
     /// rotation.
     async fn issue(self: &Arc<Self>) -> Result<Issued, SourceError> {
+        self.client_secret.reload().await;
         let (answer, sent) = match &self.grant {
             GrantState::ClientCredentials => self.exchange(Vec::new()).await?,
             GrantState::TokenExchange { params: x, subject } => {
@@ -776,7 +847,8 @@ impl Inner {
             }
         }
         let mut form = vec![("client_id", self.client_id.as_str())];
-        if let Some(secret) = &self.client_secret {
+        let secret = self.client_secret.get();
+        if let Some(secret) = &secret {
             form.push(("client_secret", secret.expose_secret()));
         }
         if let Some(scope) = &self.scope {
@@ -819,7 +891,8 @@ impl Inner {
                 );
                 return;
             }
-            let form = device::poll_form(&pending, &self.client_id, self.client_secret.as_ref());
+            let secret = self.client_secret.get();
+            let form = device::poll_form(&pending, &self.client_id, secret.as_deref());
             match device::poll(&self.client, &self.token_url, &form, &self.http).await {
                 device::Poll::Pending => {}
                 device::Poll::SlowDown => interval = device::slower(interval),

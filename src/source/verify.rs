@@ -622,6 +622,10 @@ impl Source for VerifyingSource {
     fn unsaved_refresh_token(&self) -> Option<String> {
         self.inner.unsaved_refresh_token()
     }
+
+    fn inputs(&self) -> super::Inputs {
+        self.inner.inputs()
+    }
 }
 
 #[cfg(test)]

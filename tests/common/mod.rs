@@ -266,9 +266,14 @@ impl Mount {
     }
 
     pub fn start_at(dir: &Path, args: &[&str]) -> Mount {
+        Mount::start_at_env(dir, args, &[])
+    }
+
+    /// `start_at` with these environment variables set for the daemon.
+    pub fn start_at_env(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Mount {
         let mut full = vec!["mount", dir.to_str().unwrap()];
         full.extend_from_slice(args);
-        let proc = Proc::spawn(&full, &[]);
+        let proc = Proc::spawn(&full, envs);
         let mut m = Mount {
             proc,
             dir: dir.to_owned(),

@@ -46,6 +46,7 @@ fn refresh_cfg(url: &str, rt: &str, rotated_file: Option<PathBuf>) -> OAuthConfi
         token_url: url.into(),
         client_id: "tokenfs".into(),
         client_secret: None,
+        client_secret_file: None,
         grant: Grant::RefreshToken {
             refresh_token: Some(rt.into()),
             file: None,
@@ -128,6 +129,7 @@ async fn client_credentials_sends_secret_and_scope_and_uses_expires_in() {
     .await;
     let src = OAuthSource::new(OAuthConfig {
         client_secret: Some("cl1ent-s3cret".into()),
+        client_secret_file: None,
         grant: Grant::ClientCredentials,
         scope: Some("openid profile".into()),
         ..refresh_cfg(&url, "unused", None)
@@ -522,6 +524,7 @@ fn exchange_cfg(url: &str, subject: SubjectRef) -> OAuthConfig {
         token_url: url.into(),
         client_id: "tokenfs".into(),
         client_secret: Some("s3cret".into()),
+        client_secret_file: None,
         grant: Grant::TokenExchange(Exchange {
             subject,
             subject_token_type: ACCESS_TOKEN_TYPE.into(),
@@ -687,6 +690,7 @@ fn entra_cfg(url: &str, refresh_token: Option<&str>, file: Option<PathBuf>) -> O
         token_url: url.into(),
         client_id: "app".into(),
         client_secret: None,
+        client_secret_file: None,
         grant: Grant::RefreshToken {
             refresh_token: refresh_token.map(SecretString::from),
             file,

@@ -550,6 +550,7 @@ async fn issuer() -> (RunningIssuer, OAuthSource) {
         token_url: running.token_url(),
         client_id: "tokenfs".into(),
         client_secret: Some(secret),
+        client_secret_file: None,
         grant: Grant::RefreshToken {
             refresh_token: Some(offline),
             file: None,
