@@ -433,14 +433,7 @@ fn serve_logins(
         ));
     }
     for addr in redirects {
-        let purpose = Purpose {
-            what: "login redirects",
-            serves: "login redirects",
-            setting: "redirect_listen",
-            owner: None,
-        };
-        let router = crate::login::redirect_router(cells.to_vec());
-        tokio::spawn(crate::listener::serve(Listen::Tcp(addr), router, purpose));
+        tokio::spawn(crate::login::serve_redirects(addr, cells.to_vec()));
     }
 }
 

@@ -206,8 +206,21 @@ async fn from_command(State(cells): State<Cells>, Form(form): Form<LoginForm>) -
     }
 }
 
+/// Serve the browser's redirects for `cells` on `addr` (`redirect_listen`),
+/// until the runtime ends.
+pub async fn serve_redirects(addr: std::net::SocketAddr, cells: Vec<Arc<Cell>>) {
+    let purpose = crate::listener::Purpose {
+        what: "login redirects",
+        serves: "login redirects",
+        setting: "redirect_listen",
+        owner: None,
+    };
+    let listen = crate::listener::Listen::Tcp(addr);
+    crate::listener::serve(listen, redirect_router(cells), purpose).await
+}
+
 /// Any `GET` with the upstream's redirect: a page saying what happened.
-pub fn redirect_router(cells: Vec<Arc<Cell>>) -> Router {
+fn redirect_router(cells: Vec<Arc<Cell>>) -> Router {
     Router::new()
         .fallback(get(from_browser))
         .with_state(Arc::new(cells))

@@ -68,6 +68,15 @@ pub fn status(args: StatusArgs) -> u8 {
     code
 }
 
+/// The async runtime of a command that talks to upstreams without mounting.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// Why a mount's `.status` could not be read, for the user.
 fn unanswered(u: Unanswered) -> String {
     match u {
@@ -150,11 +159,7 @@ pub fn render_status(doc: &serde_json::Value, now: SystemTime) -> (String, u8) {
 pub fn check(args: CheckArgs) -> Result<u8> {
     let config = Config::load_at_edge(&args.config)?;
     println!("config {}: OK", args.config.display());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = runtime()?;
     let _enter = rt.enter();
     let cells = crate::daemon::build_cells(config.files)?;
     let mut code = 0;
@@ -225,26 +230,11 @@ pub fn login(args: LoginArgs) -> Result<u8> {
         crate::source::oauth::Login::Device { .. } => None,
     };
     let code = matches!(login, crate::source::oauth::Login::Code(_));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = runtime()?;
     let _enter = rt.enter();
     let cell = crate::daemon::build_cells(vec![file])?.remove(0);
     if let Some(addr) = redirect_listen {
-        let purpose = crate::listener::Purpose {
-            what: "login redirects",
-            serves: "login redirects",
-            setting: "redirect_listen",
-            owner: None,
-        };
-        let router = crate::login::redirect_router(vec![cell.clone()]);
-        rt.spawn(crate::listener::serve(
-            crate::listener::Listen::Tcp(addr),
-            router,
-            purpose,
-        ));
+        rt.spawn(crate::login::serve_redirects(addr, vec![cell.clone()]));
     }
     let deadline = std::time::Instant::now() + args.timeout;
     let mut shown = None;

@@ -324,6 +324,16 @@ impl Mount {
             .unwrap_or_else(|| panic!("{name} not in .status"))
     }
 
+    /// None of `secrets` shows in `.status` or in the daemon's log so far.
+    pub fn assert_shows_none_of(&self, secrets: &[&str]) {
+        let status = self.read_string(".status");
+        let log = self.proc.stderr();
+        for secret in secrets {
+            assert!(!status.contains(secret), ".status shows a secret");
+            assert!(!log.contains(secret), "the log holds a secret");
+        }
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         self.proc.signal(libc::SIGTERM);
