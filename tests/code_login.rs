@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The workload user who owns the home the mount is in, and another one.
-const USER: u32 = 4242;
+/// A uid other than the home's owner ([`USER`]).
 const OTHER: u32 = 4243;
 
 /// A `redirect_uri` nothing serves: the browser's landing address is copied.
@@ -49,23 +48,14 @@ fn code_file(iss: &DevIssuer, dir: &Path, name: &str, redirect: &str, extra: &st
     )
 }
 
-/// A home owned by [`USER`] inside a root-owned temporary directory, with
-/// the config and a copy of the binary others may run.
-struct Home {
-    tmp: tempfile::TempDir,
-    home: PathBuf,
-    bin: PathBuf,
-}
-
 impl Home {
-    fn new() -> Home {
-        let tmp = tempdir();
-        let home = tmp.path().join("home");
-        std::fs::create_dir(&home).unwrap();
-        std::os::unix::fs::chown(&home, Some(USER), Some(USER)).unwrap();
-        let bin = tmp.path().join("tokenfs");
-        std::fs::copy(BIN, &bin).unwrap();
-        Home { tmp, home, bin }
+    /// A copy of the binary in a directory other uids can reach.
+    fn bin(&self) -> PathBuf {
+        let bin = self.tmp.path().join("tokenfs");
+        if !bin.exists() {
+            std::fs::copy(BIN, &bin).unwrap();
+        }
+        bin
     }
 
     /// One file, `token`, logging in by code, landing where nothing listens.
@@ -80,15 +70,12 @@ impl Home {
     }
 
     fn mount(&self, config: &Path) -> Mount {
-        Mount::start_at(
-            &self.home.join(".api"),
-            &["--config", config.to_str().unwrap()],
-        )
+        Mount::start_at(&self.api(), &["--config", config.to_str().unwrap()])
     }
 
     /// `tokenfs consent ARGS…` as `uid`: exit status, stdout, stderr.
     fn consent(&self, uid: u32, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(&self.bin)
+        let out = Command::new(self.bin())
             .arg("consent")
             .args(args)
             .uid(uid)

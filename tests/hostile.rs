@@ -13,28 +13,7 @@ use std::time::Duration;
 
 use common::*;
 
-/// The workload user.
-const USER: u32 = 4242;
-
-/// A home owned by the workload user inside a root-owned temporary directory.
-struct Home {
-    tmp: tempfile::TempDir,
-    home: PathBuf,
-}
-
 impl Home {
-    fn new() -> Home {
-        let tmp = tempdir();
-        let home = tmp.path().join("home");
-        std::fs::create_dir(&home).unwrap();
-        std::os::unix::fs::chown(&home, Some(USER), Some(USER)).unwrap();
-        Home { tmp, home }
-    }
-
-    fn api(&self) -> PathBuf {
-        self.home.join(".api")
-    }
-
     /// A root-owned directory outside the home, holding one file.
     fn victim(&self) -> PathBuf {
         let victim = self.tmp.path().join("victim");

@@ -812,27 +812,15 @@ fn device_login_against_a_third_party_provider() {
         return;
     };
     let tmp = tempdir();
-    let secret = tmp.path().join("device-secret");
-    write_file(&secret, "tokenfs-device-secret", 0o600);
-    let saved = tmp.path().join("state/refresh-token");
-    let config = tmp.path().join("config.toml");
-    write_file(
-        &config,
+    let (m, saved) = idp_mount(
+        &kc,
+        tmp.path(),
+        "tokenfs-device",
         &format!(
-            "[files.token]\nsource = \"oauth2\"\ntoken_url = \"{idp}/token\"\n\
-             device_authorization_url = \"{idp}/device/auth\"\nclient_id = \"tokenfs-device\"\n\
-             client_secret_file = \"{}\"\nscope = \"openid offline_access\"\nlogin = \"device\"\n\
-             refresh_token_file = \"{}\"\nrotated_refresh_token_file = \"{}\"\nmin_valid = \"20s\"\n",
-            secret.display(),
-            tmp.path().join("none-yet").display(),
-            saved.display(),
-            idp = kc.idp_url,
+            "device_authorization_url = \"{}/device/auth\"\nscope = \"openid offline_access\"\n\
+             login = \"device\"\n",
+            kc.idp_url
         ),
-        0o600,
-    );
-    let m = Mount::start_at(
-        &tmp.path().join("api"),
-        &["--config", config.to_str().unwrap()],
     );
     assert_eq!(errno(m.read("token")), libc::ENOKEY);
     let (url, code) = device_instructions(&m).expect("token.consent-url");
@@ -841,18 +829,7 @@ fn device_login_against_a_third_party_provider() {
     let token = eventually(Duration::from_secs(30), "the token after approval", || {
         m.read("token").ok().map(|b| String::from_utf8(b).unwrap())
     });
-    let claims = jwt_claims(&token);
-    assert_eq!(claims["sub"], "heidi-entra-oid");
-    assert_eq!(claims["aud"], IDP_RESOURCE);
-    let first_refresh = std::fs::read_to_string(&saved).unwrap();
-    // The provider's 60 s token is refreshed with its rotating refresh token.
-    let next = next_token(&m, "token", &token, Duration::from_secs(90));
-    assert_eq!(jwt_claims(&next)["sub"], "heidi-entra-oid");
-    assert_ne!(
-        std::fs::read_to_string(&saved).unwrap(),
-        first_refresh,
-        "rotated and saved"
-    );
+    assert_the_idps_token_rotates(&m, &token, &saved);
 }
 
 /// The code login against a certified third-party provider (oidc-provider):
@@ -864,28 +841,15 @@ fn code_login_against_a_third_party_provider() {
         return;
     };
     let tmp = tempdir();
-    let secret = tmp.path().join("code-secret");
-    write_file(&secret, "tokenfs-code-secret", 0o600);
-    let saved = tmp.path().join("state/refresh-token");
-    let config = tmp.path().join("config.toml");
-    write_file(
-        &config,
+    let (m, saved) = idp_mount(
+        &kc,
+        tmp.path(),
+        "tokenfs-code",
         &format!(
-            "[files.token]\nsource = \"oauth2\"\ntoken_url = \"{idp}/token\"\n\
-             authorization_url = \"{idp}/auth\"\nclient_id = \"tokenfs-code\"\n\
-             client_secret_file = \"{}\"\nscope = \"openid\"\nlogin = \"code\"\n\
-             redirect_uri = \"{CALLBACK}\"\nrefresh_token_file = \"{}\"\n\
-             rotated_refresh_token_file = \"{}\"\nmin_valid = \"20s\"\n",
-            secret.display(),
-            tmp.path().join("none-yet").display(),
-            saved.display(),
-            idp = kc.idp_url,
+            "authorization_url = \"{}/auth\"\nscope = \"openid\"\nlogin = \"code\"\n\
+             redirect_uri = \"{CALLBACK}\"\n",
+            kc.idp_url
         ),
-        0o600,
-    );
-    let m = Mount::start_at(
-        &tmp.path().join("api"),
-        &["--config", config.to_str().unwrap()],
     );
     assert_eq!(errno(m.read("token")), libc::ENOKEY);
     let url = m.read_string("token.consent-url").trim_end().to_owned();
@@ -904,14 +868,45 @@ fn code_login_against_a_third_party_provider() {
         String::from_utf8_lossy(&out.stderr)
     );
     let token = m.read_string("token");
-    let claims = jwt_claims(&token);
+    assert_the_idps_token_rotates(&m, &token, &saved);
+}
+
+/// A mount of one file, `token`, logging in at the brokered IdP as its client
+/// `client` (secret `<client>-secret`) with the `login` settings; and where
+/// its refresh token is saved.
+fn idp_mount(kc: &Keycloak, dir: &Path, client: &str, login: &str) -> (Mount, std::path::PathBuf) {
+    let secret = dir.join("client-secret");
+    write_file(&secret, &format!("{client}-secret"), 0o600);
+    let saved = dir.join("state/refresh-token");
+    let config = dir.join("config.toml");
+    write_file(
+        &config,
+        &format!(
+            "[files.token]\nsource = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"{client}\"\n\
+             client_secret_file = \"{}\"\n{login}refresh_token_file = \"{}\"\n\
+             rotated_refresh_token_file = \"{}\"\nmin_valid = \"20s\"\n",
+            kc.idp_url,
+            secret.display(),
+            dir.join("none-yet").display(),
+            saved.display(),
+        ),
+        0o600,
+    );
+    let m = Mount::start_at(&dir.join("api"), &["--config", config.to_str().unwrap()]);
+    (m, saved)
+}
+
+/// `token` is heidi's JWT for the resource, and the provider's 60 s token is
+/// refreshed with its rotating refresh token, the rotation saved.
+fn assert_the_idps_token_rotates(m: &Mount, token: &str, saved: &Path) {
+    let claims = jwt_claims(token);
     assert_eq!(claims["sub"], "heidi-entra-oid");
     assert_eq!(claims["aud"], IDP_RESOURCE);
-    let first_refresh = std::fs::read_to_string(&saved).unwrap();
-    let next = next_token(&m, "token", &token, Duration::from_secs(90));
+    let first_refresh = std::fs::read_to_string(saved).unwrap();
+    let next = next_token(m, "token", token, Duration::from_secs(90));
     assert_eq!(jwt_claims(&next)["sub"], "heidi-entra-oid");
     assert_ne!(
-        std::fs::read_to_string(&saved).unwrap(),
+        std::fs::read_to_string(saved).unwrap(),
         first_refresh,
         "rotated and saved"
     );

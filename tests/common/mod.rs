@@ -59,6 +59,30 @@ pub fn fuse_available(test: &str) -> bool {
     false
 }
 
+/// The uid of the workload user the tests run as: it owns the home.
+pub const USER: u32 = 4242;
+
+/// A home owned by [`USER`] inside a root-owned temporary directory.
+pub struct Home {
+    pub tmp: tempfile::TempDir,
+    pub home: PathBuf,
+}
+
+impl Home {
+    pub fn new() -> Home {
+        let tmp = tempdir();
+        let home = tmp.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(USER), Some(USER)).unwrap();
+        Home { tmp, home }
+    }
+
+    /// Where the platform mounts tokenfs in a home.
+    pub fn api(&self) -> PathBuf {
+        self.home.join(".api")
+    }
+}
+
 /// A temporary directory that other uids can traverse (tests read as them).
 pub fn tempdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
