@@ -161,10 +161,9 @@ impl DocSlot {
 struct TokenFile {
     cell: Arc<Cell>,
     announced: Mutex<Option<Arc<Token>>>,
-    /// The generation of the token last announced (0: an empty file), and
-    /// until when the kernel may go on using those attributes (their TTL)
-    /// without asking again.
-    cached: Mutex<(u64, SystemTime)>,
+    /// Until when the kernel may go on using the attributes announced last
+    /// (their TTL) without asking again.
+    cached_until: Mutex<SystemTime>,
     /// The token a read of the file returns now, as far as the daemon knows:
     /// the announced one, until the kernel dropped its cache of the file after a
     /// refresh (then the next read gets the cell's newest). `.expires` describes
@@ -213,7 +212,7 @@ impl Files {
                 .map(|cell| TokenFile {
                     cell,
                     announced: Mutex::new(None),
-                    cached: Mutex::new((0, SystemTime::UNIX_EPOCH)),
+                    cached_until: Mutex::new(SystemTime::UNIX_EPOCH),
                     described: Mutex::new(None),
                     consent: DocSlot::new(),
                     expires: DocSlot::new(),
@@ -338,8 +337,8 @@ impl Files {
     pub fn kernel_may_cache_older(&self, ino: u64, generation: u64) -> bool {
         match self.node(ino) {
             Some(Node::Token(file)) => {
-                let (announced, until) = *lock(&file.cached);
-                announced < generation && file.cell.now() < until
+                let announced = lock(&file.announced).as_ref().map_or(0, |t| t.generation);
+                announced < generation && file.cell.now() < *lock(&file.cached_until)
             }
             _ => false,
         }
@@ -426,7 +425,7 @@ impl Files {
         *lock(&file.described) = Some(token.clone());
         let now = file.cell.now();
         let view = self.token_view(ino, token, now);
-        *lock(&file.cached) = (view_generation(&view), now + view.ttl);
+        *lock(&file.cached_until) = now + view.ttl;
         view
     }
 
@@ -531,13 +530,6 @@ impl Files {
         bytes.push(b'\n');
         let doc = file.expires.announce_dated(bytes, token.obtained_at);
         Now::Ready(self.content_view(ino, Content::Doc(doc), Duration::ZERO))
-    }
-}
-
-fn view_generation(view: &View) -> u64 {
-    match &view.content {
-        Some(Content::Token(t)) => t.generation,
-        _ => 0,
     }
 }
 
