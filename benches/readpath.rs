@@ -30,7 +30,7 @@ use tokenfs::issuer::IssuerConfig;
 
 use daemon::{write_config, TokenfsMount, Upstream};
 use latency::{Case, Plan, Source};
-use report::{Results, HTTP, NAIVE, TMPFS, TOKENFS};
+use report::{Results, HTTP, NAIVE, TMPFS, TOKENFS, TOKENFS_KERNEL_OPENS};
 
 /// Upstream latency for the cold-read run: large enough that the daemon's own
 /// overhead is a difference of two clearly non-zero figures.
@@ -86,14 +86,20 @@ fn single_token_config(work: &tempfile::TempDir, upstream: &Upstream) -> std::pa
     write_config(work.path(), &[upstream.file_toml("token", "")])
 }
 
-/// Part 1: the same token bytes served four ways, at 1 and 8 reader threads.
+/// Part 1: the same token bytes served five ways, at 1 and 8 reader threads.
 /// Also returns the RSS (KiB) of that one-file daemon after all those reads.
 fn latency_runs(rt: &tokio::runtime::Runtime) -> (Vec<latency::Measured>, u64) {
     let upstream = Upstream::start(rt, IssuerConfig::default());
     let work = tempfile::tempdir().expect("temp dir");
     let tokenfs = TokenfsMount::start(&single_token_config(&work, &upstream));
+    let fast_work = tempfile::tempdir().expect("temp dir");
+    let fast = TokenfsMount::start_with(
+        &single_token_config(&fast_work, &upstream),
+        &["--kernel-opens"],
+    );
     // The first read issues the token; everything after is warm.
     let token = tokenfs.read("token");
+    assert_eq!(fast.read("token").len(), token.len());
     assert!(
         (256..8192).contains(&token.len()),
         "unexpected token size {}",
@@ -111,6 +117,10 @@ fn latency_runs(rt: &tokio::runtime::Runtime) -> (Vec<latency::Measured>, u64) {
         Case {
             name: TOKENFS,
             source: Source::File(tokenfs.path("token")),
+        },
+        Case {
+            name: TOKENFS_KERNEL_OPENS,
+            source: Source::File(fast.path("token")),
         },
         Case {
             name: TMPFS,

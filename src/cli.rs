@@ -170,6 +170,15 @@ pub struct MountArgs {
     #[arg(long)]
     pub direct_io: bool,
 
+    /// Let the kernel open the files without asking the daemon (FUSE no-open), so
+    /// that a warm open+read costs about what it costs on tmpfs instead of one
+    /// round trip to the daemon. The price: a file without a token (before its
+    /// first read, before consent, during an outage) can then only be shown by
+    /// fetching one, so `stat`, `ls -l` and other walks ask the upstream and fail
+    /// with the read's errno.
+    #[arg(long, conflicts_with = "direct_io")]
+    pub kernel_opens: bool,
+
     /// Also serve the metrics (the text of `.metrics`) at http://ADDR/metrics,
     /// liveness at /healthz (200 while the daemon works) and readiness at /readyz
     /// (200 once every file serves a token or waits on its user). ADDR is a port

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use fuser::{Session, SessionACL};
+
+use crate::fs::fuse::ReadPath;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cell::{random_jitter, Cell, SystemClock};
@@ -81,10 +83,18 @@ pub fn run(args: MountArgs) -> Result<()> {
             read_timeout: config.read_timeout,
             ttl_cap: TTL_CAP,
             login_socket: login_socket.clone(),
+            stand_in: !args.kernel_opens,
         },
     );
 
-    let fs = TokenFs::new(files.clone(), rt.handle().clone(), args.direct_io);
+    let read_path = if args.direct_io {
+        ReadPath::DirectIo
+    } else if args.kernel_opens {
+        ReadPath::KernelOpens
+    } else {
+        ReadPath::PageCache
+    };
+    let fs = TokenFs::new(files.clone(), rt.handle().clone(), read_path);
     // The files belong to the user, not to the root daemon: the kernel's mode
     // checks (default_permissions, set by `mount_fuse`) decide who reads.
     let mut fuse_config = fuser::Config::default();

@@ -11,14 +11,6 @@ const FILE: &str = "azure-token";
 const CONSENT: &str = "azure-token.consent-url";
 
 /// `http://127.0.0.1:PORT` of the embedded issuer, from `.status`.
-fn issuer_base(mount: &Mount) -> String {
-    let upstream = mount.file_status("token")["upstream"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    upstream.split("/realms/").next().unwrap().to_owned()
-}
-
 fn open_consent_url(mount: &Mount) {
     let url = mount.read_string(CONSENT);
     assert!(url.ends_with('\n'), "the URL and a newline");
@@ -33,19 +25,14 @@ fn open_consent_url(mount: &Mount) {
 fn set_consent(mount: &Mount, state: &str) {
     let url = format!(
         "{}/dev/consent?user=alice&alias=azure&state={state}",
-        issuer_base(mount)
+        mount.issuer_base()
     );
     let answer = reqwest::blocking::Client::new().post(url).send().unwrap();
     assert!(answer.status().is_success(), "{}", answer.text().unwrap());
 }
 
 fn exchanges(mount: &Mount) -> u64 {
-    let stats: serde_json::Value =
-        reqwest::blocking::get(format!("{}/dev/stats", issuer_base(mount)))
-            .unwrap()
-            .json()
-            .unwrap();
-    stats["token_exchange"].as_u64().unwrap()
+    mount.issuer_stats()["token_exchange"].as_u64().unwrap()
 }
 
 #[test]
@@ -99,7 +86,7 @@ fn consent_flow_enokey_consent_token_revoke_ekeyexpired_reconsent() {
         jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
     let jwks = format!(
         "{}/{}/discovery/v2.0/keys",
-        issuer_base(&mount),
+        mount.issuer_base(),
         claims["tid"].as_str().unwrap()
     );
     let verified = verify_jwt(&token, &jwks);

@@ -13,27 +13,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use common::*;
 use serde_json::Value;
 
-/// `http://127.0.0.1:PORT` of the embedded issuer, and the realm URL, from `.status`.
-fn issuer(mount: &Mount) -> (String, String) {
-    let upstream = mount.file_status("token")["upstream"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let base = upstream.split("/realms/").next().unwrap().to_owned();
-    let realm = upstream
-        .strip_suffix("/protocol/openid-connect/token")
-        .unwrap()
-        .to_owned();
-    (base, realm)
-}
-
 /// Requests the issuer's realm token endpoint has received.
 fn token_requests(mount: &Mount) -> u64 {
-    let stats: Value = reqwest::blocking::get(format!("{}/dev/stats", issuer(mount).0))
-        .unwrap()
-        .json()
-        .unwrap();
-    stats["token_requests"].as_u64().unwrap()
+    mount.issuer_stats()["token_requests"].as_u64().unwrap()
 }
 
 fn expires(mount: &Mount, file: &str) -> Value {
@@ -267,7 +249,13 @@ fn readme_python_snippets_run_as_written() {
     // answers only a valid bearer token.
     let auth = readme_python("### Python: bearer auth for `requests`");
     assert!(auth.contains("class TokenFsAuth"), "{auth}");
-    let userinfo = format!("{}/protocol/openid-connect/userinfo", issuer(&mount).1);
+    let realm = mount.file_status("token")["upstream"]
+        .as_str()
+        .unwrap()
+        .strip_suffix("/protocol/openid-connect/token")
+        .unwrap()
+        .to_owned();
+    let userinfo = format!("{realm}/protocol/openid-connect/userinfo");
     let script = format!(
         "{auth}\n\
          import sys\n\

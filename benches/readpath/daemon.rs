@@ -114,6 +114,11 @@ impl TokenfsMount {
     /// Spawn `tokenfs mount <tmp>/api --config <config>`; returns at once (the
     /// mount is not necessarily there yet).
     pub fn spawn(config: &Path) -> TokenfsMount {
+        TokenfsMount::spawn_with(config, &[])
+    }
+
+    /// `spawn` with more `mount` options.
+    pub fn spawn_with(config: &Path, options: &[&str]) -> TokenfsMount {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().join("api");
         std::fs::create_dir(&dir).expect("mountpoint");
@@ -122,6 +127,7 @@ impl TokenfsMount {
             .arg(&dir)
             .arg("--config")
             .arg(config)
+            .args(options)
             // Logging is not what is measured; warnings still show on failure.
             .env(
                 "RUST_LOG",
@@ -155,7 +161,12 @@ impl TokenfsMount {
     /// Spawn and wait (≤ 30 s) until the mount answers: `.status` is there.
     /// Reading `.status` does not issue a token, so the cells stay empty.
     pub fn start(config: &Path) -> TokenfsMount {
-        let mut m = TokenfsMount::spawn(config);
+        TokenfsMount::start_with(config, &[])
+    }
+
+    /// `start` with more `mount` options.
+    pub fn start_with(config: &Path, options: &[&str]) -> TokenfsMount {
+        let mut m = TokenfsMount::spawn_with(config, options);
         let ready = sys::poll(Duration::from_secs(30), Duration::from_millis(5), || {
             m.assert_running();
             (sys::is_mounted(&m.dir) && m.path(".status").exists()).then_some(())

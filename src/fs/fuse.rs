@@ -1,6 +1,6 @@
 //! The thin `fuser::Filesystem` adapter over [`Files`]: translate requests,
-//! answer from the fast path when a token is ready, else answer from a tokio
-//! task once the cell has one (replies are `Send`).
+//! answer at once when a token is ready, else answer from a tokio task once the
+//! cell has one (replies are `Send`).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -14,17 +14,30 @@ use fuser::{
     ReplyEntry, ReplyOpen, Request,
 };
 
-use super::{Attr, Content, Files, Kind, Now, View, ROOT_INO};
+use super::{Attr, Content, Files, Kind, Now, Opened, View, ROOT_INO};
+
+/// How reads are served, as asked for; the kernel may grant less.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPath {
+    /// Every open reaches the daemon (one round trip), reads come from the
+    /// kernel's page cache.
+    PageCache,
+    /// Neither opens nor warm reads reach the daemon (`FUSE_NO_OPEN_SUPPORT`).
+    KernelOpens,
+    /// Every read reaches the daemon.
+    DirectIo,
+}
 
 /// The mounted filesystem.
 pub struct TokenFs {
     files: Arc<Files>,
     rt: tokio::runtime::Handle,
-    /// Serve every read from the daemon even if the kernel could cache.
-    force_direct_io: bool,
-    /// Whether the kernel serves opens and warm reads itself (`FUSE_NO_OPEN_SUPPORT`
-    /// granted), which is what makes warm reads cost about what tmpfs reads do.
-    fast_path: AtomicBool,
+    asked: ReadPath,
+    /// Whether warm reads come from the kernel's page cache (`FUSE_AUTO_INVAL_DATA`
+    /// granted, so that a new size or mtime drops stale pages).
+    page_cache: AtomicBool,
+    /// Whether the kernel opens files itself (`FUSE_NO_OPEN_SUPPORT` granted).
+    kernel_opens: AtomicBool,
     /// Direct I/O only: the content each open file reads, pinned at open, so that
     /// one open file never mixes two tokens.
     handles: Arc<Mutex<HashMap<u64, Content>>>,
@@ -32,12 +45,13 @@ pub struct TokenFs {
 }
 
 impl TokenFs {
-    pub fn new(files: Arc<Files>, rt: tokio::runtime::Handle, force_direct_io: bool) -> TokenFs {
+    pub fn new(files: Arc<Files>, rt: tokio::runtime::Handle, asked: ReadPath) -> TokenFs {
         TokenFs {
             files,
             rt,
-            force_direct_io,
-            fast_path: AtomicBool::new(false),
+            asked,
+            page_cache: AtomicBool::new(false),
+            kernel_opens: AtomicBool::new(false),
             handles: Arc::default(),
             next_handle: AtomicU64::new(1),
         }
@@ -49,6 +63,30 @@ impl TokenFs {
             .unwrap_or_else(|e| e.into_inner())
             .get(&fh.0)
             .cloned()
+    }
+
+    /// Direct I/O: pin the content the open file reads, so it never mixes two tokens.
+    fn open_direct(&self, ino: u64, reply: ReplyOpen) {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let handles = self.handles.clone();
+        self.with_view(
+            ino,
+            |f| f.read_now(ino),
+            move |view| match view {
+                Ok(View {
+                    content: Some(content),
+                    ..
+                }) => {
+                    handles
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(fh, content);
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+                }
+                Ok(_) => reply.error(Errno::EISDIR),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            },
+        );
     }
 
     /// Answer `reply` with a view of `ino`: now if ready, else once the cell has a token.
@@ -104,16 +142,29 @@ fn file_attr(a: &Attr) -> FileAttr {
 
 impl Filesystem for TokenFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Both or neither: without auto-inval-data a cached page could outlive its token.
-        let wanted = InitFlags::FUSE_NO_OPEN_SUPPORT | InitFlags::FUSE_AUTO_INVAL_DATA;
-        let fast = !self.force_direct_io && config.add_capabilities(wanted).is_ok();
-        self.fast_path.store(fast, Ordering::SeqCst);
-        if fast {
-            tracing::info!("read path: kernel page cache (no-open, auto-inval-data, TTL bounded by token deadlines)");
-        } else if self.force_direct_io {
-            tracing::info!("read path: direct I/O (--direct-io); every read reaches the daemon");
-        } else {
-            tracing::warn!("read path: direct I/O (kernel lacks FUSE_NO_OPEN_SUPPORT or FUSE_AUTO_INVAL_DATA); every read reaches the daemon");
+        // Without auto-inval-data a cached page could outlive its token, so the
+        // page cache needs it. By default opens reach the daemon: a file without
+        // a token is shown as an empty stand-in, and only an open can move a
+        // reader from it to the token file.
+        let (cached, kernel_opens) = match self.asked {
+            ReadPath::DirectIo => (false, false),
+            ReadPath::PageCache => {
+                let ok = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
+                (ok.is_ok(), false)
+            }
+            ReadPath::KernelOpens => {
+                let both = InitFlags::FUSE_NO_OPEN_SUPPORT | InitFlags::FUSE_AUTO_INVAL_DATA;
+                let ok = config.add_capabilities(both).is_ok();
+                (ok, ok)
+            }
+        };
+        self.page_cache.store(cached, Ordering::SeqCst);
+        self.kernel_opens.store(kernel_opens, Ordering::SeqCst);
+        match (cached, kernel_opens, self.asked) {
+            (true, true, _) => tracing::info!("read path: kernel page cache, opens in the kernel (--kernel-opens; TTL bounded by token deadlines)"),
+            (true, false, _) => tracing::info!("read path: kernel page cache (auto-inval-data, TTL bounded by token deadlines), opens answered by the daemon"),
+            (false, _, ReadPath::DirectIo) => tracing::info!("read path: direct I/O (--direct-io); every read reaches the daemon"),
+            (false, _, _) => tracing::warn!("read path: direct I/O (kernel lacks FUSE_AUTO_INVAL_DATA or FUSE_NO_OPEN_SUPPORT); every read reaches the daemon"),
         }
         Ok(())
     }
@@ -144,31 +195,29 @@ impl Filesystem for TokenFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if self.fast_path.load(Ordering::Relaxed) {
+        if self.kernel_opens.load(Ordering::Relaxed) {
             // ENOSYS under FUSE_NO_OPEN_SUPPORT: the kernel stops sending opens and
             // keeps the page cache across them.
             return reply.error(Errno::ENOSYS);
         }
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let handles = self.handles.clone();
-        self.with_view(
-            ino.0,
-            |f| f.read_now(ino.0),
-            move |view| match view {
-                Ok(View {
-                    content: Some(content),
-                    ..
-                }) => {
-                    handles
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(fh, content);
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
-                }
-                Ok(_) => reply.error(Errno::EISDIR),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            },
-        );
+        let ino = ino.0;
+        match self.files.open_now(ino) {
+            Err(errno) => reply.error(Errno::from_i32(errno)),
+            Ok(Some(Opened::Stale)) => reply.error(Errno::ESTALE),
+            Ok(None) => {
+                let files = self.files.clone();
+                self.rt.spawn(async move {
+                    match files.wait(ino).await {
+                        Ok(_) => reply.error(Errno::ESTALE),
+                        Err(errno) => reply.error(Errno::from_i32(errno)),
+                    }
+                });
+            }
+            Ok(Some(Opened::Cached)) if self.page_cache.load(Ordering::Relaxed) => {
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Ok(Some(Opened::Cached)) => self.open_direct(ino, reply),
+        }
     }
 
     fn release(
@@ -394,7 +443,7 @@ mod tests {
     fn a_panic_while_looking_answers_eio_and_the_next_request_is_served() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let (files, _, _) = crate::fs::tests::files();
-        let fs = TokenFs::new(files, rt.handle().clone(), false);
+        let fs = TokenFs::new(files, rt.handle().clone(), ReadPath::PageCache);
         let (tx, rx) = std::sync::mpsc::channel();
         let answer = {
             let tx = tx.clone();

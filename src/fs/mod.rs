@@ -31,8 +31,12 @@ pub const CONSENT_SUFFIX: &str = ".consent-url";
 /// `<file>.expires` exists while `<file>` has a token to serve: when it expires,
 /// as JSON, so that clients need not decode the token (an opaque one cannot be).
 pub const EXPIRES_SUFFIX: &str = ".expires";
-/// Inodes per token file: the token, its `.consent-url`, its `.expires`.
-const INODES_PER_FILE: u64 = 3;
+/// Inodes per token file: the token, then these after it.
+const INODES_PER_FILE: u64 = 4;
+const CONSENT_INO: u64 = 1;
+const EXPIRES_INO: u64 = 2;
+/// The token file's stand-in while it has no token (see [`Node::Pending`]).
+const PENDING_INO: u64 = 3;
 
 /// Who owns the mount's files; only they (and root) may read them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +54,9 @@ pub struct Options {
     pub ttl_cap: Duration,
     /// Where `tokenfs consent` completes a code login, shown in `.status`.
     pub login_socket: Option<std::path::PathBuf>,
+    /// Show a file without a servable token as the pending stand-in. Only when
+    /// opens reach the daemon: the stand-in's open is what moves a reader on.
+    pub stand_in: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,8 +181,8 @@ struct TokenFile {
     expires: DocSlot,
 }
 
-/// Which file an inode is. Token file `i` is `FIRST_TOKEN_INO + 3i`, its
-/// consent-url file the inode after it, its expires file the one after that.
+/// Which file an inode is: token file `i` is `FIRST_TOKEN_INO + 4i`, its
+/// companions the `*_INO` offsets after it.
 enum Node<'a> {
     Root,
     Status,
@@ -183,6 +190,25 @@ enum Node<'a> {
     Token(&'a TokenFile),
     Consent(&'a TokenFile),
     Expires(&'a TokenFile),
+    /// What the token file's name resolves to while it has no servable token: an
+    /// empty file that `stat`, `ls -l`, `find` and `du` see without any upstream
+    /// request. It never serves content: its open waits for a token and then
+    /// answers `ESTALE`, on which the kernel looks the name up once more and
+    /// opens the token file itself. Its size is always 0 and the token file's is
+    /// always its token's, so no attribute reply of one can ever give the other
+    /// a length its reads do not have.
+    Pending(&'a TokenFile),
+}
+
+/// What an open of a file gets, once any wait is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// Served from the kernel's page cache, kept across opens; freshness comes
+    /// from the attribute TTLs and invalidations.
+    Cached,
+    /// The name now resolves to another inode (a token arrived): `ESTALE`, so
+    /// that the kernel repeats the lookup.
+    Stale,
 }
 
 /// The content of `<file>.expires`: nothing of the token itself.
@@ -239,9 +265,10 @@ impl Files {
                 let index = usize::try_from(offset / INODES_PER_FILE).ok()?;
                 let file = self.tokens.get(index)?;
                 Some(match offset % INODES_PER_FILE {
-                    0 => Node::Token(file),
-                    1 => Node::Consent(file),
-                    _ => Node::Expires(file),
+                    CONSENT_INO => Node::Consent(file),
+                    EXPIRES_INO => Node::Expires(file),
+                    PENDING_INO => Node::Pending(file),
+                    _ => Node::Token(file),
                 })
             }
         }
@@ -261,18 +288,20 @@ impl Files {
         let name = name.to_str()?;
         // Config names never end in either suffix, so a name has one reading.
         let (base, companion) = if let Some(base) = name.strip_suffix(CONSENT_SUFFIX) {
-            (base, 1)
+            (base, CONSENT_INO)
         } else if let Some(base) = name.strip_suffix(EXPIRES_SUFFIX) {
-            (base, 2)
+            (base, EXPIRES_INO)
         } else {
             (name, 0)
         };
         let index = self.tokens.iter().position(|t| t.cell.name() == base)?;
-        let cell = &self.tokens[index].cell;
-        let exists = match companion {
-            1 => cell.consent_url().is_some(),
-            2 => self.described(&self.tokens[index]).is_some(),
-            _ => true,
+        let file = &self.tokens[index];
+        let (exists, companion) = match companion {
+            CONSENT_INO => (file.cell.consent_url().is_some(), companion),
+            EXPIRES_INO => (self.described(file).is_some(), companion),
+            // Without a servable token the name is the pending stand-in, so that
+            // a walk of the directory neither fails nor asks the upstream.
+            _ => (true, self.token_or_pending(file)),
         };
         exists.then(|| Self::token_ino(index) + companion)
     }
@@ -285,21 +314,33 @@ impl Files {
             (METRICS_INO, METRICS_NAME.to_owned()),
         ];
         for (i, t) in self.tokens.iter().enumerate() {
-            out.push((Self::token_ino(i), t.cell.name().to_owned()));
+            out.push((
+                Self::token_ino(i) + self.token_or_pending(t),
+                t.cell.name().to_owned(),
+            ));
             if t.cell.consent_url().is_some() {
                 out.push((
-                    Self::token_ino(i) + 1,
+                    Self::token_ino(i) + CONSENT_INO,
                     format!("{}{CONSENT_SUFFIX}", t.cell.name()),
                 ));
             }
             if self.described(t).is_some() {
                 out.push((
-                    Self::token_ino(i) + 2,
+                    Self::token_ino(i) + EXPIRES_INO,
                     format!("{}{EXPIRES_SUFFIX}", t.cell.name()),
                 ));
             }
         }
         out
+    }
+
+    /// The offset of the inode a token file's name resolves to now.
+    fn token_or_pending(&self, file: &TokenFile) -> u64 {
+        if self.opts.stand_in && file.cell.peek().is_none() {
+            PENDING_INO
+        } else {
+            0
+        }
     }
 
     /// Count a read the daemon answered (for `.metrics`); only token files count.
@@ -357,6 +398,7 @@ impl Files {
             Some(Node::Metrics) => Now::Ready(self.metrics_view()),
             Some(Node::Consent(file)) => self.consent_view(ino, file),
             Some(Node::Expires(file)) => self.expires_view(ino, file),
+            Some(Node::Pending(_)) => Now::Ready(self.pending_view(ino)),
             Some(Node::Token(file)) => match file.cell.peek() {
                 Some(token) => Now::Ready(self.announce(ino, file, token)),
                 None => Now::MustWait,
@@ -388,6 +430,9 @@ impl Files {
                 Some(_) => doc(&file.expires).map_or_else(|| self.attr_now(ino), Now::Ready),
                 None => Now::Err(libc::ENOENT),
             },
+            // Only reachable by a descriptor opened without the open request
+            // (never asked for): it has nothing to read.
+            Some(Node::Pending(_)) => Now::Ready(self.pending_view(ino)),
             Some(Node::Token(file)) => {
                 let now = file.cell.now();
                 let announced = lock(&file.announced).clone();
@@ -399,10 +444,14 @@ impl Files {
         }
     }
 
-    /// Wait (up to the read timeout) for the cell of `ino` to have a servable token.
+    /// Wait (up to the read timeout) for the cell of `ino` to have a servable
+    /// token. For the pending stand-in, the view is the token's, not announced:
+    /// the kernel learns of it by looking the name up again.
     pub async fn wait(&self, ino: u64) -> Result<View, i32> {
-        let Some(Node::Token(file)) = self.node(ino) else {
-            return Err(libc::ENOENT);
+        let (file, pending) = match self.node(ino) {
+            Some(Node::Token(file)) => (file, false),
+            Some(Node::Pending(file)) => (file, true),
+            _ => return Err(libc::ENOENT),
         };
         let timeout = self.opts.read_timeout;
         let token = match tokio::time::timeout(timeout, file.cell.get()).await {
@@ -417,7 +466,25 @@ impl Files {
                 return Err(CellError::ReadTimeout(timeout).errno());
             }
         };
+        if pending {
+            return Ok(self.token_view(ino, token, file.cell.now()));
+        }
         Ok(self.announce(ino, file, token))
+    }
+
+    /// How an open of `ino` is served. Opening the pending stand-in is the first
+    /// step of a read, so it waits for a token (and its errors are the read's);
+    /// nothing else waits at open.
+    pub fn open_now(&self, ino: u64) -> Result<Option<Opened>, i32> {
+        match self.node(ino) {
+            None => Err(libc::ENOENT),
+            Some(Node::Root) => Err(libc::EISDIR),
+            Some(Node::Pending(file)) => match file.cell.peek() {
+                Some(_) => Ok(Some(Opened::Stale)),
+                None => Ok(None),
+            },
+            Some(_) => Ok(Some(Opened::Cached)),
+        }
     }
 
     fn announce(&self, ino: u64, file: &TokenFile, token: Arc<Token>) -> View {
@@ -453,6 +520,23 @@ impl Files {
             },
             ttl,
             content: Some(content),
+        }
+    }
+
+    /// Size 0 and TTL 0: the kernel asks again at each access, so the name moves
+    /// to the token file as soon as there is a token.
+    fn pending_view(&self, ino: u64) -> View {
+        View {
+            attr: Attr {
+                ino,
+                kind: Kind::File,
+                size: 0,
+                mtime: self.started,
+                perm: 0o400,
+                owner: self.opts.owner,
+            },
+            ttl: Duration::ZERO,
+            content: None,
         }
     }
 

@@ -54,6 +54,7 @@ pub(super) fn files() -> (Arc<Files>, Arc<Cell>, Arc<ManualClock>) {
         read_timeout: Duration::from_secs(10),
         ttl_cap: Duration::from_secs(600),
         login_socket: None,
+        stand_in: true,
     };
     (Files::new(vec![cell.clone()], opts), cell, clock)
 }
@@ -69,7 +70,11 @@ fn ready(now: Now) -> View {
 #[test]
 fn names_and_inodes() {
     let (files, _, _) = files();
-    assert_eq!(files.lookup(ROOT_INO, OsStr::new("token")), Some(4));
+    assert_eq!(
+        files.lookup(ROOT_INO, OsStr::new("token")),
+        Some(4 + PENDING_INO),
+        "no token yet: the pending stand-in"
+    );
     assert_eq!(
         files.lookup(ROOT_INO, OsStr::new(".status")),
         Some(STATUS_INO)
@@ -228,6 +233,7 @@ async fn consent_url_file_exists_only_while_consent_is_needed() {
         read_timeout: Duration::from_secs(10),
         ttl_cap: Duration::from_secs(600),
         login_socket: None,
+        stand_in: true,
     };
     let files = Files::new(vec![cell], opts);
     let consent = OsStr::new("azure-token.consent-url");
@@ -382,7 +388,7 @@ async fn expires_file_follows_the_servable_token_and_never_asks_the_upstream() {
 }
 
 #[tokio::test]
-async fn each_file_has_three_inodes() {
+async fn each_file_has_four_inodes() {
     let (one, first, clock) = files();
     let second = Cell::new(
         "second",
@@ -392,19 +398,50 @@ async fn each_file_has_three_inodes() {
         Arc::new(|| 0.5),
     );
     let files = Files::new(vec![first, second], one.opts.clone());
-    assert_eq!(files.lookup(ROOT_INO, OsStr::new("token")), Some(4));
-    assert_eq!(files.lookup(ROOT_INO, OsStr::new("second")), Some(7));
-    assert_eq!(files.wait(7).await.unwrap().attr.ino, 7);
+    assert_eq!(files.lookup(ROOT_INO, OsStr::new("token")), Some(7));
+    assert_eq!(files.wait(8).await.unwrap().attr.ino, 8);
+    assert_eq!(files.lookup(ROOT_INO, OsStr::new("second")), Some(8));
     assert_eq!(
         files.lookup(ROOT_INO, OsStr::new("second.expires")),
-        Some(9)
+        Some(10)
     );
     assert_eq!(files.lookup(ROOT_INO, OsStr::new("token.expires")), None);
-    assert!(matches!(files.attr_now(9), Now::Ready(_)));
+    assert!(matches!(files.attr_now(10), Now::Ready(_)));
     assert!(matches!(files.attr_now(6), Now::Err(libc::ENOENT)));
-    assert!(matches!(files.attr_now(10), Now::Err(libc::ENOENT)));
+    assert!(matches!(files.attr_now(13), Now::Err(libc::ENOENT)));
     let inodes: Vec<_> = files.entries().into_iter().map(|(i, _)| i).collect();
-    assert_eq!(inodes, [STATUS_INO, METRICS_INO, 4, 7, 9]);
+    assert_eq!(inodes, [STATUS_INO, METRICS_INO, 7, 8, 10]);
+}
+
+#[tokio::test]
+async fn without_a_token_the_name_is_an_empty_stand_in_that_asks_nothing() {
+    let (files, cell, clock) = files();
+    let pending = 4 + PENDING_INO;
+    for _ in 0..3 {
+        let view = ready(files.attr_now(pending));
+        assert_eq!((view.attr.size, view.attr.perm), (0, 0o400));
+        assert_eq!(view.attr.kind, Kind::File);
+        assert_eq!(view.ttl, Duration::ZERO, "asked again at each access");
+    }
+    assert_eq!(cell.status().fetches, 0, "a walk asks no upstream");
+    // Opening it is the first step of a read: it waits, then sends the reader on.
+    assert_eq!(files.open_now(pending), Ok(None));
+    let view = files.wait(pending).await.unwrap();
+    assert_eq!(view.content.unwrap().bytes(), b"token-x");
+    assert_eq!(files.open_now(pending), Ok(Some(Opened::Stale)));
+    assert_eq!(files.lookup(ROOT_INO, OsStr::new("token")), Some(4));
+    assert_eq!(ready(files.attr_now(4)).attr.size, 7);
+    assert_eq!(files.open_now(4), Ok(Some(Opened::Cached)));
+    assert_eq!(
+        ready(files.attr_now(pending)).attr.size,
+        0,
+        "the stand-in never takes a size, whatever a reader holding it sees"
+    );
+    // Past the deadline the name is the stand-in again, without asking anything.
+    clock.0.fetch_add(300, Ordering::SeqCst);
+    assert_eq!(files.lookup(ROOT_INO, OsStr::new("token")), Some(pending));
+    assert_eq!(cell.status().fetches, 1);
+    assert!(matches!(files.open_now(ROOT_INO), Err(libc::EISDIR)));
 }
 
 #[tokio::test]

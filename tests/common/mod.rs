@@ -348,6 +348,24 @@ impl Mount {
             .unwrap_or_else(|| panic!("{name} not in .status"))
     }
 
+    /// `http://127.0.0.1:PORT` of the issuer `token` is served from (`--dev`'s
+    /// embedded one), from `.status`.
+    pub fn issuer_base(&self) -> String {
+        let upstream = self.file_status("token")["upstream"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        upstream.split("/realms/").next().unwrap().to_owned()
+    }
+
+    /// The development issuer's `/dev/stats`: what it has been asked so far.
+    pub fn issuer_stats(&self) -> serde_json::Value {
+        reqwest::blocking::get(format!("{}/dev/stats", self.issuer_base()))
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
     /// None of `secrets` shows in `.status` or in the daemon's log so far.
     pub fn assert_shows_none_of(&self, secrets: &[&str]) {
         let status = self.read_string(".status");
