@@ -47,7 +47,7 @@ pub enum SecretFileError {
     #[error(
         "{} is readable by its group {gid} (mode {mode:04o}), which the files' owner \
          {}:{} holds, so the workload could read the secret: in Kubernetes set the pod's \
-         securityContext.fsGroup to a group the workload is not in (not its gid {}); \
+         securityContext.fsGroup to a group the workload is not in (its gid is {}); \
          elsewhere run: chmod 600 {}",
         path.display(),
         owner.uid,
