@@ -245,6 +245,12 @@ pub struct CheckArgs {
     /// How long to wait for each file's upstream.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+
+    /// The files' owner, UID:GID (as `mount --owner`): a group-readable secret
+    /// file is accepted only if its group is none of this owner's [default: the
+    /// config's mount.uid/mount.gid, else the owner of the mountpoint's parent].
+    #[arg(long, value_name = "UID:GID", value_parser = parse_owner, env = "TOKENFS_USER")]
+    pub owner: Option<crate::fs::Owner>,
 }
 
 #[derive(Debug, Args)]
@@ -259,6 +265,12 @@ pub struct LoginArgs {
     /// How long to wait for the approval.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+
+    /// The files' owner, UID:GID (as `mount --owner`): a group-readable secret
+    /// file is accepted only if its group is none of this owner's [default: the
+    /// config's mount.uid/mount.gid, else the owner of the mountpoint's parent].
+    #[arg(long, value_name = "UID:GID", value_parser = parse_owner, env = "TOKENFS_USER")]
+    pub owner: Option<crate::fs::Owner>,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ use secrecy::SecretString;
 use crate::cell::Policy;
 use crate::fs::Owner;
 use crate::secret_file;
+use crate::secret_mode;
 use crate::source::get::GetConfig;
 use crate::source::http::HttpSettings;
 use crate::source::oauth::{Exchange, Grant, OAuthConfig, SubjectRef};
@@ -98,34 +99,53 @@ impl Config {
     /// `load` for a command's edge: an error names the file once (reading and
     /// parsing errors already do; a key's error gets the file added).
     pub fn load_at_edge(path: &Path) -> anyhow::Result<Config> {
-        Config::load(path).map_err(|e| match e {
-            ConfigError::Invalid { .. } => anyhow::Error::new(e)
-                .context(format!("invalid configuration in {}", path.display())),
-            named => anyhow::Error::new(named),
-        })
+        Config::load(path).map_err(|e| edge(path, e))
+    }
+
+    /// [`Config::load_at_edge`] for a command that knows the files' owner
+    /// before the secret files are read: `owner` gets the config's
+    /// `mount.uid`/`mount.gid` (if set) and decides; that owner becomes
+    /// [`Config::owner`] and the process's [`secret_mode::set_workload`], so a
+    /// group-readable secret file is judged against its groups.
+    pub fn load_owned_at_edge(
+        path: &Path,
+        owner: impl FnOnce(Option<Owner>) -> anyhow::Result<Option<Owner>>,
+    ) -> anyhow::Result<Config> {
+        let raw = Config::parse(path).map_err(|e| edge(path, e))?;
+        let configured = raw_owner(&raw).map_err(|e| edge(path, e))?;
+        let owner = owner(configured)?;
+        if let Some(owner) = owner {
+            secret_mode::set_workload(secret_mode::Workload::of(owner));
+        }
+        let mut config = Config::from_raw(path, raw).map_err(|e| edge(path, e))?;
+        config.owner = owner;
+        Ok(config)
     }
 
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::from_raw(path, Config::parse(path)?)
+    }
+
+    fn parse(path: &Path) -> Result<RawConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
             error,
         })?;
-        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
-        })?;
+        })
+    }
+
+    fn from_raw(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         refuse_readable_inline_headers(path, &raw)?;
         Config::validate(raw)
     }
 
     /// Turn the parsed file into the typed config, loading secret files.
     pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-        let owner = match (raw.mount.uid, raw.mount.gid) {
-            (Some(uid), Some(gid)) => Some(Owner { uid, gid }),
-            (None, None) => None,
-            _ => return Err(invalid("mount.uid/mount.gid", "set both or neither")),
-        };
+        let owner = raw_owner(&raw)?;
         let read_timeout = raw.mount.read_timeout.unwrap_or(Duration::from_secs(10));
         if read_timeout.is_zero() {
             return Err(invalid("mount.read_timeout", "must be more than 0s"));
@@ -169,10 +189,27 @@ impl Config {
     }
 }
 
+/// A config error at a command's edge, naming the file once.
+fn edge(path: &Path, e: ConfigError) -> anyhow::Error {
+    match e {
+        ConfigError::Invalid { .. } => {
+            anyhow::Error::new(e).context(format!("invalid configuration in {}", path.display()))
+        }
+        named => anyhow::Error::new(named),
+    }
+}
+
+fn raw_owner(raw: &RawConfig) -> Result<Option<Owner>, ConfigError> {
+    match (raw.mount.uid, raw.mount.gid) {
+        (Some(uid), Some(gid)) => Ok(Some(Owner { uid, gid })),
+        (None, None) => Ok(None),
+        _ => Err(invalid("mount.uid/mount.gid", "set both or neither")),
+    }
+}
+
 /// Inline header values (e.g. an API key) are secrets held in the config itself:
 /// then the config must be as private as a secret file.
 fn refuse_readable_inline_headers(path: &Path, raw: &RawConfig) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
     let inline = raw.files.iter().find_map(|(name, f)| {
         let headers = f.headers.as_ref()?;
         let (header, _) = headers
@@ -180,21 +217,19 @@ fn refuse_readable_inline_headers(path: &Path, raw: &RawConfig) -> Result<(), Co
             .find(|(_, v)| matches!(v, raw::HeaderValue::Plain(_)))?;
         Some(format!("files.{name}.headers.{header}"))
     });
-    let mode = std::fs::metadata(path)
-        .map(|m| m.permissions().mode())
-        .unwrap_or(0);
-    match inline {
-        Some(key) if mode & 0o077 != 0 => Err(invalid(
+    let Some(key) = inline else {
+        return Ok(());
+    };
+    let meta = std::fs::metadata(path).map_err(|error| ConfigError::Read {
+        path: path.to_owned(),
+        error,
+    })?;
+    secret_file::check_private_mode(path, &meta).map_err(|e| {
+        invalid(
             key,
-            format!(
-                "an inline header value in a config readable by group or others (mode {:04o}); \
-                 run: chmod 600 {}, or move the value to {{ file = \"/path\" }}",
-                mode & 0o7777,
-                path.display()
-            ),
-        )),
-        _ => Ok(()),
-    }
+            format!("an inline header value, but {e}; or move the value to {{ file = \"/path\" }}"),
+        )
+    })
 }
 
 fn validate_name(name: &str) -> Result<(), ConfigError> {

@@ -25,6 +25,7 @@ pub mod notify;
 pub mod ops;
 pub mod resolve;
 pub mod secret_file;
+pub mod secret_mode;
 pub mod source;
 pub mod status;
 

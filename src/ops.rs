@@ -3,6 +3,7 @@
 //! process's exit code; none ever prints a token.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
@@ -10,6 +11,7 @@ use anyhow::{Context, Result};
 use crate::cell::StateName;
 use crate::cli::{CheckArgs, ConsentArgs, LoginArgs, StatusArgs, WaitArgs};
 use crate::config::Config;
+use crate::fs::Owner;
 use crate::health::Readiness;
 use crate::mountpoint::{self, MountpointError, Unanswered};
 
@@ -155,9 +157,27 @@ pub fn render_status(doc: &serde_json::Value, now: SystemTime) -> (String, u8) {
     (out, code)
 }
 
+/// The files' owner for a command that reads the config's secrets but does not
+/// mount, decided as `mount` would: `--owner`, the config's, else the owner of
+/// the mountpoint's parent if it exists (`None`: no owner known).
+fn owner_without_mount(given: Option<Owner>, configured: Option<Owner>) -> Option<Owner> {
+    use std::os::unix::fs::MetadataExt;
+    given.or(configured).or_else(|| {
+        let mountpoint = std::env::var_os("TOKENFS_MOUNTPOINT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(crate::cli::DEFAULT_MOUNTPOINT));
+        let meta = std::fs::metadata(mountpoint.parent()?).ok()?;
+        Some(Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        })
+    })
+}
+
 /// `tokenfs check --config FILE`: 0 if every file got a token, else 1.
 pub fn check(args: CheckArgs) -> Result<u8> {
-    let config = Config::load_at_edge(&args.config)?;
+    let config =
+        Config::load_owned_at_edge(&args.config, |c| Ok(owner_without_mount(args.owner, c)))?;
     println!("config {}: OK", args.config.display());
     let rt = runtime()?;
     let _enter = rt.enter();
@@ -205,7 +225,8 @@ pub fn check(args: CheckArgs) -> Result<u8> {
 /// so the login, the polling and the saving are the daemon's own.
 pub fn login(args: LoginArgs) -> Result<u8> {
     const EVERY: Duration = Duration::from_secs(1);
-    let config = Config::load_at_edge(&args.config)?;
+    let config =
+        Config::load_owned_at_edge(&args.config, |c| Ok(owner_without_mount(args.owner, c)))?;
     let names: Vec<String> = config.files.iter().map(|f| f.name.clone()).collect();
     let Some(file) = config.files.into_iter().find(|f| f.name == args.file) else {
         anyhow::bail!(

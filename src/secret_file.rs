@@ -1,8 +1,9 @@
 //! Long-lived secrets on disk: client secrets and refresh tokens that the
 //! daemon reads at start and, when an upstream rotates them, writes back.
 //!
-//! Reading refuses files that other users could read, because a refresh token
-//! there would let them mint the owner's access tokens. Writing is crash-safe:
+//! Reading refuses files that other users could read (the rule is
+//! [`crate::secret_mode`]'s), because a refresh token there would let them mint
+//! the owner's access tokens. Writing is crash-safe:
 //! a rotated refresh token replaces one the upstream may already have revoked,
 //! so a torn or lost write would lose the user's access.
 
@@ -18,7 +19,9 @@ use rustix::fs::{Mode, OFlags};
 use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::fs::Owner;
 use crate::resolve;
+use crate::secret_mode::{self, Refusal};
 
 /// Largest secret file accepted. Refresh tokens are a few KiB; anything far
 /// bigger is the wrong file, and reading it whole would waste memory.
@@ -35,11 +38,37 @@ pub enum SecretFileError {
     #[error("{} is not a regular file; point the setting at a file that holds only the secret", path.display())]
     NotRegular { path: PathBuf },
     #[error(
-        "{} is readable or writable by group or others (mode {mode:04o}); run: chmod 600 {}",
+        "{} is writable by its group or open to others (mode {mode:04o}); run: chmod 600 {} \
+         (in a Kubernetes secret volume: defaultMode: 0400)",
         path.display(),
         path.display()
     )]
     TooOpen { path: PathBuf, mode: u32 },
+    #[error(
+        "{} is readable by its group {gid} (mode {mode:04o}), which the files' owner \
+         {}:{} holds, so the workload could read the secret: in Kubernetes set the pod's \
+         securityContext.fsGroup to a group the workload is not in (its gid is {}); \
+         elsewhere run: chmod 600 {}",
+        path.display(),
+        owner.uid,
+        owner.gid,
+        owner.gid,
+        path.display()
+    )]
+    WorkloadGroup {
+        path: PathBuf,
+        mode: u32,
+        gid: u32,
+        owner: Owner,
+    },
+    #[error(
+        "{} is readable by its group {gid} (mode {mode:04o}), and no files' owner is known \
+         here to tell that it is not in that group: pass --owner UID:GID (or set \
+         TOKENFS_USER), or run: chmod 600 {}",
+        path.display(),
+        path.display()
+    )]
+    GroupOwnerUnknown { path: PathBuf, mode: u32, gid: u32 },
     #[error("{} is larger than {max} bytes; it should hold only the secret", path.display())]
     TooLarge { path: PathBuf, max: usize },
     #[error("{} is not valid UTF-8; it should hold only the secret as text", path.display())]
@@ -70,7 +99,8 @@ pub enum SecretFileError {
     Untrusted(resolve::ResolveError),
 }
 
-/// Read a secret from `path`, refusing files open to group or others, empty
+/// Read a secret from `path`, refusing files others or the owner's groups could
+/// read ([`check_private_mode`]), empty
 /// files and files over [`MAX_SECRET_FILE`] (see [`open_checked`] for the
 /// rest). One trailing `"\n"` or `"\r\n"` (what editors and `echo` add) is
 /// removed; anything else is kept as is.
@@ -151,12 +181,8 @@ fn read_opened(file: File, path: &Path, private: bool) -> Result<SecretString, S
             uid: meta.uid(),
         });
     }
-    let mode = meta.permissions().mode() & 0o7777;
-    if private && mode & 0o077 != 0 {
-        return Err(SecretFileError::TooOpen {
-            path: err_path(),
-            mode,
-        });
+    if private {
+        check_private_mode(path, &meta)?;
     }
 
     let mut buf = Vec::new();
@@ -193,6 +219,36 @@ fn read_opened(file: File, path: &Path, private: bool) -> Result<SecretString, S
         return Err(SecretFileError::Empty { path: err_path() });
     }
     Ok(secret)
+}
+
+/// The rule of [`secret_mode::judge`] for `meta` (of the file at `path`), against
+/// the owner recorded for this process.
+pub fn check_private_mode(path: &Path, meta: &std::fs::Metadata) -> Result<(), SecretFileError> {
+    let mode = meta.permissions().mode() & 0o7777;
+    judge_for(path, mode, meta.gid(), secret_mode::workload())
+}
+
+fn judge_for(
+    path: &Path,
+    mode: u32,
+    gid: u32,
+    workload: Option<&secret_mode::Workload>,
+) -> Result<(), SecretFileError> {
+    secret_mode::judge(mode, gid, workload).map_err(|refusal| {
+        let path = path.to_path_buf();
+        match (refusal, workload) {
+            (Refusal::WorkloadGroup, Some(w)) => SecretFileError::WorkloadGroup {
+                path,
+                mode,
+                gid,
+                owner: w.owner,
+            },
+            (Refusal::GroupOwnerUnknown, _) => {
+                SecretFileError::GroupOwnerUnknown { path, mode, gid }
+            }
+            _ => SecretFileError::TooOpen { path, mode },
+        }
+    })
 }
 
 /// Open `path` for reading as root must among files users control: resolved by
@@ -555,11 +611,43 @@ mod tests {
         assert!(msg.contains(&format!("chmod 600 {}", p.display())), "{msg}");
         assert!(!msg.contains("s3cr3t"));
 
+        // No owner recorded in this process: no group can be ruled out.
         write_with_mode(&p, b"s3cr3t\n", 0o640);
+        let err = read_secret_file(&p).unwrap_err();
+        assert!(
+            matches!(err, SecretFileError::GroupOwnerUnknown { mode: 0o640, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--owner"), "{err}");
+    }
+
+    #[test]
+    fn group_readable_refusals_say_what_and_what_to_do() {
+        use secret_mode::Workload;
+        let p = Path::new("/etc/tokenfs/client-secret");
+        let owner = Owner {
+            uid: 12574,
+            gid: 12574,
+        };
+        let w = Workload::with_groups(owner, &[]);
+        assert!(judge_for(p, 0o440, 2000, Some(&w)).is_ok());
+        let err = judge_for(p, 0o440, 12574, Some(&w)).unwrap_err();
+        let msg = err.to_string();
         assert!(matches!(
-            read_secret_file(&p),
-            Err(SecretFileError::TooOpen { .. })
+            err,
+            SecretFileError::WorkloadGroup { gid: 12574, .. }
         ));
+        for part in [
+            "/etc/tokenfs/client-secret is readable by its group 12574 (mode 0440)",
+            "owner 12574:12574",
+            "securityContext.fsGroup",
+            "chmod 600 /etc/tokenfs/client-secret",
+        ] {
+            assert!(msg.contains(part), "{part}: {msg}");
+        }
+        let err = judge_for(p, 0o444, 2000, Some(&w)).unwrap_err();
+        assert!(matches!(err, SecretFileError::TooOpen { mode: 0o444, .. }));
+        assert!(err.to_string().contains("defaultMode: 0400"), "{err}");
     }
 
     #[test]

@@ -143,6 +143,9 @@ fn the_readme_dev_issuer_session_works_pasted() {
     let mount_line = mount_line.expect("the block ends with a mount");
     let mut sh = Command::new("sh")
         .args(["-c", &script])
+        // The pasted tokenfs keeps its state under target/, not the host's.
+        .env("STATE_DIRECTORY", state_dir())
+        .env("RUNTIME_DIRECTORY", runtime_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         // A file, not a pipe: the issuer it starts in the background keeps it open.
