@@ -24,12 +24,28 @@ fn tight_read_loops_across_refreshes_never_get_a_stale_torn_or_missized_token() 
     {
         return;
     }
+    tight_read_loops(&[]);
+}
+
+/// The same with opens in the kernel, where the daemon sees no open at all.
+#[test]
+fn with_kernel_opens_tight_read_loops_never_get_a_stale_torn_or_missized_token() {
+    if !fuse_available("with_kernel_opens_tight_read_loops_never_get_a_stale_torn_or_missized_token")
+    {
+        return;
+    }
+    tight_read_loops(&["--kernel-opens"]);
+}
+
+fn tight_read_loops(options: &[&str]) {
     // 10 s tokens, 3 s min_valid: a new token every ~6.6 s.
     const MIN: f64 = 3.0;
     let issuer = DevIssuer::start(&["--lifetime", "10s"]);
     let tmp = tempdir();
     let config = issuer.config(tmp.path(), "", "min_valid = \"3s\"");
-    let mount = Mount::start(&["--config", config.to_str().unwrap()]);
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend_from_slice(options);
+    let mount = Mount::start(&args);
     let certs = format!("{}/protocol/openid-connect/certs", issuer.realm_url);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -73,7 +89,7 @@ fn tight_read_loops_across_refreshes_never_get_a_stale_torn_or_missized_token() 
     }
     let requests = issuer.token_requests();
     eprintln!(
-        "{reads} reads in 30 s by 2 tight loops, {} tokens, {requests} upstream requests",
+        "{options:?}: {reads} reads in 30 s by 2 tight loops, {} tokens, {requests} upstream requests",
         tokens.len()
     );
     assert!(
@@ -88,6 +104,12 @@ fn tight_read_loops_across_refreshes_never_get_a_stale_torn_or_missized_token() 
         tokens.len()
     );
     assert!(reads > 1000 * requests);
+    let read_path = if options.contains(&"--kernel-opens") {
+        "read path: kernel page cache, opens in the kernel"
+    } else {
+        "read path: kernel page cache (auto-inval-data, TTL bounded by token deadlines), opens answered by the daemon"
+    };
+    assert!(mount.proc.stderr().contains(read_path), "{read_path}");
 }
 
 #[test]

@@ -1,13 +1,14 @@
 //! The filesystem's logic, without FUSE: inode table, attributes, what a read
 //! returns and how long the kernel may cache it. [`fuse`] is the thin adapter.
 //!
-//! The kernel caches each file's pages and attributes (no-open, page cache, TTLs
-//! bounded by the token's deadline: that is what keeps warm reads near tmpfs
-//! speed), so the
-//! daemon only sees a file when its TTL ran out or it was invalidated. To keep
-//! every read consistent with the size the kernel last saw, each file remembers
-//! the content it last *announced* in an attribute reply, and reads serve exactly
-//! that content while it is still servable.
+//! The kernel caches each file's pages and attributes (page cache, TTLs bounded
+//! by the token's deadline: that is what keeps warm reads fast), so the daemon
+//! only sees a file when its TTL ran out or it was invalidated. To keep every
+//! read consistent with the size the kernel last saw, each file remembers the
+//! content it last *announced* in an attribute reply, and reads serve exactly
+//! that content while it is still servable. A file without a servable token is
+//! a separate, always empty inode (see [`Node::Pending`]), so walks never ask
+//! the upstream and never see a size a read would not return.
 
 pub mod fuse;
 
