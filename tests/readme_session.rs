@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -304,7 +305,7 @@ fn the_readme_session_prints_what_the_readme_shows() {
         std::env::var("PATH").unwrap_or_default()
     );
     let out_file = tmp.path().join("session.out");
-    let mut sh = Command::new("sh")
+    let sh = Command::new("sh")
         .args(["-c", &script])
         .current_dir(tmp.path())
         .env("PATH", path)
@@ -313,17 +314,24 @@ fn the_readme_session_prints_what_the_readme_shows() {
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_file).unwrap())
         .stderr(Stdio::null())
+        // Its own group, so that a hung command goes with the shell.
+        .process_group(0)
         .spawn()
         .unwrap();
-    struct Kill(i32);
-    impl Drop for Kill {
+    /// Ends the shell's group if it still runs (checked first: once reaped, its
+    /// PID may be another process's).
+    struct Session(std::process::Child);
+    impl Drop for Session {
         fn drop(&mut self) {
-            unsafe { libc::kill(self.0, libc::SIGKILL) };
+            if self.0.try_wait().ok().flatten().is_none() {
+                unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+                let _ = self.0.wait();
+            }
         }
     }
-    let _sh = Kill(sh.id() as i32);
+    let mut sh = Session(sh);
     let limit = Duration::from_secs(30 + 3 * steps.len() as u64);
-    eventually(limit, "the session's commands", || sh.try_wait().unwrap());
+    eventually(limit, "the session's commands", || sh.0.try_wait().unwrap());
 
     let output = std::fs::read_to_string(&out_file)
         .unwrap()
