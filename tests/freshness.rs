@@ -30,8 +30,9 @@ fn tight_read_loops_across_refreshes_never_get_a_stale_torn_or_missized_token() 
 /// The same with opens in the kernel, where the daemon sees no open at all.
 #[test]
 fn with_kernel_opens_tight_read_loops_never_get_a_stale_torn_or_missized_token() {
-    if !fuse_available("with_kernel_opens_tight_read_loops_never_get_a_stale_torn_or_missized_token")
-    {
+    if !fuse_available(
+        "with_kernel_opens_tight_read_loops_never_get_a_stale_torn_or_missized_token",
+    ) {
         return;
     }
     tight_read_loops(&["--kernel-opens"]);
