@@ -99,7 +99,9 @@ fn latency_runs(rt: &tokio::runtime::Runtime) -> (Vec<latency::Measured>, u64) {
     );
     // The first read issues the token; everything after is warm.
     let token = tokenfs.read("token");
-    assert_eq!(fast.read("token").len(), token.len());
+    // Its own token (another issue of the same upstream): each case is checked
+    // against the bytes it serves.
+    let fast_token = fast.read("token");
     assert!(
         (256..8192).contains(&token.len()),
         "unexpected token size {}",
@@ -155,7 +157,12 @@ fn latency_runs(rt: &tokio::runtime::Runtime) -> (Vec<latency::Measured>, u64) {
                 "{} × {} thread(s), {} reads each",
                 case.name, plan.threads, plan.ops
             ));
-            measured.push(latency::measure(case, &token, plan));
+            let expected = if case.name == TOKENFS_KERNEL_OPENS {
+                &fast_token
+            } else {
+                &token
+            };
+            measured.push(latency::measure(case, expected, plan));
         }
     }
     (measured, sys::rss_kib(tokenfs.pid()))

@@ -128,6 +128,9 @@ impl TokenfsMount {
             .arg("--config")
             .arg(config)
             .args(options)
+            // State (lock files, rotations) stays in the run's temp dir, not the host's.
+            .env("STATE_DIRECTORY", tmp.path())
+            .env("RUNTIME_DIRECTORY", tmp.path())
             // Logging is not what is measured; warnings still show on failure.
             .env(
                 "RUST_LOG",

@@ -184,7 +184,7 @@ impl Results {
 
     fn print_targets(&self) {
         let line = |what: String, got: String, ok: bool| {
-            println!("  {what:<46}{got:<28}{}", verdict(ok));
+            println!("  {what:<52}{got:<22}{}", verdict(ok));
         };
         for t in self.thread_counts() {
             // The default answers each open (one round trip, so that files
