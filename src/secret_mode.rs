@@ -11,7 +11,6 @@
 //! group is that gid (or any group the owner's passwd entry gives it at login)
 //! would be the workload's to read.
 
-use std::ffi::CStr;
 use std::sync::OnceLock;
 
 use crate::fs::Owner;
@@ -21,23 +20,35 @@ use crate::fs::Owner;
 pub struct Workload {
     pub owner: Owner,
     groups: Vec<u32>,
+    /// The passwd or group database could not say: any group may be the owner's.
+    groups_unknown: bool,
 }
 
 impl Workload {
     /// The owner's gid as given and, if its uid has a passwd entry (a bare uid,
     /// as in a container, has none), the entry's gid and login groups.
     pub fn of(owner: Owner) -> Workload {
-        Workload::with_groups(owner, &login_groups(owner))
+        match login_groups(owner) {
+            Some(groups) => Workload::with_groups(owner, &groups),
+            None => Workload {
+                groups_unknown: true,
+                ..Workload::with_groups(owner, &[])
+            },
+        }
     }
 
     pub fn with_groups(owner: Owner, extra: &[u32]) -> Workload {
         let mut groups = vec![owner.gid];
         groups.extend(extra.iter().filter(|g| **g != owner.gid));
-        Workload { owner, groups }
+        Workload {
+            owner,
+            groups,
+            groups_unknown: false,
+        }
     }
 
     pub fn holds(&self, gid: u32) -> bool {
-        self.groups.contains(&gid)
+        self.groups_unknown || self.groups.contains(&gid)
     }
 }
 
@@ -90,44 +101,18 @@ pub fn workload() -> Option<&'static Workload> {
 }
 
 /// The groups the system gives `owner.uid` at login: its passwd entry's gid and
-/// the groups listing it (none without a passwd entry).
-fn login_groups(owner: Owner) -> Vec<u32> {
-    let Some((name, gid)) = passwd_entry(owner.uid) else {
-        return Vec::new();
+/// the groups listing it (none without a passwd entry); `None` when a lookup
+/// failed, so that a group-readable secret is refused rather than guessed safe.
+fn login_groups(owner: Owner) -> Option<Vec<u32>> {
+    use nix::unistd::{getgrouplist, User};
+    let user = match User::from_uid(owner.uid.into()) {
+        Ok(Some(user)) => user,
+        Ok(None) => return Some(Vec::new()),
+        Err(_) => return None,
     };
-    let mut groups = vec![0 as libc::gid_t; 64];
-    loop {
-        let mut n = groups.len() as libc::c_int;
-        // SAFETY: `name` is NUL-terminated; `groups` has room for `n` entries,
-        // and getgrouplist writes at most that many, setting `n` to the count.
-        let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
-        if rc >= 0 {
-            groups.truncate(n.max(0) as usize);
-            return groups;
-        }
-        // Too small: `n` now says how many there are.
-        let want = (n.max(0) as usize).max(groups.len() * 2);
-        if want > 65_536 {
-            return groups;
-        }
-        groups.resize(want, 0);
-    }
-}
-
-/// The name and gid of `uid`'s passwd entry.
-fn passwd_entry(uid: u32) -> Option<(std::ffi::CString, u32)> {
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: a zeroed passwd is a valid out-parameter.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is to a live local of the size passed.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
-    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: getpwuid_r succeeded: pw_name points into `buf`, NUL-terminated.
-    let name = unsafe { CStr::from_ptr(pwd.pw_name) }.to_owned();
-    Some((name, pwd.pw_gid))
+    let name = std::ffi::CString::new(user.name).ok()?;
+    let groups = getgrouplist(&name, user.gid).ok()?;
+    Some(groups.into_iter().map(|g| g.as_raw()).collect())
 }
 
 #[cfg(test)]

@@ -431,9 +431,9 @@ impl Files {
                 Some(_) => doc(&file.expires).map_or_else(|| self.attr_now(ino), Now::Ready),
                 None => Now::Err(libc::ENOENT),
             },
-            // Only reachable by a descriptor opened without the open request
-            // (never asked for): it has nothing to read.
-            Some(Node::Pending(_)) => Now::Ready(self.pending_view(ino)),
+            // No descriptor of the stand-in exists (its opens never succeed), so
+            // a read of it is a kernel's retry at most: send it to the name again.
+            Some(Node::Pending(_)) => Now::Err(libc::ESTALE),
             Some(Node::Token(file)) => {
                 let now = file.cell.now();
                 let announced = lock(&file.announced).clone();
