@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::metrics::histogram::Histogram;
 use crate::source::code::{LoginError, Redirect};
 use crate::source::{Inputs, Issued, LogClaims, Source, SourceError};
+use crate::sync::lock;
 
 /// Wall-clock time, injectable so the state machine is tested without sleeping.
 pub trait Clock: Send + Sync + 'static {
@@ -618,7 +619,7 @@ impl Cell {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave State half-updated in a way
         // that serves a wrong token (every field is written last), so keep going.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// The token to serve now, without waiting: the read path's fast case.

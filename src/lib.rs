@@ -28,6 +28,7 @@ pub mod secret_file;
 pub mod secret_mode;
 pub mod source;
 pub mod status;
+pub mod sync;
 
 /// Entry points for the property/fuzz tests in `tests/fuzz.rs`: thin `pub`
 /// wrappers over the crate-private parsers of upstream input, so the tests

@@ -15,6 +15,7 @@ use fuser::{
 };
 
 use super::{Attr, Content, Files, Kind, Now, Opened, View, ROOT_INO};
+use crate::sync::lock;
 
 /// How reads are served, as asked for; the kernel may grant less.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,11 +59,7 @@ impl TokenFs {
     }
 
     fn pinned(&self, fh: FileHandle) -> Option<Content> {
-        self.handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .cloned()
+        lock(&self.handles).get(&fh.0).cloned()
     }
 
     /// Direct I/O: pin the content the open file reads, so it never mixes two tokens.
@@ -77,10 +74,7 @@ impl TokenFs {
                     content: Some(content),
                     ..
                 }) => {
-                    handles
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(fh, content);
+                    lock(&handles).insert(fh, content);
                     reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
                 }
                 Ok(_) => reply.error(Errno::EISDIR),
@@ -230,10 +224,7 @@ impl Filesystem for TokenFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh.0);
+        lock(&self.handles).remove(&fh.0);
         reply.ok();
     }
 
@@ -273,7 +264,7 @@ impl Filesystem for TokenFs {
                 }) => {
                     files.note_read(ino.0);
                     if fh.0 != 0 {
-                        let mut pins = handles.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut pins = lock(&handles);
                         if let Some(pin) = pins.get_mut(&fh.0) {
                             *pin = content.clone();
                         }

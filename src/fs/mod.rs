@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::cell::{Cell, CellError, Timestamp, Token};
+use crate::sync::lock;
 
 pub const ROOT_INO: u64 = 1;
 pub const STATUS_INO: u64 = 2;
@@ -616,10 +617,6 @@ impl Files {
         let doc = file.expires.announce_dated(bytes, token.obtained_at);
         Now::Ready(self.content_view(ino, Content::Doc(doc), Duration::ZERO))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 
 use aws_lc_rs::digest::{digest, SHA256};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -79,11 +79,8 @@ impl std::fmt::Debug for Store {
     }
 }
 
-// A panic while holding a lock leaves the maps consistent (every update is a single
-// insert/remove), so recovering from poisoning is safe and keeps the issuer serving.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+// Every update of the maps is a single insert or remove.
+pub(crate) use crate::sync::lock;
 
 pub(crate) fn token_hash(token: &str) -> TokenHash {
     let mut out = [0u8; 32];

@@ -10,6 +10,7 @@ use std::time::Duration;
 use reqwest::{StatusCode, Url};
 
 use super::SourceError;
+use crate::sync::lock;
 
 /// Limits and trust settings for one upstream.
 #[derive(Debug, Clone)]
@@ -85,10 +86,7 @@ pub fn client(s: &HttpSettings) -> Result<reqwest::Client, BuildError> {
         s.ca_file.clone(),
         s.proxy_from_env,
     );
-    let mut clients = CLIENTS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut clients = lock(CLIENTS.get_or_init(Default::default));
     if let Some(client) = clients.get(&key) {
         return Ok(client.clone());
     }

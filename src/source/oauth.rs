@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+
+use crate::sync::lock;
 use reqwest::{StatusCode, Url};
 use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
@@ -1043,11 +1045,6 @@ impl CodeLogin {
     }
 }
 
-/// A poisoned lock still guards consistent data here: every state is written whole.
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn drop_waiting<P>(m: &std::sync::Mutex<LoginState<P>>) {
     let mut state = lock(m);
     if matches!(*state, LoginState::Waiting(_)) {
@@ -1160,11 +1157,7 @@ impl Saver {
     }
 
     fn unsaved(&self) -> Option<String> {
-        self.unsaved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|u| u.why.clone())
+        lock(&self.unsaved).as_ref().map(|u| u.why.clone())
     }
 
     /// The writer, opened again if the last save dropped it.
@@ -1182,19 +1175,14 @@ impl Saver {
     /// unsaved rotation keeps is this process's already: it passes to the caller
     /// (`true`: the file cannot have changed since, nobody else could write it).
     fn lock(&self, wait: Duration) -> Result<(RefreshLock, bool), SourceError> {
-        let kept = self
-            .unsaved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-            .and_then(|u| u.lock.take());
+        let kept = lock(&self.unsaved).as_mut().and_then(|u| u.lock.take());
         if let Some(lock) = kept {
             return Ok((lock, true));
         }
         let file = {
             // Not held while waiting: a retried save needs the writer meanwhile.
-            let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let mut kept = self.lock_file.lock().unwrap_or_else(|e| e.into_inner());
+            let mut writer = lock(&self.writer);
+            let mut kept = lock(&self.lock_file);
             match &*kept {
                 Some(file) => file.clone(),
                 None => {
@@ -1212,7 +1200,7 @@ impl Saver {
         let lock = file.wait(wait).map_err(|e| {
             if let holder::HolderError::Io { .. } = e {
                 // Opened again next time: the file may be gone or replaced.
-                *self.lock_file.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                *lock(&self.lock_file) = None;
             }
             SourceError::Lock(e.to_string())
         })?;
@@ -1221,7 +1209,7 @@ impl Saver {
 
     /// Release `lock`, unless an unsaved rotation needs it kept.
     fn release(&self, lock: RefreshLock) {
-        let mut unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unsaved = crate::sync::lock(&self.unsaved);
         if let Some(u) = unsaved.as_mut() {
             if u.lock.is_none() {
                 u.lock = Some(lock);
@@ -1239,7 +1227,7 @@ impl Saver {
         if kept {
             return Ok((lock, None));
         }
-        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut writer = crate::sync::lock(&self.writer);
         match self.writer_now(&mut writer).and_then(|w| w.read_current()) {
             Ok(current) => Ok((lock, current)),
             Err(e) => {
@@ -1258,20 +1246,15 @@ impl Saver {
     /// Write `token` now (blocking I/O), then release `lock`; on failure it
     /// becomes the unsaved one, and keeps the lock.
     fn save(&self, token: &SecretString, lock: Option<RefreshLock>) -> Result<(), String> {
-        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut writer = crate::sync::lock(&self.writer);
         self.save_locked(&mut writer, token, lock)
     }
 
     /// Write the unsaved rotation, if there still is one. Under the writer's lock,
     /// so an older token can never overwrite a newer one saved meanwhile.
     fn save_pending(&self) -> Option<Result<(), String>> {
-        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let token = self
-            .unsaved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|u| u.token.clone())?;
+        let mut writer = lock(&self.writer);
+        let token = lock(&self.unsaved).as_ref().map(|u| u.token.clone())?;
         Some(self.save_locked(&mut writer, &token, None))
     }
 
@@ -1289,7 +1272,7 @@ impl Saver {
                 written
             }),
         };
-        let mut unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unsaved = crate::sync::lock(&self.unsaved);
         match written {
             Ok(()) => {
                 // Saved (renamed and synced): now others may read and use it, so
