@@ -106,8 +106,8 @@ impl Config {
     /// before the secret files are read: `owner` gets the config's
     /// `mount.uid`/`mount.gid` (if set) and decides; that owner becomes
     /// [`Config::owner`] and the process's [`secret_mode::set_workload`], so a
-    /// group-readable secret file is judged against its groups.
-    pub fn load_owned_at_edge(
+    /// group-readable secret file is judged against its groups. Reads only.
+    pub fn load_owned(
         path: &Path,
         owner: impl FnOnce(Option<Owner>) -> anyhow::Result<Option<Owner>>,
     ) -> anyhow::Result<Config> {
@@ -122,7 +122,21 @@ impl Config {
         Ok(config)
     }
 
-    /// Read, parse and validate a config file.
+    /// [`Config::load_owned`] then [`Config::prepare`], for `check` and
+    /// `login`: both fetch through the file's cell as a mount does, so they
+    /// may receive, and must be able to save, a rotated refresh token.
+    pub fn load_owned_at_edge(
+        path: &Path,
+        owner: impl FnOnce(Option<Owner>) -> anyhow::Result<Option<Owner>>,
+    ) -> anyhow::Result<Config> {
+        let config = Config::load_owned(path, owner)?;
+        config.prepare_at_edge(path)?;
+        Ok(config)
+    }
+
+    /// Read, parse and validate a config file. Reads only: nothing is created,
+    /// written or removed (that is [`Config::prepare`]'s), so a `check` beside a
+    /// running daemon, or a fuzzer, changes nothing by loading.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::from_raw(path, Config::parse(path)?)
     }
@@ -143,7 +157,58 @@ impl Config {
         Config::validate(raw)
     }
 
+    /// Make the places this config saves secrets to ready, before any token is
+    /// fetched: each rotated refresh token's directory is created (0700) and
+    /// must be root's alone, and temp files a killed run left there (each holds a
+    /// live secret) are removed. A rotation the upstream sends with nowhere to
+    /// keep it is lost: by then the upstream has revoked the token it replaces.
+    /// The one step with side effects; a save under way in another daemon keeps
+    /// its temp file (it holds it locked).
+    pub fn prepare(&self) -> Result<(), ConfigError> {
+        for file in &self.files {
+            let SourceConfig::OAuth(c) = &file.source else {
+                continue;
+            };
+            let Grant::RefreshToken {
+                file: original,
+                rotated_file: Some(rotated),
+                ..
+            } = &c.grant
+            else {
+                continue;
+            };
+            secret_file::ensure_writable(rotated).map_err(|e| {
+                let defaulted = original
+                    .as_deref()
+                    .is_some_and(|o| oauth::default_rotated_file(o) == *rotated);
+                let why = if defaulted {
+                    format!(
+                        "not set, and its default {} cannot be written ({e}); set it, or \
+                         STATE_DIRECTORY, to a directory only root can write",
+                        rotated.display()
+                    )
+                } else {
+                    e.to_string()
+                };
+                invalid(
+                    format!("files.{}.rotated_refresh_token_file", file.name),
+                    why,
+                )
+            })?;
+            // No lock is taken: daemons sharing the file share the grant, each
+            // use of the token locking it (see `holder`).
+            secret_file::remove_stale_temps(rotated);
+        }
+        Ok(())
+    }
+
+    /// [`Config::prepare`] for a command's edge: an error names the file once.
+    pub fn prepare_at_edge(&self, path: &Path) -> anyhow::Result<()> {
+        self.prepare().map_err(|e| edge(path, e))
+    }
+
     /// Turn the parsed file into the typed config, loading secret files.
+    /// Reads only, as [`Config::load`].
     pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         let owner = raw_owner(&raw)?;
         let read_timeout = raw.mount.read_timeout.unwrap_or(Duration::from_secs(10));

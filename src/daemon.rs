@@ -59,11 +59,11 @@ pub fn run(args: MountArgs) -> Result<()> {
             .config
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-        let config =
-            Config::load_owned_at_edge(&path, |configured| match args.owner.or(configured) {
-                Some(owner) => Ok(Some(owner)),
-                None => owner_of_parent(&prepared).map(Some),
-            })?;
+        let config = Config::load_owned(&path, |configured| match args.owner.or(configured) {
+            Some(owner) => Ok(Some(owner)),
+            None => owner_of_parent(&prepared).map(Some),
+        })?;
+        config.prepare_at_edge(&path)?;
         (config, None)
     };
     let owner = match args.owner.or(config.owner) {

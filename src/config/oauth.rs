@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use secrecy::SecretString;
 
 use super::{allow_only, invalid, raw::RawFile, secret, url, ConfigError};
-use crate::secret_file;
 use crate::source::code::CodeLoginConfig;
 use crate::source::http::HttpSettings;
 use crate::source::oauth::{
@@ -178,43 +177,20 @@ fn refresh_grant(name: &str, f: &RawFile, may_be_missing: bool) -> Result<Grant,
     })?;
     // Any refresh may rotate the token and revoke the one in refresh_token_file, so
     // a rotation is always saved: where the config says, else in the state directory.
-    let (rotated, default) = match &f.rotated_refresh_token_file {
-        Some(rotated) => (rotated.clone(), false),
-        None => (default_rotated_file(&path), true),
-    };
-    // The original first, so a config that cannot work is refused before anything
-    // is written; a rotation saved earlier supersedes it.
+    // That it can be saved is [`Config::prepare`]'s to make sure, not loading's.
+    let rotated = f
+        .rotated_refresh_token_file
+        .clone()
+        .unwrap_or_else(|| default_rotated_file(&path));
+    // The original only when no rotation supersedes it; a missing file is "no
+    // token yet" where a login may bring one.
     let not_yet = may_be_missing && !path.exists();
-    let original = if rotated.exists() || not_yet {
+    let refresh_token = if rotated.exists() {
+        Some(secret(key("rotated_refresh_token_file"), &rotated)?)
+    } else if not_yet {
         None
     } else {
         Some(secret(key("refresh_token_file"), &path)?)
-    };
-    // Before any refresh: a rotated token that cannot be saved is lost at the next
-    // start, and the upstream has revoked the one in refresh_token_file by then.
-    secret_file::ensure_writable(&rotated).map_err(|e| {
-        let why = if default {
-            format!(
-                "not set, and its default {} cannot be written ({e}); set it, or \
-                 STATE_DIRECTORY, to a directory only root can write",
-                rotated.display()
-            )
-        } else {
-            e.to_string()
-        };
-        invalid(key("rotated_refresh_token_file"), why)
-    })?;
-    // No lock is taken here: daemons sharing the file share the grant, each use
-    // of the token locking it (see `holder`); a save under way elsewhere keeps its
-    // temp file.
-    secret_file::remove_stale_temps(&rotated);
-    let refresh_token = if rotated.exists() {
-        Some(secret(key("rotated_refresh_token_file"), &rotated)?)
-    } else if original.is_none() && !not_yet {
-        // The rotated file was there when first looked at and is gone now.
-        Some(secret(key("refresh_token_file"), &path)?)
-    } else {
-        original
     };
     Ok(Grant::RefreshToken {
         refresh_token,

@@ -122,7 +122,7 @@ fn rotated_refresh_token_supersedes_the_original() {
 }
 
 #[test]
-fn the_rotated_token_directory_is_created_or_the_config_is_refused() {
+fn the_rotated_token_directory_is_created_by_prepare_or_the_config_is_refused() {
     let d = Dir::new();
     let offline = d.file("offline", "original", 0o600);
     let config = |rotated: &str| {
@@ -131,10 +131,14 @@ fn the_rotated_token_directory_is_created_or_the_config_is_refused() {
              refresh_token_file = \"{offline}\"\nrotated_refresh_token_file = \"{rotated}\"\n"
         )
     };
-    // Missing: created 0700 (as `tokenfs check` would before the service first ran).
+    // Missing: loading creates nothing; prepare creates it 0700 (as `tokenfs
+    // check` would before the service first ran).
     let state = d.0.path().join("var/lib/tokenfs");
-    d.load(&config(&format!("{}/offline-token", state.display())))
+    let cfg = d
+        .load(&config(&format!("{}/offline-token", state.display())))
         .unwrap();
+    assert!(!d.0.path().join("var").exists(), "load created nothing");
+    cfg.prepare().unwrap();
     let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
     let left: Vec<_> = std::fs::read_dir(&state)
@@ -150,14 +154,80 @@ fn the_rotated_token_directory_is_created_or_the_config_is_refused() {
     let err = d.load(&text).unwrap_err().to_string();
     assert!(err.contains("files.token.refresh_token_file"), "{err}");
     assert!(!d.0.path().join("never").exists(), "nothing created");
-    // Impossible (its "directory" is a file): refused before any refresh, by key.
-    let err = d
+    // Impossible (its "directory" is a file): loads, and is refused by prepare
+    // before any refresh, by key.
+    let cfg = d
         .load(&config(&format!("{offline}/offline-token")))
-        .unwrap_err()
-        .to_string();
+        .unwrap();
+    let err = cfg.prepare().unwrap_err().to_string();
     assert!(
         err.contains("files.token.rotated_refresh_token_file") && err.contains("cannot write"),
         "{err}"
+    );
+}
+
+/// Loading is pure: a config whose every saving place is missing loads, and
+/// leaves the disk as it was, stale temp files included; `prepare` alone
+/// creates the directories and removes the leftovers.
+#[test]
+fn load_creates_writes_and_removes_nothing() {
+    let d = Dir::new();
+    let offline = d.file("offline", "original", 0o600);
+    let secret = d.file("client-secret", "s3cret", 0o600);
+    let stale_dir = d.0.path().join("kept");
+    std::fs::create_dir(&stale_dir).unwrap();
+    std::fs::set_permissions(&stale_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(stale_dir.join(".rotated.tmp.0123456789abcdef"), "s").unwrap();
+    let deep = d.0.path().join("missing/a/b");
+    let text = format!(
+        "[files.token]\nsource = \"oauth2\"\ntoken_url = \"{URL}\"\nclient_id = \"c\"\n\
+         refresh_token_file = \"{offline}\"\nrotated_refresh_token_file = \"{}/rotated\"\n\
+         [files.other]\nsource = \"oauth2\"\ntoken_url = \"{URL}\"\nclient_id = \"c\"\n\
+         refresh_token_file = \"{offline}\"\nrotated_refresh_token_file = \"{}/rotated\"\n\
+         [files.entra]\nsource = \"entra\"\ntenant = \"t\"\nclient_id = \"c\"\n\
+         client_secret_file = \"{secret}\"\nscope = \"s\"\n\
+         refresh_token_file = \"{}/none-yet\"\nrotated_refresh_token_file = \"{}/entra\"\n\
+         login = \"code\"\nredirect_uri = \"http://127.0.0.1:8400/callback\"\n\
+         consent_state_file = \"{}/state.json\"\n",
+        deep.display(),
+        stale_dir.display(),
+        deep.display(),
+        deep.display(),
+        deep.display(),
+    );
+    let path = d.file("config.toml", &text, 0o600);
+    let listing = || {
+        let mut all = Vec::new();
+        let mut todo = vec![d.0.path().to_owned()];
+        while let Some(dir) = todo.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let e = e.unwrap();
+                let meta = e.metadata().unwrap();
+                if meta.is_dir() {
+                    todo.push(e.path());
+                }
+                all.push((e.path(), meta.len(), meta.permissions().mode()));
+            }
+        }
+        all.sort();
+        all
+    };
+    let before = listing();
+    let cfg = Config::load(Path::new(&path)).unwrap();
+    Config::load(Path::new(&path)).unwrap();
+    assert_eq!(listing(), before, "load changed the disk");
+    cfg.prepare().unwrap();
+    assert!(
+        deep.is_dir(),
+        "prepare created the rotated tokens' directory"
+    );
+    assert!(
+        !stale_dir.join(".rotated.tmp.0123456789abcdef").exists(),
+        "prepare removed the stale temp file"
+    );
+    assert!(
+        !deep.join("state.json").exists(),
+        "the consent state waits for a login"
     );
 }
 
