@@ -17,8 +17,7 @@ use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::link::text;
-use super::routes::AppState;
+use super::http::{text, AppState};
 use super::store::{lock, random_secret, token_hash, Stats, TokenHash};
 
 /// Keycloak's default for how long a code may wait to be redeemed.

@@ -18,9 +18,9 @@ use axum::{Form, Json};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::routes::{unknown_realm, AppState, OAuthError};
+use super::client::{authenticate_client, TokenForm};
+use super::http::{unknown_realm, AppState, OAuthError};
 use super::store::{lock, random_secret, token_hash, TokenHash};
-use super::token::{authenticate_client, TokenForm};
 
 pub(crate) const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 

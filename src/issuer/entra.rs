@@ -21,8 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::azure;
 use super::claims::random_uuid;
-use super::link::{bad_request, text};
-use super::routes::AppState;
+use super::http::{bad_request, text, AppState};
 use super::store::{lock, random_secret, token_hash, Stats, TokenHash};
 
 /// Refresh tokens kept per user. Every refresh adds one and none is revoked, so a

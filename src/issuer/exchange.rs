@@ -13,9 +13,9 @@ use serde::Serialize;
 
 use super::azure;
 use super::claims::{unix_now, AccessClaims};
+use super::client::{authenticate_client, TokenForm};
+use super::http::{signing_failed, AppState, OAuthError};
 use super::link::{account_link_url, Lookup};
-use super::routes::{AppState, OAuthError};
-use super::token::{authenticate_client, signing_failed, TokenForm};
 
 pub(crate) const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use aws_lc_rs::digest::{digest, SHA256};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -22,7 +22,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::azure;
-use super::routes::{unknown_realm, AppState};
+use super::http::{bad_request, text, unknown_realm, AppState};
 use super::store::{lock, random_secret};
 
 /// A user's link to an identity provider, as the token exchange sees it.
@@ -197,15 +197,12 @@ pub(crate) fn account_link_url(st: &AppState, user: &str, client_id: &str) -> St
 /// Percent-encodes all but RFC 3986 unreserved characters, so any client id is safe
 /// in a query string.
 pub(crate) fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
 /// The query of the link page; other parameters (`hash`, …) are ignored.
@@ -345,21 +342,6 @@ pub(crate) async fn link_action(
     )
 }
 
-/// A plain-text page; `nosniff` keeps a browser from rendering echoed input as HTML.
-pub(crate) fn text(status: StatusCode, body: String) -> Response {
-    let headers = [
-        (
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        ),
-        (
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ),
-    ];
-    (status, headers, body).into_response()
-}
-
 #[derive(Deserialize)]
 pub(crate) struct ConsentQuery {
     user: Option<String>,
@@ -397,11 +379,6 @@ pub(crate) async fn consent_admin(
     );
     Json(serde_json::json!({ "user": user, "alias": alias, "state": state.as_str() }))
         .into_response()
-}
-
-pub(crate) fn bad_request(description: &str) -> Response {
-    let body = serde_json::json!({ "error": "invalid_request", "error_description": description });
-    (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
 #[cfg(test)]

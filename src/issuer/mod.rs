@@ -16,10 +16,12 @@
 mod azure;
 mod claims;
 mod cli;
+mod client;
 mod code;
 mod device;
 mod entra;
 mod exchange;
+mod http;
 mod keys;
 mod link;
 mod routes;

@@ -16,14 +16,8 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use super::claims::AccessClaims;
+use super::http::{unknown_realm, AppState, OAuthError};
 use super::{device, entra, exchange, link, token, Inner};
-
-/// What every handler sees: the realm, and the URL it is reachable at through this binding.
-#[derive(Clone)]
-pub(crate) struct AppState {
-    pub inner: Arc<Inner>,
-    pub realm_url: Arc<str>,
-}
 
 pub(crate) fn router(inner: Arc<Inner>, realm_url: String) -> Router {
     let state = AppState {
@@ -53,55 +47,6 @@ pub(crate) fn router(inner: Arc<Inner>, realm_url: String) -> Router {
         .route("/dev/entra", post(entra::state_admin))
         .route("/dev/device", post(device::decide))
         .with_state(state)
-}
-
-/// An error body in the OAuth/Keycloak shape: `{"error", "error_description"}`, plus
-/// `account-link-url` for the token exchange's consent errors.
-#[derive(Debug)]
-pub(crate) struct OAuthError {
-    pub status: StatusCode,
-    pub error: &'static str,
-    pub description: &'static str,
-    pub account_link_url: Option<String>,
-}
-
-impl OAuthError {
-    pub(crate) const fn new(
-        status: StatusCode,
-        error: &'static str,
-        description: &'static str,
-    ) -> Self {
-        OAuthError {
-            status,
-            error,
-            description,
-            account_link_url: None,
-        }
-    }
-
-    pub(crate) fn with_account_link_url(mut self, url: String) -> Self {
-        self.account_link_url = Some(url);
-        self
-    }
-}
-
-impl IntoResponse for OAuthError {
-    fn into_response(self) -> Response {
-        let mut body =
-            serde_json::json!({ "error": self.error, "error_description": self.description });
-        if let Some(url) = self.account_link_url {
-            body["account-link-url"] = url.into();
-        }
-        (self.status, Json(body)).into_response()
-    }
-}
-
-/// Keycloak's answer when `realm` is not the one this issuer serves; `None` if it is.
-pub(crate) fn unknown_realm(state: &AppState, realm: &str) -> Option<Response> {
-    (realm != state.inner.cfg.realm).then(|| {
-        let body = serde_json::json!({ "error": "Realm does not exist" });
-        (StatusCode::NOT_FOUND, Json(body)).into_response()
-    })
 }
 
 async fn discovery(State(st): State<AppState>, Path(realm): Path<String>) -> Response {

@@ -7,48 +7,14 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
-use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Deserializer, Serialize};
+use secrecy::ExposeSecret;
+use serde::Serialize;
 
 use super::claims::{AccessClaims, Principal};
+use super::client::{authenticate_client, TokenForm};
 use super::exchange;
-use super::routes::{unknown_realm, AppState, OAuthError};
-use super::store::{ClientAuthError, RefreshError, Stats};
-
-pub(crate) const INVALID_CLIENT: OAuthError = OAuthError::new(
-    StatusCode::UNAUTHORIZED,
-    "invalid_client",
-    "Invalid client or Invalid client credentials",
-);
-
-/// The form fields we read; unknown ones (`scope`, …) are ignored like Keycloak does.
-/// Secrets go straight into `SecretString`; no `Debug`, so the form cannot be logged.
-#[derive(Deserialize)]
-pub(crate) struct TokenForm {
-    grant_type: Option<String>,
-    client_id: Option<String>,
-    #[serde(default, deserialize_with = "secret")]
-    client_secret: Option<SecretString>,
-    #[serde(default, deserialize_with = "secret")]
-    refresh_token: Option<SecretString>,
-    #[serde(default, deserialize_with = "secret")]
-    device_code: Option<SecretString>,
-    #[serde(default, deserialize_with = "secret")]
-    code: Option<SecretString>,
-    #[serde(default, deserialize_with = "secret")]
-    code_verifier: Option<SecretString>,
-    redirect_uri: Option<String>,
-    #[serde(default, deserialize_with = "secret")]
-    pub(crate) subject_token: Option<SecretString>,
-    pub(crate) subject_token_type: Option<String>,
-    pub(crate) requested_issuer: Option<String>,
-}
-
-fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
-    Ok(Option::<String>::deserialize(d)?.map(SecretString::from))
-}
+use super::http::{signing_failed, unknown_realm, AppState, OAuthError};
+use super::store::{RefreshError, Stats};
 
 /// A successful answer. Holds tokens only on its way to the wire; no `Debug`.
 #[derive(Serialize)]
@@ -261,16 +227,6 @@ fn client_credentials_grant(
     access_token(st, &principal, client_id, None)
 }
 
-/// Signing failed: a bug or a broken crypto library, never the client's fault.
-pub(crate) fn signing_failed(e: &anyhow::Error) -> OAuthError {
-    tracing::error!(error = %e, "dev issuer could not sign a token");
-    OAuthError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "server_error",
-        "Signing failed",
-    )
-}
-
 fn access_token(
     st: &AppState,
     principal: &Principal,
@@ -294,106 +250,4 @@ fn access_token(
         session_state: None,
         scope: principal.scope(),
     })
-}
-
-/// Authenticate the client of a token request: its id, and whether it is
-/// confidential (has a secret). An unknown client is `invalid_client`, a wrong
-/// secret `unauthorized_client`, both with Keycloak's one description.
-pub(crate) fn authenticate_client(
-    st: &AppState,
-    headers: &HeaderMap,
-    form: &TokenForm,
-) -> Result<(String, bool), OAuthError> {
-    let (client_id, secret) = client_credentials(headers, form)?;
-    let confidential = st
-        .inner
-        .store
-        .authenticate(&client_id, secret.as_ref())
-        .map_err(|e| match e {
-            ClientAuthError::Unknown => INVALID_CLIENT,
-            ClientAuthError::BadSecret => OAuthError {
-                error: "unauthorized_client",
-                ..INVALID_CLIENT
-            },
-        })?;
-    Ok((client_id, confidential))
-}
-
-/// The client's id and secret, from HTTP Basic (RFC 6749 §2.3.1) or the form.
-fn client_credentials(
-    headers: &HeaderMap,
-    form: &TokenForm,
-) -> Result<(String, Option<SecretString>), OAuthError> {
-    let basic = match headers.get(header::AUTHORIZATION) {
-        Some(value) => Some(parse_basic(value).ok_or(INVALID_CLIENT)?),
-        None => None,
-    };
-    match (basic, form.client_id.as_deref()) {
-        // Two different identities in one request: refuse rather than guess.
-        (Some((id, _)), Some(form_id)) if id != form_id => Err(INVALID_CLIENT),
-        (Some((id, secret)), _) => Ok((id, Some(secret))),
-        (None, Some(id)) => Ok((id.to_owned(), form.client_secret.as_ref().map(clone_secret))),
-        (None, None) => Err(OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_client",
-            "Missing client_id parameter",
-        )),
-    }
-}
-
-fn clone_secret(s: &SecretString) -> SecretString {
-    SecretString::from(s.expose_secret().to_owned())
-}
-
-/// `Basic base64(urlencode(id) ":" urlencode(secret))`.
-fn parse_basic(value: &HeaderValue) -> Option<(String, SecretString)> {
-    let value = value.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
-    let (id, secret) = decoded.split_once(':')?;
-    let secret = SecretString::from(form_decode(secret)?);
-    Some((form_decode(id)?, secret))
-}
-
-/// application/x-www-form-urlencoded decoding (`+` is a space, `%XX` a byte).
-fn form_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hi = (bytes.next()? as char).to_digit(16)?;
-                let lo = (bytes.next()? as char).to_digit(16)?;
-                out.push((hi * 16 + lo) as u8);
-            }
-            _ => out.push(b),
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn form_decoding() {
-        assert_eq!(form_decode("a%2Bb+c%3a").as_deref(), Some("a+b c:"));
-        assert_eq!(form_decode("%4"), None);
-        assert_eq!(form_decode("%zz"), None);
-    }
-
-    #[test]
-    fn basic_header() {
-        let value =
-            HeaderValue::from_str(&format!("Basic {}", STANDARD.encode("my%3Aapp:p%40ss:x")))
-                .unwrap();
-        let (id, secret) = parse_basic(&value).unwrap();
-        assert_eq!((id.as_str(), secret.expose_secret()), ("my:app", "p@ss:x"));
-        assert!(parse_basic(&HeaderValue::from_static("Bearer abc")).is_none());
-    }
 }
