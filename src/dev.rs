@@ -46,7 +46,7 @@ pub async fn start(
         ..defaults
     })
     .context("cannot start the embedded issuer")?;
-    let client_secret = SecretString::from(random_secret());
+    let client_secret = SecretString::from(crate::random::secret(24));
     issuer.add_client(CLIENT_ID, Some(client_secret.clone()));
     // With a device login the user approves at the issuer's page instead.
     let refresh_token = (!login).then(|| issuer.mint_offline_token(user, CLIENT_ID));
@@ -123,10 +123,4 @@ pub async fn start(
         files: vec![token, azure],
     };
     Ok((config, running))
-}
-
-fn random_secret() -> String {
-    use base64::Engine as _;
-    let bytes: [u8; 24] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }

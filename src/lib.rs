@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod mountpoint;
 pub mod notify;
 pub mod ops;
+pub mod random;
 pub mod resolve;
 pub mod secret_file;
 pub mod secret_mode;

@@ -460,7 +460,7 @@ impl SecretWriter {
         for _ in 0..8 {
             let mut tmp = OsString::from(".");
             tmp.push(&self.name);
-            tmp.push(format!(".tmp.{:016x}", rand::random::<u64>()));
+            tmp.push(format!(".tmp.{:016x}", crate::random::u64()));
             match rustix::fs::openat(
                 &self.dir,
                 &tmp,

@@ -119,7 +119,7 @@ pub(crate) fn name_uuid(kind: &str, name: &str) -> String {
 
 /// A random version-4 UUID, as Keycloak uses for `jti` and session ids.
 pub(crate) fn random_uuid() -> String {
-    let mut bytes: [u8; 16] = rand::random();
+    let mut bytes: [u8; 16] = crate::random::bytes();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     format_uuid(&bytes)

@@ -1,16 +1,14 @@
 //! `tokenfs dev-issuer`: run the embedded realm as a standalone server.
 
-use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use secrecy::{ExposeSecret, SecretString};
-
 use tokio::signal::unix::{signal, SignalKind};
+
+use crate::secret_file::write_secret_file;
 
 use super::{store, Issuer, IssuerConfig, LinkState, RunningIssuer};
 
@@ -277,32 +275,12 @@ async fn start(args: &DevIssuerArgs) -> anyhow::Result<(RunningIssuer, &'static 
     Ok((running, kind))
 }
 
-/// Creates or truncates `path` with mode 0600 and writes the secret without a newline.
-/// Refuses to follow a symlink, so a planted link cannot redirect the secret.
-/// A missing directory is created 0700: the files hold secrets, and a mount's
-/// config may only name secret files in a directory only root writes.
-fn write_secret_file(path: &Path, secret: &SecretString) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    // `mode` applies only to a new file; an existing one may have been wider.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(secret.expose_secret().as_bytes())?;
-    file.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use secrecy::SecretString;
+
     use super::*;
     use clap::Parser as _;
 

@@ -51,7 +51,7 @@ pub(crate) struct Devices {
 /// Keycloak's user codes: 8 letters, shown as `XXXX-XXXX`.
 fn user_code() -> String {
     const LETTERS: &[u8] = b"BCDFGHJKLMNPQRSTVWXZ";
-    let pick = |_| LETTERS[rand::random_range(0..LETTERS.len())] as char;
+    let pick = |_| LETTERS[crate::random::below(LETTERS.len())] as char;
     let code: String = (0..8).map(pick).collect();
     format!("{}-{}", &code[..4], &code[4..])
 }

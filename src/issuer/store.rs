@@ -5,8 +5,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use aws_lc_rs::digest::{digest, SHA256};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::claims::random_uuid;
@@ -90,8 +88,7 @@ pub(crate) fn token_hash(token: &str) -> TokenHash {
 
 /// 32 random bytes, base64url: opaque, like Keycloak's tokens look to a client.
 pub(crate) fn random_secret() -> SecretString {
-    let bytes: [u8; 32] = rand::random();
-    SecretString::from(B64.encode(bytes))
+    SecretString::from(crate::random::secret(32))
 }
 
 impl Store {
