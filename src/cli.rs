@@ -121,7 +121,7 @@ pub enum Command {
     /// exited first.
     Wait(WaitArgs),
     /// Run the embedded Keycloak-compatible issuer alone. For development and tests only.
-    DevIssuer(crate::issuer::DevIssuerArgs),
+    DevIssuer(DevIssuerArgs),
     /// Print the shell completion script for SHELL to stdout
     ///
     /// Install it where the shell looks for completions (the .deb installs bash, zsh
@@ -140,6 +140,21 @@ pub enum Command {
     /// written is printed; e.g. `tokenfs man --dir /usr/local/share/man/man1`.
     Man(ManArgs),
 }
+
+#[cfg(feature = "dev-issuer")]
+pub use crate::issuer::DevIssuerArgs;
+
+/// A build without the development issuer still knows the command, to say so.
+#[cfg(not(feature = "dev-issuer"))]
+#[derive(Debug, Args)]
+pub struct DevIssuerArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub ignored: Vec<std::ffi::OsString>,
+}
+
+/// What `mount --dev` and `dev-issuer` say in a build without the issuer.
+pub const NO_DEV_ISSUER: &str = "this build of tokenfs has no development issuer (built \
+    without the dev-issuer feature): --dev and dev-issuer are unavailable";
 
 #[derive(Debug, Args)]
 pub struct MountArgs {

@@ -34,7 +34,7 @@ pub fn run(args: MountArgs) -> Result<()> {
     raise_open_files_limit();
     crate::mountpoint::check_privileges()?;
     // Before anything else starts: a second daemon stops here, a stale mount is detached.
-    let mut prepared = crate::mountpoint::prepare(&args.mountpoint)?;
+    let prepared = crate::mountpoint::prepare(&args.mountpoint)?;
     let mountpoint = prepared.path.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -46,26 +46,7 @@ pub fn run(args: MountArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     // In --dev the issuer serves from this process until `_dev_issuer` drops at exit.
-    let (config, _dev_issuer) = if args.dev {
-        let user = args.dev_user.clone();
-        let lifetimes = crate::dev::Lifetimes {
-            platform: args.dev_lifetime,
-            azure: args.dev_azure_lifetime,
-        };
-        let (config, issuer) = rt.block_on(crate::dev::start(&user, lifetimes, args.dev_login))?;
-        (config, Some(issuer))
-    } else {
-        let path = args
-            .config
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-        let config = Config::load_owned(&path, |configured| match args.owner.or(configured) {
-            Some(owner) => Ok(Some(owner)),
-            None => owner_of_parent(&prepared).map(Some),
-        })?;
-        config.prepare_at_edge(&path)?;
-        (config, None)
-    };
+    let (config, _dev_issuer) = load_config(&args, &rt, &prepared)?;
     let owner = match args.owner.or(config.owner) {
         Some(owner) => owner,
         None => owner_of_parent(&prepared)?,
@@ -104,45 +85,8 @@ pub fn run(args: MountArgs) -> Result<()> {
     let mut fuse_config = fuser::Config::default();
     fuse_config.acl = SessionACL::All;
     fuse_config.n_threads = Some(2);
-    let mounted = crate::mountpoint::kernel::mount_fuse(
-        &prepared.dir,
-        &crate::mountpoint::kernel::FuseOptions {
-            source: crate::mountpoint::FSNAME,
-            subtype: crate::mountpoint::FSNAME,
-        },
-    )
-    .with_context(|| {
-        format!(
-            "cannot mount on {} (needs root or CAP_SYS_ADMIN and /dev/fuse)",
-            mountpoint.display()
-        )
-    })?;
-    prepared.keep();
-    drop(prepared);
-    // The directory checked may have been renamed meanwhile (its parent is the
-    // user's): say where the mount really is.
-    if let Ok(at) = std::fs::read_link(format!("/proc/self/fd/{}", mounted.root.as_raw_fd())) {
-        if at != mountpoint {
-            tracing::warn!(
-                mountpoint = %mountpoint.display(),
-                mounted_at = %at.display(),
-                "the mountpoint was moved while it was being checked: mounted on the directory checked, now elsewhere"
-            );
-        }
-    }
-    let ours = crate::mountpoint::Ours {
-        path: mountpoint.clone(),
-        id: mounted.id,
-    };
-    let session = Session::from_fd(fs, mounted.dev, SessionACL::All, fuse_config);
-    let session = match session {
-        Ok(session) => session,
-        Err(e) => {
-            let _ = crate::mountpoint::kernel::detach(&mounted.root);
-            return Err(e).context("the kernel did not start the FUSE session");
-        }
-    };
-    let notifier = session.notifier();
+    let (session, fuse) = FuseSession::mount(prepared, fs, fuse_config)?;
+    let notifier = fuse.notifier();
 
     let liveness = crate::health::Liveness::new();
     for cell in &cells {
@@ -162,17 +106,7 @@ pub fn run(args: MountArgs) -> Result<()> {
     }
     serve_logins(login_socket.as_deref(), redirect_listens, &cells, owner.uid);
 
-    let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel();
-    let fuse_alive = liveness.clone();
-    let serving = std::thread::Builder::new()
-        .name("tokenfs-fuse".into())
-        .spawn(move || {
-            let result = session.run();
-            fuse_alive.fuse_ended();
-            let _ = ended_tx.send(());
-            result
-        })
-        .context("cannot start the FUSE thread")?;
+    let mut session = session.serve(fuse, liveness.clone())?;
     let names: Vec<_> = files.entries().into_iter().map(|(_, n)| n).collect();
     tracing::info!(
         mountpoint = %mountpoint.display(),
@@ -188,7 +122,7 @@ pub fn run(args: MountArgs) -> Result<()> {
         // FUSE request never answered, so it does not do so needlessly.
         // The root descriptor goes with it: an open descriptor on the mount
         // keeps it busy, and an unmount from outside must end the session.
-        if let Err(probe) = crate::mountpoint::read_status(mounted.root) {
+        if let Err(probe) = crate::mountpoint::read_status(session.take_root()) {
             bail!(
                 "mounted, but {}/{} does not answer ({probe:?}); not signalling readiness",
                 mountpoint.display(),
@@ -204,49 +138,223 @@ pub fn run(args: MountArgs) -> Result<()> {
             rt.spawn(watchdog(notify.clone(), every, liveness.clone()));
         }
     } else {
-        drop(mounted.root);
+        drop(session.take_root());
     }
 
-    let external_unmount = rt.block_on(async {
-        anyhow::Ok(tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: unmounting"); false }
-            _ = int.recv() => { tracing::info!("SIGINT: unmounting"); false }
-            _ = &mut ended_rx => true,
-        })
-    })?;
+    let how = rt.block_on(session.until_stopped(&mut term, &mut int));
     notify.send_or_warn("STOPPING=1");
-    if external_unmount {
-        // `tokenfs unmount` (or umount) is the ordinary way to stop a mount: nothing to warn of.
-        tracing::info!(mountpoint = %mountpoint.display(), "unmounted from outside (tokenfs unmount or umount); exiting");
-    } else {
-        match crate::mountpoint::unmount_ours(&ours)? {
-            crate::mountpoint::Unmounted::Detached => {}
-            crate::mountpoint::Unmounted::NotOurs => tracing::warn!(
-                mountpoint = %mountpoint.display(),
-                "the mountpoint no longer names this daemon's mount (moved or replaced): \
-                 unmounting nothing by path; exiting ends the mount, wherever it is now"
-            ),
+    let joined = session.stop(how, &rt)?;
+    if joined {
+        rt.shutdown_timeout(Duration::from_secs(1));
+        tracing::info!("unmounted; bye");
+    }
+    Ok(())
+}
+
+/// The mount's config: the embedded issuer's with `--dev` (and the issuer,
+/// serving until dropped), else the config file's, loaded then prepared.
+fn load_config(
+    args: &MountArgs,
+    rt: &tokio::runtime::Runtime,
+    prepared: &crate::mountpoint::Prepared,
+) -> Result<(Config, Option<DevIssuer>)> {
+    if args.dev {
+        return dev_config(args, rt).map(|(config, issuer)| (config, Some(issuer)));
+    }
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let config = Config::load_owned(&path, |configured| match args.owner.or(configured) {
+        Some(owner) => Ok(Some(owner)),
+        None => owner_of_parent(prepared).map(Some),
+    })?;
+    config.prepare_at_edge(&path)?;
+    Ok((config, None))
+}
+
+#[cfg(feature = "dev-issuer")]
+type DevIssuer = crate::issuer::RunningIssuer;
+#[cfg(not(feature = "dev-issuer"))]
+type DevIssuer = std::convert::Infallible;
+
+#[cfg(feature = "dev-issuer")]
+fn dev_config(args: &MountArgs, rt: &tokio::runtime::Runtime) -> Result<(Config, DevIssuer)> {
+    let lifetimes = crate::dev::Lifetimes {
+        platform: args.dev_lifetime,
+        azure: args.dev_azure_lifetime,
+    };
+    rt.block_on(crate::dev::start(&args.dev_user, lifetimes, args.dev_login))
+}
+
+#[cfg(not(feature = "dev-issuer"))]
+fn dev_config(_: &MountArgs, _: &tokio::runtime::Runtime) -> Result<(Config, DevIssuer)> {
+    bail!(crate::cli::NO_DEV_ISSUER)
+}
+
+/// Why the session is stopping.
+enum Stop {
+    /// SIGTERM or SIGINT: ours to unmount.
+    Signal,
+    /// Unmounted from outside (`tokenfs unmount`, umount): the session has ended.
+    External,
+}
+
+/// One FUSE mount and the thread that serves it, from the mount to the join:
+/// [`FuseSession::mount`] attaches the filesystem and opens the kernel's
+/// session, [`FuseSession::serve`] starts the thread, [`FuseSession::stop`]
+/// unmounts (or finds it unmounted), waits briefly for the session to end and
+/// joins the thread. Every way out of it past the mount leaves no mount behind.
+struct FuseSession {
+    mountpoint: PathBuf,
+    ours: crate::mountpoint::Ours,
+    /// The mount's root (see [`crate::mountpoint::kernel::FuseMount::root`]):
+    /// taken for the readiness probe, or dropped, once serving; an open
+    /// descriptor on the mount keeps it busy.
+    root: Option<std::os::fd::OwnedFd>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    ended: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl FuseSession {
+    /// Mount `fs` on the checked directory and open its kernel session (not
+    /// served yet: its notifier is needed first).
+    fn mount(
+        mut prepared: crate::mountpoint::Prepared,
+        fs: TokenFs,
+        config: fuser::Config,
+    ) -> Result<(FuseSession, Session<TokenFs>)> {
+        let mountpoint = prepared.path.clone();
+        let mounted = crate::mountpoint::kernel::mount_fuse(
+            &prepared.dir,
+            &crate::mountpoint::kernel::FuseOptions {
+                source: crate::mountpoint::FSNAME,
+                subtype: crate::mountpoint::FSNAME,
+            },
+        )
+        .with_context(|| {
+            format!(
+                "cannot mount on {} (needs root or CAP_SYS_ADMIN and /dev/fuse)",
+                mountpoint.display()
+            )
+        })?;
+        prepared.keep();
+        drop(prepared);
+        // The directory checked may have been renamed meanwhile (its parent is the
+        // user's): say where the mount really is.
+        if let Ok(at) = std::fs::read_link(format!("/proc/self/fd/{}", mounted.root.as_raw_fd())) {
+            if at != mountpoint {
+                tracing::warn!(
+                    mountpoint = %mountpoint.display(),
+                    mounted_at = %at.display(),
+                    "the mountpoint was moved while it was being checked: mounted on the directory checked, now elsewhere"
+                );
+            }
+        }
+        let ours = crate::mountpoint::Ours {
+            path: mountpoint.clone(),
+            id: mounted.id,
+        };
+        let fuse = match Session::from_fd(fs, mounted.dev, SessionACL::All, config) {
+            Ok(fuse) => fuse,
+            Err(e) => {
+                let _ = crate::mountpoint::kernel::detach(&mounted.root);
+                return Err(e).context("the kernel did not start the FUSE session");
+            }
+        };
+        let session = FuseSession {
+            mountpoint,
+            ours,
+            root: Some(mounted.root),
+            thread: None,
+            ended: None,
+        };
+        Ok((session, fuse))
+    }
+
+    /// Serve `fuse` on its own thread; `liveness` hears when it ends.
+    fn serve(
+        mut self,
+        fuse: Session<TokenFs>,
+        liveness: Arc<crate::health::Liveness>,
+    ) -> Result<FuseSession> {
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("tokenfs-fuse".into())
+            .spawn(move || {
+                let result = fuse.run();
+                liveness.fuse_ended();
+                let _ = ended_tx.send(());
+                result
+            });
+        match thread {
+            Ok(thread) => {
+                self.thread = Some(thread);
+                self.ended = Some(ended_rx);
+                Ok(self)
+            }
+            Err(e) => {
+                if let Some(root) = &self.root {
+                    let _ = crate::mountpoint::kernel::detach(root);
+                }
+                Err(e).context("cannot start the FUSE thread")
+            }
         }
     }
-    // Detached: the session ends as soon as no reader holds a file of it. One that
-    // does gets ENOTCONN once we exit, instead of a token nobody refreshes.
-    let ended = external_unmount
-        || rt.block_on(async {
-            tokio::time::timeout(SESSION_END_WAIT, ended_rx)
-                .await
-                .is_ok()
-        });
-    if !ended {
-        tracing::info!("unmounted (a reader still held a file; its next read fails); bye");
-        return Ok(());
+
+    fn take_root(&mut self) -> std::os::fd::OwnedFd {
+        self.root.take().expect("the mount's root is taken once")
     }
-    match serving.join() {
-        Ok(result) => result.context("FUSE session ended with an error")?,
-        Err(_) => bail!("the FUSE thread panicked"),
+
+    /// Until a signal asks us to stop or the mount is unmounted from outside.
+    async fn until_stopped(
+        &mut self,
+        term: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+    ) -> Stop {
+        let ended = self.ended.as_mut().expect("serving");
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: unmounting"); Stop::Signal }
+            _ = int.recv() => { tracing::info!("SIGINT: unmounting"); Stop::Signal }
+            _ = ended => Stop::External,
+        }
     }
-    rt.shutdown_timeout(Duration::from_secs(1));
-    tracing::info!("unmounted; bye");
-    Ok(())
+
+    /// Unmount (unless unmounted already), give the session
+    /// [`SESSION_END_WAIT`] to end and join its thread. `Ok(false)`: a reader
+    /// still held a file, the thread is left to end with the process.
+    fn stop(mut self, how: Stop, rt: &tokio::runtime::Runtime) -> Result<bool> {
+        let mountpoint = &self.mountpoint;
+        match how {
+            // `tokenfs unmount` (or umount) is the ordinary way to stop a mount: nothing to warn of.
+            Stop::External => tracing::info!(
+                mountpoint = %mountpoint.display(),
+                "unmounted from outside (tokenfs unmount or umount); exiting"
+            ),
+            Stop::Signal => match crate::mountpoint::unmount_ours(&self.ours)? {
+                crate::mountpoint::Unmounted::Detached => {}
+                crate::mountpoint::Unmounted::NotOurs => tracing::warn!(
+                    mountpoint = %mountpoint.display(),
+                    "the mountpoint no longer names this daemon's mount (moved or replaced): \
+                     unmounting nothing by path; exiting ends the mount, wherever it is now"
+                ),
+            },
+        }
+        // Detached: the session ends as soon as no reader holds a file of it. One that
+        // does gets ENOTCONN once we exit, instead of a token nobody refreshes.
+        let ended = self.ended.take().expect("serving");
+        let ended = matches!(how, Stop::External)
+            || rt.block_on(async { tokio::time::timeout(SESSION_END_WAIT, ended).await.is_ok() });
+        if !ended {
+            tracing::info!("unmounted (a reader still held a file; its next read fails); bye");
+            return Ok(false);
+        }
+        match self.thread.take().expect("serving").join() {
+            Ok(result) => result.context("FUSE session ended with an error")?,
+            Err(_) => bail!("the FUSE thread panicked"),
+        }
+        Ok(true)
+    }
 }
 
 /// One cell per file, in config order. A token exchange whose subject is

@@ -8,6 +8,7 @@ pub mod cell;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "dev-issuer")]
 pub mod dev;
 pub mod docs;
 pub mod exec;
@@ -15,6 +16,7 @@ pub mod fs;
 pub mod harden;
 pub mod health;
 pub mod holder;
+#[cfg(any(test, feature = "dev-issuer"))]
 pub mod issuer;
 pub mod listener;
 pub mod logging;

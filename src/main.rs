@@ -17,6 +17,7 @@ fn main() -> std::process::ExitCode {
         Command::Unmount(args) => tokenfs::ops::unmount(args).map_err(anyhow::Error::from),
         Command::Wait(args) => tokenfs::ops::wait(args),
         Command::Exec(args) => tokenfs::exec::run(args),
+        #[cfg(feature = "dev-issuer")]
         Command::DevIssuer(args) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -24,6 +25,8 @@ fn main() -> std::process::ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(tokenfs::issuer::run_dev_issuer(args)))
             .map(|()| 0),
+        #[cfg(not(feature = "dev-issuer"))]
+        Command::DevIssuer(_) => Err(anyhow::anyhow!(tokenfs::cli::NO_DEV_ISSUER)),
         Command::Completions(args) => tokenfs::docs::completions(args)
             .map(|()| 0)
             .map_err(anyhow::Error::from),
