@@ -11,12 +11,15 @@
 //! the upstream and never see a size a read would not return.
 
 pub mod fuse;
+mod handles;
+
+pub use handles::{Opened, ReadPath, Slice};
 
 use std::ffi::OsStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::cell::{Cell, CellError, Timestamp, Token};
+use crate::cell::{Cell, CellError, Clock, SystemClock, Timestamp, Token};
 use crate::sync::lock;
 
 pub const ROOT_INO: u64 = 1;
@@ -125,10 +128,12 @@ pub struct View {
     pub content: Option<Content>,
 }
 
-/// Outcome of asking for a view without waiting.
-pub enum Now {
-    Ready(View),
-    /// The cell has no servable token: wait for it with [`Files::wait`].
+/// What a request gets without waiting: the FUSE thread answers `Ready` and
+/// `Err` at once, and only `MustWait` goes to the async runtime.
+pub enum Answer<T> {
+    Ready(T),
+    /// The cell has no servable token: the matching `*_wait` method (e.g.
+    /// [`Files::wait`]) answers once it has one.
     MustWait,
     Err(i32),
 }
@@ -142,12 +147,9 @@ impl DocSlot {
         DocSlot(Mutex::new(None))
     }
 
-    fn announce(&self, bytes: Vec<u8>) -> Arc<Doc> {
-        self.announce_dated(bytes, SystemTime::now())
-    }
-
-    /// Like [`DocSlot::announce`], with the mtime a new rendering gets.
-    fn announce_dated(&self, bytes: Vec<u8>, mtime: SystemTime) -> Arc<Doc> {
+    /// The rendering to announce: the last one if its bytes are these, else a
+    /// new one dated `mtime`.
+    fn announce(&self, bytes: Vec<u8>, mtime: SystemTime) -> Arc<Doc> {
         let mut slot = lock(&self.0);
         match &*slot {
             Some(doc) if doc.bytes == bytes => doc.clone(),
@@ -202,17 +204,6 @@ enum Node<'a> {
     Pending(&'a TokenFile),
 }
 
-/// What an open of a file gets, once any wait is over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Opened {
-    /// Served from the kernel's page cache, kept across opens; freshness comes
-    /// from the attribute TTLs and invalidations.
-    Cached,
-    /// The name now resolves to another inode (a token arrived): `ESTALE`, so
-    /// that the kernel repeats the lookup.
-    Stale,
-}
-
 /// The content of `<file>.expires`: nothing of the token itself.
 #[derive(serde::Serialize)]
 struct Expiry {
@@ -226,17 +217,31 @@ struct Expiry {
 /// The mount's files.
 pub struct Files {
     tokens: Vec<TokenFile>,
+    /// The same cells, as `.status` and `.metrics` render them: kept so that a
+    /// `getattr` of either (TTL 0, so one per access) collects nothing.
+    cells: Vec<Arc<Cell>>,
     status: DocSlot,
     metrics: DocSlot,
     opts: Options,
+    /// Dates what belongs to no token: `.status`, `.metrics`, the root and the
+    /// stand-in. Anything about a token (servable, TTL, what the kernel may
+    /// cache) is judged by its cell's clock, the one the cell decided with. The
+    /// daemon gives both the system clock; tests give both one manual clock.
+    clock: Arc<dyn Clock>,
     started: SystemTime,
+    handles: handles::Handles,
 }
 
 impl Files {
     pub fn new(cells: Vec<Arc<Cell>>, opts: Options) -> Arc<Files> {
+        Files::with_clock(cells, opts, Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(cells: Vec<Arc<Cell>>, opts: Options, clock: Arc<dyn Clock>) -> Arc<Files> {
         Arc::new(Files {
             tokens: cells
-                .into_iter()
+                .iter()
+                .cloned()
                 .map(|cell| TokenFile {
                     cell,
                     announced: Mutex::new(None),
@@ -246,10 +251,13 @@ impl Files {
                     expires: DocSlot::new(),
                 })
                 .collect(),
+            cells,
             status: DocSlot::new(),
             metrics: DocSlot::new(),
             opts,
-            started: SystemTime::now(),
+            started: clock.now(),
+            clock,
+            handles: handles::Handles::default(),
         })
     }
 
@@ -392,54 +400,56 @@ impl Files {
     /// wait for it. (An empty file's attributes instead would race a concurrent
     /// reader's attribute request: the kernel keeps the newest-applied ones and
     /// would drop the real size, and that read would end at once, empty.)
-    pub fn attr_now(&self, ino: u64) -> Now {
+    pub fn attr_now(&self, ino: u64) -> Answer<View> {
         match self.node(ino) {
-            None => Now::Err(libc::ENOENT),
-            Some(Node::Root) => Now::Ready(self.root_view()),
-            Some(Node::Status) => Now::Ready(self.status_view()),
-            Some(Node::Metrics) => Now::Ready(self.metrics_view()),
+            None => Answer::Err(libc::ENOENT),
+            Some(Node::Root) => Answer::Ready(self.root_view()),
+            Some(Node::Status) => Answer::Ready(self.status_view()),
+            Some(Node::Metrics) => Answer::Ready(self.metrics_view()),
             Some(Node::Consent(file)) => self.consent_view(ino, file),
             Some(Node::Expires(file)) => self.expires_view(ino, file),
-            Some(Node::Pending(_)) => Now::Ready(self.pending_view(ino)),
+            Some(Node::Pending(_)) => Answer::Ready(self.pending_view(ino)),
             Some(Node::Token(file)) => match file.cell.peek() {
-                Some(token) => Now::Ready(self.announce(ino, file, token)),
-                None => Now::MustWait,
+                Some(token) => Answer::Ready(self.announce(ino, file, token)),
+                None => Answer::MustWait,
             },
         }
     }
 
     /// The view a read gets: the announced content while it is servable, so that
     /// the bytes match the size the kernel holds; else the newest servable one.
-    pub fn read_now(&self, ino: u64) -> Now {
+    pub fn read_now(&self, ino: u64) -> Answer<View> {
         let doc = |slot: &DocSlot| {
             slot.last()
                 .map(|d| self.content_view(ino, Content::Doc(d), Duration::ZERO))
         };
         match self.node(ino) {
-            None => Now::Err(libc::ENOENT),
-            Some(Node::Root) => Now::Err(libc::EISDIR),
-            Some(Node::Status) => doc(&self.status).map_or_else(|| self.attr_now(ino), Now::Ready),
+            None => Answer::Err(libc::ENOENT),
+            Some(Node::Root) => Answer::Err(libc::EISDIR),
+            Some(Node::Status) => {
+                doc(&self.status).map_or_else(|| self.attr_now(ino), Answer::Ready)
+            }
             Some(Node::Metrics) => {
-                doc(&self.metrics).map_or_else(|| self.attr_now(ino), Now::Ready)
+                doc(&self.metrics).map_or_else(|| self.attr_now(ino), Answer::Ready)
             }
             Some(Node::Consent(file)) => {
-                doc(&file.consent).map_or_else(|| self.attr_now(ino), Now::Ready)
+                doc(&file.consent).map_or_else(|| self.attr_now(ino), Answer::Ready)
             }
             // The announced rendering while the token file has something to serve
             // (it may describe a token a refresh just replaced: the next attribute
             // request announces the new one); gone with the last servable token.
             Some(Node::Expires(file)) => match self.described(file) {
-                Some(_) => doc(&file.expires).map_or_else(|| self.attr_now(ino), Now::Ready),
-                None => Now::Err(libc::ENOENT),
+                Some(_) => doc(&file.expires).map_or_else(|| self.attr_now(ino), Answer::Ready),
+                None => Answer::Err(libc::ENOENT),
             },
             // No descriptor of the stand-in exists (its opens never succeed), so
             // a read of it is a kernel's retry at most: send it to the name again.
-            Some(Node::Pending(_)) => Now::Err(libc::ESTALE),
+            Some(Node::Pending(_)) => Answer::Err(libc::ESTALE),
             Some(Node::Token(file)) => {
                 let now = file.cell.now();
                 let announced = lock(&file.announced).clone();
                 match announced.filter(|t| t.servable(now)) {
-                    Some(token) => Now::Ready(self.token_view(ino, token, now)),
+                    Some(token) => Answer::Ready(self.token_view(ino, token, now)),
                     None => self.attr_now(ino),
                 }
             }
@@ -472,21 +482,6 @@ impl Files {
             return Ok(self.token_view(ino, token, file.cell.now()));
         }
         Ok(self.announce(ino, file, token))
-    }
-
-    /// How an open of `ino` is served. Opening the pending stand-in is the first
-    /// step of a read, so it waits for a token (and its errors are the read's);
-    /// nothing else waits at open.
-    pub fn open_now(&self, ino: u64) -> Result<Option<Opened>, i32> {
-        match self.node(ino) {
-            None => Err(libc::ENOENT),
-            Some(Node::Root) => Err(libc::EISDIR),
-            Some(Node::Pending(file)) => match file.cell.peek() {
-                Some(_) => Ok(Some(Opened::Stale)),
-                None => Ok(None),
-            },
-            Some(_) => Ok(Some(Opened::Cached)),
-        }
     }
 
     fn announce(&self, ino: u64, file: &TokenFile, token: Arc<Token>) -> View {
@@ -561,28 +556,30 @@ impl Files {
     // a new mtime (which drops its cached pages) when the bytes changed.
 
     fn status_view(&self) -> View {
-        let cells: Vec<_> = self.tokens.iter().map(|t| t.cell.clone()).collect();
-        let doc = self.status.announce(crate::status::render(
-            &cells,
-            self.opts.login_socket.as_deref(),
-        ));
+        let doc = self.status.announce(
+            crate::status::render(&self.cells, self.opts.login_socket.as_deref()),
+            self.clock.now(),
+        );
         self.content_view(STATUS_INO, Content::Doc(doc), Duration::ZERO)
     }
 
     fn metrics_view(&self) -> View {
-        let cells: Vec<_> = self.tokens.iter().map(|t| t.cell.clone()).collect();
-        let doc = self.metrics.announce(crate::metrics::render_now(&cells));
+        let doc = self
+            .metrics
+            .announce(crate::metrics::render_now(&self.cells), self.clock.now());
         self.content_view(METRICS_INO, Content::Doc(doc), Duration::ZERO)
     }
 
     /// `<file>.consent-url`: the URL and a newline, while consent is needed.
-    fn consent_view(&self, ino: u64, file: &TokenFile) -> Now {
+    fn consent_view(&self, ino: u64, file: &TokenFile) -> Answer<View> {
         match file.cell.consent_url() {
             Some(url) => {
-                let doc = file.consent.announce(format!("{url}\n").into_bytes());
-                Now::Ready(self.content_view(ino, Content::Doc(doc), Duration::ZERO))
+                let doc = file
+                    .consent
+                    .announce(format!("{url}\n").into_bytes(), file.cell.now());
+                Answer::Ready(self.content_view(ino, Content::Doc(doc), Duration::ZERO))
             }
-            None => Now::Err(libc::ENOENT),
+            None => Answer::Err(libc::ENOENT),
         }
     }
 
@@ -599,9 +596,9 @@ impl Files {
 
     /// `<file>.expires`: the expiry of the token `<file>` serves, as one line of
     /// JSON, while it has one. Its mtime is the token's, and changes with it.
-    fn expires_view(&self, ino: u64, file: &TokenFile) -> Now {
+    fn expires_view(&self, ino: u64, file: &TokenFile) -> Answer<View> {
         let Some(token) = self.described(file) else {
-            return Now::Err(libc::ENOENT);
+            return Answer::Err(libc::ENOENT);
         };
         let expiry = Expiry {
             expires_on: token
@@ -614,8 +611,8 @@ impl Files {
         };
         let mut bytes = serde_json::to_vec(&expiry).unwrap_or_default();
         bytes.push(b'\n');
-        let doc = file.expires.announce_dated(bytes, token.obtained_at);
-        Now::Ready(self.content_view(ino, Content::Doc(doc), Duration::ZERO))
+        let doc = file.expires.announce(bytes, token.obtained_at);
+        Answer::Ready(self.content_view(ino, Content::Doc(doc), Duration::ZERO))
     }
 }
 
