@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::{Answer, Content, Files, Node, View};
+use crate::cell::Token;
 use crate::sync::lock;
 
 /// How reads are served, as asked for; the kernel may grant less.
@@ -145,12 +146,13 @@ impl Files {
     pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Answer<Slice> {
         if fh != 0 {
             let pinned = lock(&self.handles.pinned).get(&fh).cloned();
+            let stale = |t: &Token| !t.servable(self.token_clock(ino));
             match pinned {
-                Some(Content::Token(t)) if !t.servable(self.token_clock(ino)) => {
-                    if offset > 0 {
-                        return Answer::Err(libc::EIO);
-                    }
+                Some(Content::Token(t)) if stale(&t) && offset > 0 => {
+                    return Answer::Err(libc::EIO);
                 }
+                // Offset 0 of a stale pin: start over with the current view.
+                Some(Content::Token(t)) if stale(&t) => {}
                 Some(content) => {
                     self.note_read(ino);
                     return Answer::Ready(Slice {
