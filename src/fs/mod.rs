@@ -171,18 +171,25 @@ impl DocSlot {
 
 struct TokenFile {
     cell: Arc<Cell>,
-    announced: Mutex<Option<Arc<Token>>>,
+    /// One lock for the three, taken once per attribute reply: an announcement
+    /// sets them together.
+    told: Mutex<Told>,
+    consent: DocSlot,
+    expires: DocSlot,
+}
+
+/// What the kernel was told of a token file.
+struct Told {
+    announced: Option<Arc<Token>>,
     /// Until when the kernel may go on using the attributes announced last
     /// (their TTL) without asking again.
-    cached_until: Mutex<SystemTime>,
+    cached_until: SystemTime,
     /// The token a read of the file returns now, as far as the daemon knows:
     /// the announced one, until the kernel dropped its cache of the file after a
     /// refresh (then the next read gets the cell's newest). `.expires` describes
     /// it, so that a client reading both never pairs a token with a later
     /// token's expiry.
-    described: Mutex<Option<Arc<Token>>>,
-    consent: DocSlot,
-    expires: DocSlot,
+    described: Option<Arc<Token>>,
 }
 
 /// Which file an inode is: token file `i` is `FIRST_TOKEN_INO + 4i`, its
@@ -244,9 +251,11 @@ impl Files {
                 .cloned()
                 .map(|cell| TokenFile {
                     cell,
-                    announced: Mutex::new(None),
-                    cached_until: Mutex::new(SystemTime::UNIX_EPOCH),
-                    described: Mutex::new(None),
+                    told: Mutex::new(Told {
+                        announced: None,
+                        cached_until: SystemTime::UNIX_EPOCH,
+                        described: None,
+                    }),
                     consent: DocSlot::new(),
                     expires: DocSlot::new(),
                 })
@@ -365,7 +374,8 @@ impl Files {
     /// next read asks first and gets the newest, so `.expires` describes that one.
     pub fn note_kernel_uncached(&self, ino: u64) {
         if let Some(Node::Token(file)) = self.node(ino) {
-            *lock(&file.described) = file.cell.peek();
+            let newest = file.cell.peek();
+            lock(&file.told).described = newest;
         }
     }
 
@@ -388,8 +398,10 @@ impl Files {
     pub fn kernel_may_cache_older(&self, ino: u64, generation: u64) -> bool {
         match self.node(ino) {
             Some(Node::Token(file)) => {
-                let announced = lock(&file.announced).as_ref().map_or(0, |t| t.generation);
-                announced < generation && file.cell.now() < *lock(&file.cached_until)
+                let now = file.cell.now();
+                let told = lock(&file.told);
+                let announced = told.announced.as_ref().map_or(0, |t| t.generation);
+                announced < generation && now < told.cached_until
             }
             _ => false,
         }
@@ -447,7 +459,7 @@ impl Files {
             Some(Node::Pending(_)) => Answer::Err(libc::ESTALE),
             Some(Node::Token(file)) => {
                 let now = file.cell.now();
-                let announced = lock(&file.announced).clone();
+                let announced = lock(&file.told).announced.clone();
                 match announced.filter(|t| t.servable(now)) {
                     Some(token) => Answer::Ready(self.token_view(ino, token, now)),
                     None => self.attr_now(ino),
@@ -485,11 +497,13 @@ impl Files {
     }
 
     fn announce(&self, ino: u64, file: &TokenFile, token: Arc<Token>) -> View {
-        *lock(&file.announced) = Some(token.clone());
-        *lock(&file.described) = Some(token.clone());
         let now = file.cell.now();
-        let view = self.token_view(ino, token, now);
-        *lock(&file.cached_until) = now + view.ttl;
+        let view = self.token_view(ino, token.clone(), now);
+        let mut told = lock(&file.told);
+        told.announced = Some(token.clone());
+        told.described = Some(token);
+        told.cached_until = now + view.ttl;
+        drop(told);
         view
     }
 
@@ -588,7 +602,7 @@ impl Files {
     /// cached tokens: this never asks the upstream, nor starts a refresh.
     fn described(&self, file: &TokenFile) -> Option<Arc<Token>> {
         let now = file.cell.now();
-        let described = lock(&file.described).clone();
+        let described = lock(&file.told).described.clone();
         described
             .filter(|t| t.servable(now))
             .or_else(|| file.cell.peek())
