@@ -1,5 +1,6 @@
-//! The filesystem's logic, without FUSE: inode table, attributes, what a read
-//! returns and how long the kernel may cache it. [`fuse`] is the thin adapter.
+//! The filesystem's logic, without FUSE: inode table, attributes, what an open
+//! and a read return (`handles`: per read path, with direct I/O's pinned
+//! content) and how long the kernel may cache it. [`fuse`] is the thin adapter.
 //!
 //! The kernel caches each file's pages and attributes (page cache, TTLs bounded
 //! by the token's deadline: that is what keeps warm reads fast), so the daemon
