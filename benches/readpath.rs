@@ -17,6 +17,8 @@ mod http;
 mod latency;
 #[path = "readpath/naive.rs"]
 mod naive;
+#[path = "readpath/python.rs"]
+mod python;
 #[path = "readpath/report.rs"]
 mod report;
 #[path = "readpath/sys.rs"]
@@ -57,9 +59,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let (latency, one_file_kib) = latency_runs(&rt);
+    let (latency, one_file_kib, python) = latency_runs(&rt);
     let results = Results {
         latency,
+        python,
         cold: cold_read(&rt),
         coalescing: coalescing(&rt),
         memory: daemon_memory(&rt, one_file_kib),
@@ -86,9 +89,19 @@ fn single_token_config(work: &tempfile::TempDir, upstream: &Upstream) -> std::pa
     write_config(work.path(), &[upstream.file_toml("token", "")])
 }
 
-/// Part 1: the same token bytes served five ways, at 1 and 8 reader threads.
-/// Also returns the RSS (KiB) of that one-file daemon after all those reads.
-fn latency_runs(rt: &tokio::runtime::Runtime) -> (Vec<latency::Measured>, u64) {
+fn python_ops() -> usize {
+    std::env::var("READPATH_PY_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+}
+
+/// Part 1: the same token bytes served five ways, at 1 and 8 reader threads,
+/// then Python's readers on tmpfs and both tokenfs read paths. Also returns the
+/// RSS (KiB) of that one-file daemon after all those reads.
+fn latency_runs(
+    rt: &tokio::runtime::Runtime,
+) -> (Vec<latency::Measured>, u64, Option<python::PyResults>) {
     let upstream = Upstream::start(rt, IssuerConfig::default());
     let work = tempfile::tempdir().expect("temp dir");
     let tokenfs = TokenfsMount::start(&single_token_config(&work, &upstream));
@@ -162,10 +175,46 @@ fn latency_runs(rt: &tokio::runtime::Runtime) -> (Vec<latency::Measured>, u64) {
             } else {
                 &token
             };
-            measured.push(latency::measure(case, expected, plan));
+            // The daemon's CPU during the run: what of a read's cost is the
+            // daemon's, and what the kernel's.
+            let daemon = match case.name {
+                TOKENFS => Some(tokenfs.pid()),
+                TOKENFS_KERNEL_OPENS => Some(fast.pid()),
+                _ => None,
+            };
+            let before = daemon.map(sys::cpu_time);
+            let mut m = latency::measure(case, expected, plan);
+            m.daemon_cpu = daemon.zip(before).map(|(pid, b)| sys::cpu_time(pid) - b);
+            measured.push(m);
         }
     }
-    (measured, sys::rss_kib(tokenfs.pid()))
+    let python = python::available().map(|version| {
+        let targets = [
+            python::Target {
+                name: TMPFS,
+                token: tmpfs.path().join("token"),
+                doc: tmpfs.path().join("token"),
+                len: token.len(),
+            },
+            python::Target {
+                name: TOKENFS,
+                token: tokenfs.path("token"),
+                doc: tokenfs.path(".status"),
+                len: token.len(),
+            },
+            python::Target {
+                name: TOKENFS_KERNEL_OPENS,
+                token: fast.path("token"),
+                doc: fast.path(".status"),
+                len: fast_token.len(),
+            },
+        ];
+        python::measure(version, &targets, python_ops())
+    });
+    if python.is_none() {
+        progress("no python3: the Python rows are skipped");
+    }
+    (measured, sys::rss_kib(tokenfs.pid()), python)
 }
 
 /// Part 2: a read of an empty cell waits for the upstream; what does tokenfs add?

@@ -74,6 +74,10 @@ pub struct Measured {
     pub p50: Duration,
     pub p99: Duration,
     pub reads_per_s: f64,
+    /// The daemon's CPU time during the timed and warm-up reads (tokenfs only).
+    pub daemon_cpu: Option<Duration>,
+    /// Reads per run, warm-up included, over all threads.
+    pub reads: Option<usize>,
 }
 
 /// Run `plan.threads` readers of `case`, released together after their warm-up;
@@ -94,7 +98,9 @@ pub fn measure(case: &Case, expected: &[u8], plan: Plan) -> Measured {
         }
         (all, started.elapsed())
     });
-    summarize(case.name, plan.threads, samples, wall)
+    let mut m = summarize(case.name, plan.threads, samples, wall);
+    m.reads = Some(plan.threads * (plan.ops + plan.warmup));
+    m
 }
 
 fn reader_thread(case: &Case, expected: &[u8], plan: Plan, start_line: &Barrier) -> Vec<u64> {
@@ -130,5 +136,7 @@ fn summarize(name: &'static str, threads: usize, mut ns: Vec<u64>, wall: Duratio
         p50: pick(0.50),
         p99: pick(0.99),
         reads_per_s: ns.len() as f64 / wall.as_secs_f64(),
+        daemon_cpu: None,
+        reads: None,
     }
 }

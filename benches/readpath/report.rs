@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::latency::Measured;
+use crate::python::{PyResults, READERS};
 
 pub const TMPFS: &str = "tmpfs";
 pub const NAIVE: &str = "naive FUSE (open→daemon)";
@@ -43,6 +44,8 @@ pub struct Memory {
 
 pub struct Results {
     pub latency: Vec<Measured>,
+    /// None without a `python3`.
+    pub python: Option<PyResults>,
     pub cold: Cold,
     pub coalescing: Coalescing,
     pub memory: Memory,
@@ -93,6 +96,10 @@ impl Results {
         println!();
         println!("tokenfs read-path benchmark (1 KB token, same machine, one run)");
         self.print_table();
+        self.print_daemon_cpu();
+        if let Some(py) = &self.python {
+            print_python(py);
+        }
         self.print_figures();
         println!();
         println!("targets");
@@ -126,6 +133,28 @@ impl Results {
             }
         }
         println!("(ratios = tokenfs p50 / that case's p50; < 1 means tokenfs is faster)");
+    }
+
+    /// The daemon's CPU per read, next to the read's p50: the rest is the kernel's.
+    fn print_daemon_cpu(&self) {
+        let mut parts = Vec::new();
+        for threads in self.thread_counts() {
+            for name in [TOKENFS, TOKENFS_KERNEL_OPENS] {
+                let m = self.find(name, threads);
+                if let (Some(cpu), Some(reads)) = (m.daemon_cpu, m.reads) {
+                    parts.push(format!(
+                        "{name} × {threads}: {:.2} µs",
+                        us(cpu) / reads.max(1) as f64
+                    ));
+                }
+            }
+        }
+        if !parts.is_empty() {
+            println!(
+                "daemon CPU per read (warm-up included): {}",
+                parts.join(", ")
+            );
+        }
     }
 
     fn cold_overhead_us(&self) -> f64 {
@@ -249,6 +278,44 @@ impl Results {
             "mount → first read ≤ 200 ms".into(),
             format!("{m:.1} ms"),
             m <= 200.0,
+        );
+    }
+}
+
+fn print_python(py: &PyResults) {
+    println!();
+    println!(
+        "{}: one process per cell, {} timed calls each; p50 µs (mean)",
+        py.version,
+        thousands(py.iterations as u64)
+    );
+    print!("{:<36}", "reader");
+    for t in &py.targets {
+        print!("{t:>24}");
+    }
+    println!();
+    for (i, (label, timings)) in py.rows.iter().enumerate() {
+        if i == READERS.len() {
+            println!("requests the daemon answers itself (tmpfs: the kernel alone)");
+        }
+        print!("{label:<36}");
+        for t in timings {
+            print!("{:>24}", format!("{:.1} ({:.1})", us(t.p50), us(t.mean)));
+        }
+        println!();
+    }
+    // The floor of a round trip: the ioctl the daemon answers at once, less
+    // what the same call costs on tmpfs.
+    if let Some((_, ioctl)) = py.rows.last() {
+        let floor: Vec<String> = ioctl
+            .iter()
+            .zip(&py.targets)
+            .skip(1)
+            .map(|(t, name)| format!("{name} {:.1} µs", us(t.p50) - us(ioctl[0].p50)))
+            .collect();
+        println!(
+            "round-trip floor (ioctl p50 minus tmpfs): {}",
+            floor.join(", ")
         );
     }
 }

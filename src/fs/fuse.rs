@@ -1,11 +1,10 @@
 //! The thin `fuser::Filesystem` adapter over [`Files`]: translate requests,
-//! answer at once when a token is ready, else answer from a tokio task once the
-//! cell has one (replies are `Send`).
+//! answer at once when [`Files`] can, else answer from a tokio task once the
+//! cell has a token (replies are `Send`).
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
@@ -14,83 +13,37 @@ use fuser::{
     ReplyEntry, ReplyOpen, Request,
 };
 
-use super::{Attr, Content, Files, Kind, Now, Opened, View, ROOT_INO};
-use crate::sync::lock;
-
-/// How reads are served, as asked for; the kernel may grant less.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadPath {
-    /// Every open reaches the daemon (one round trip), reads come from the
-    /// kernel's page cache.
-    PageCache,
-    /// Neither opens nor warm reads reach the daemon (`FUSE_NO_OPEN_SUPPORT`).
-    KernelOpens,
-    /// Every read reaches the daemon.
-    DirectIo,
-}
+pub use super::ReadPath;
+use super::{Answer, Attr, Files, Kind, Opened, ROOT_INO};
 
 /// The mounted filesystem.
 pub struct TokenFs {
     files: Arc<Files>,
     rt: tokio::runtime::Handle,
     asked: ReadPath,
-    /// Whether warm reads come from the kernel's page cache (`FUSE_AUTO_INVAL_DATA`
-    /// granted, so that a new size or mtime drops stale pages).
-    page_cache: AtomicBool,
-    /// Whether the kernel opens files itself (`FUSE_NO_OPEN_SUPPORT` granted).
-    kernel_opens: AtomicBool,
-    /// Direct I/O only: the content each open file reads, pinned at open, so that
-    /// one open file never mixes two tokens.
-    handles: Arc<Mutex<HashMap<u64, Content>>>,
-    next_handle: AtomicU64,
 }
 
 impl TokenFs {
     pub fn new(files: Arc<Files>, rt: tokio::runtime::Handle, asked: ReadPath) -> TokenFs {
-        TokenFs {
-            files,
-            rt,
-            asked,
-            page_cache: AtomicBool::new(false),
-            kernel_opens: AtomicBool::new(false),
-            handles: Arc::default(),
-            next_handle: AtomicU64::new(1),
-        }
+        TokenFs { files, rt, asked }
     }
 
-    fn pinned(&self, fh: FileHandle) -> Option<Content> {
-        lock(&self.handles).get(&fh.0).cloned()
-    }
-
-    /// Direct I/O: pin the content the open file reads, so it never mixes two tokens.
-    fn open_direct(&self, ino: u64, reply: ReplyOpen) {
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let handles = self.handles.clone();
-        self.with_view(
-            ino,
-            |f| f.read_now(ino),
-            move |view| match view {
-                Ok(View {
-                    content: Some(content),
-                    ..
-                }) => {
-                    lock(&handles).insert(fh, content);
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
-                }
-                Ok(_) => reply.error(Errno::EISDIR),
-                Err(errno) => reply.error(Errno::from_i32(errno)),
-            },
-        );
-    }
-
-    /// Answer `reply` with a view of `ino`: now if ready, else once the cell has a token.
-    /// A panic while looking (a bug) answers `EIO` and is logged: it must not take
-    /// the FUSE thread, and with it the whole mount, down.
-    fn with_view<F>(&self, ino: u64, now: impl FnOnce(&Files) -> Now, answer: F)
-    where
-        F: FnOnce(Result<View, i32>) + Send + 'static,
+    /// Answer `reply` with what `now` gives, on this thread when it is ready,
+    /// else with what `wait` gives, from a tokio task: only a wait for the
+    /// upstream leaves the FUSE thread. A panic in `now` (a bug) answers `EIO`
+    /// and is logged: it must not take the FUSE thread, and with it the whole
+    /// mount, down.
+    fn answer<T, W, Fut>(
+        &self,
+        ino: u64,
+        now: impl FnOnce(&Files) -> Answer<T>,
+        wait: W,
+        reply: impl FnOnce(Result<T, i32>) + Send + 'static,
+    ) where
+        W: FnOnce(Arc<Files>) -> Fut,
+        Fut: Future<Output = Result<T, i32>> + Send + 'static,
     {
-        let now = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| now(&self.files)))
+        let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| now(&self.files)))
             .unwrap_or_else(|panic| {
                 let what = panic
                     .downcast_ref::<&str>()
@@ -98,14 +51,14 @@ impl TokenFs {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
                 tracing::error!(ino, panic = %what, "a bug: answering EIO");
-                Now::Err(libc::EIO)
+                Answer::Err(libc::EIO)
             });
-        match now {
-            Now::Ready(view) => answer(Ok(view)),
-            Now::Err(errno) => answer(Err(errno)),
-            Now::MustWait => {
-                let files = self.files.clone();
-                self.rt.spawn(async move { answer(files.wait(ino).await) });
+        match answer {
+            Answer::Ready(v) => reply(Ok(v)),
+            Answer::Err(errno) => reply(Err(errno)),
+            Answer::MustWait => {
+                let waiting = wait(self.files.clone());
+                self.rt.spawn(async move { reply(waiting.await) });
             }
         }
     }
@@ -152,8 +105,11 @@ impl Filesystem for TokenFs {
                 (ok, ok)
             }
         };
-        self.page_cache.store(cached, Ordering::SeqCst);
-        self.kernel_opens.store(kernel_opens, Ordering::SeqCst);
+        self.files.serve(match (cached, kernel_opens) {
+            (true, true) => ReadPath::KernelOpens,
+            (true, false) => ReadPath::PageCache,
+            (false, _) => ReadPath::DirectIo,
+        });
         match (cached, kernel_opens, self.asked) {
             (true, true, _) => tracing::info!("read path: kernel page cache, opens in the kernel (--kernel-opens; TTL bounded by token deadlines)"),
             (true, false, _) => tracing::info!("read path: kernel page cache (auto-inval-data, TTL bounded by token deadlines), opens answered by the daemon"),
@@ -167,9 +123,10 @@ impl Filesystem for TokenFs {
         let Some(ino) = self.files.lookup(parent.0, name) else {
             return reply.error(Errno::ENOENT);
         };
-        self.with_view(
+        self.answer(
             ino,
             |f| f.attr_now(ino),
+            move |f| async move { f.wait(ino).await },
             move |view| match view {
                 Ok(v) => reply.entry_with_ttls(&v.ttl, &v.ttl, &file_attr(&v.attr), Generation(0)),
                 Err(errno) => reply.error(Errno::from_i32(errno)),
@@ -178,9 +135,11 @@ impl Filesystem for TokenFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.with_view(
-            ino.0,
-            |f| f.attr_now(ino.0),
+        let ino = ino.0;
+        self.answer(
+            ino,
+            |f| f.attr_now(ino),
+            move |f| async move { f.wait(ino).await },
             move |view| match view {
                 Ok(v) => reply.attr(&v.ttl, &file_attr(&v.attr)),
                 Err(errno) => reply.error(Errno::from_i32(errno)),
@@ -189,29 +148,18 @@ impl Filesystem for TokenFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if self.kernel_opens.load(Ordering::Relaxed) {
-            // ENOSYS under FUSE_NO_OPEN_SUPPORT: the kernel stops sending opens and
-            // keeps the page cache across them.
-            return reply.error(Errno::ENOSYS);
-        }
         let ino = ino.0;
-        match self.files.open_now(ino) {
-            Err(errno) => reply.error(Errno::from_i32(errno)),
-            Ok(Some(Opened::Stale)) => reply.error(Errno::ESTALE),
-            Ok(None) => {
-                let files = self.files.clone();
-                self.rt.spawn(async move {
-                    match files.wait(ino).await {
-                        Ok(_) => reply.error(Errno::ESTALE),
-                        Err(errno) => reply.error(Errno::from_i32(errno)),
-                    }
-                });
-            }
-            Ok(Some(Opened::Cached)) if self.page_cache.load(Ordering::Relaxed) => {
-                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
-            }
-            Ok(Some(Opened::Cached)) => self.open_direct(ino, reply),
-        }
+        self.answer(
+            ino,
+            |f| f.open(ino),
+            move |f| async move { f.open_wait(ino).await },
+            move |opened| match opened {
+                Ok(Opened::Cached) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+                Ok(Opened::Direct(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+                Ok(Opened::Stale) => reply.error(Errno::ESTALE),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            },
+        );
     }
 
     fn release(
@@ -224,7 +172,7 @@ impl Filesystem for TokenFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        lock(&self.handles).remove(&fh.0);
+        self.files.release(fh.0);
         reply.ok();
     }
 
@@ -239,39 +187,13 @@ impl Filesystem for TokenFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        // A descriptor held past its token's deadline starts over with the current
-        // token, from the beginning only: mid-file that would tear it.
-        match self.pinned(fh) {
-            Some(Content::Token(t)) if !t.servable(SystemTime::now()) && offset > 0 => {
-                return reply.error(Errno::EIO);
-            }
-            Some(Content::Token(t)) if !t.servable(SystemTime::now()) => {}
-            Some(content) => {
-                self.files.note_read(ino.0);
-                return reply.data(content.slice(offset, size));
-            }
-            None => {}
-        }
-        let handles = self.handles.clone();
-        let files = self.files.clone();
-        self.with_view(
-            ino.0,
-            |f| f.read_now(ino.0),
-            move |view| match view {
-                Ok(View {
-                    content: Some(content),
-                    ..
-                }) => {
-                    files.note_read(ino.0);
-                    if fh.0 != 0 {
-                        let mut pins = lock(&handles);
-                        if let Some(pin) = pins.get_mut(&fh.0) {
-                            *pin = content.clone();
-                        }
-                    }
-                    reply.data(content.slice(offset, size))
-                }
-                Ok(_) => reply.error(Errno::EISDIR),
+        let (ino, fh) = (ino.0, fh.0);
+        self.answer(
+            ino,
+            |f| f.read(ino, fh, offset, size),
+            move |f| async move { f.read_wait(ino, fh, offset, size).await },
+            move |read| match read {
+                Ok(slice) => reply.data(slice.bytes()),
                 Err(errno) => reply.error(Errno::from_i32(errno)),
             },
         );
@@ -438,13 +360,15 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let answer = {
             let tx = tx.clone();
-            move |view: Result<View, i32>| tx.send(view.err()).unwrap()
+            move |view: Result<super::super::View, i32>| tx.send(view.err()).unwrap()
         };
-        fs.with_view(ROOT_INO, |_| panic!("a bug"), answer);
+        let wait = |f: Arc<Files>| async move { f.wait(ROOT_INO).await };
+        fs.answer(ROOT_INO, |_| panic!("a bug"), wait, answer);
         assert_eq!(rx.recv().unwrap(), Some(libc::EIO));
-        fs.with_view(
+        fs.answer(
             ROOT_INO,
             |f| f.attr_now(ROOT_INO),
+            wait,
             move |v| tx.send(v.err()).unwrap(),
         );
         assert_eq!(rx.recv().unwrap(), None);

@@ -1,5 +1,6 @@
-//! The filesystem's logic, without FUSE: inode table, attributes, what a read
-//! returns and how long the kernel may cache it. [`fuse`] is the thin adapter.
+//! The filesystem's logic, without FUSE: inode table, attributes, what an open
+//! and a read return (`handles`: per read path, with direct I/O's pinned
+//! content) and how long the kernel may cache it. [`fuse`] is the thin adapter.
 //!
 //! The kernel caches each file's pages and attributes (page cache, TTLs bounded
 //! by the token's deadline: that is what keeps warm reads fast), so the daemon
@@ -11,12 +12,15 @@
 //! the upstream and never see a size a read would not return.
 
 pub mod fuse;
+mod handles;
+
+pub use handles::{Opened, ReadPath, Slice};
 
 use std::ffi::OsStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::cell::{Cell, CellError, Timestamp, Token};
+use crate::cell::{Cell, CellError, Clock, SystemClock, Timestamp, Token};
 use crate::sync::lock;
 
 pub const ROOT_INO: u64 = 1;
@@ -125,10 +129,12 @@ pub struct View {
     pub content: Option<Content>,
 }
 
-/// Outcome of asking for a view without waiting.
-pub enum Now {
-    Ready(View),
-    /// The cell has no servable token: wait for it with [`Files::wait`].
+/// What a request gets without waiting: the FUSE thread answers `Ready` and
+/// `Err` at once, and only `MustWait` goes to the async runtime.
+pub enum Answer<T> {
+    Ready(T),
+    /// The cell has no servable token: the matching `*_wait` method (e.g.
+    /// [`Files::wait`]) answers once it has one.
     MustWait,
     Err(i32),
 }
@@ -142,12 +148,9 @@ impl DocSlot {
         DocSlot(Mutex::new(None))
     }
 
-    fn announce(&self, bytes: Vec<u8>) -> Arc<Doc> {
-        self.announce_dated(bytes, SystemTime::now())
-    }
-
-    /// Like [`DocSlot::announce`], with the mtime a new rendering gets.
-    fn announce_dated(&self, bytes: Vec<u8>, mtime: SystemTime) -> Arc<Doc> {
+    /// The rendering to announce: the last one if its bytes are these, else a
+    /// new one dated `mtime`.
+    fn announce(&self, bytes: Vec<u8>, mtime: SystemTime) -> Arc<Doc> {
         let mut slot = lock(&self.0);
         match &*slot {
             Some(doc) if doc.bytes == bytes => doc.clone(),
@@ -169,18 +172,25 @@ impl DocSlot {
 
 struct TokenFile {
     cell: Arc<Cell>,
-    announced: Mutex<Option<Arc<Token>>>,
+    /// One lock for the three, taken once per attribute reply: an announcement
+    /// sets them together.
+    told: Mutex<Told>,
+    consent: DocSlot,
+    expires: DocSlot,
+}
+
+/// What the kernel was told of a token file.
+struct Told {
+    announced: Option<Arc<Token>>,
     /// Until when the kernel may go on using the attributes announced last
     /// (their TTL) without asking again.
-    cached_until: Mutex<SystemTime>,
+    cached_until: SystemTime,
     /// The token a read of the file returns now, as far as the daemon knows:
     /// the announced one, until the kernel dropped its cache of the file after a
     /// refresh (then the next read gets the cell's newest). `.expires` describes
     /// it, so that a client reading both never pairs a token with a later
     /// token's expiry.
-    described: Mutex<Option<Arc<Token>>>,
-    consent: DocSlot,
-    expires: DocSlot,
+    described: Option<Arc<Token>>,
 }
 
 /// Which file an inode is: token file `i` is `FIRST_TOKEN_INO + 4i`, its
@@ -202,17 +212,6 @@ enum Node<'a> {
     Pending(&'a TokenFile),
 }
 
-/// What an open of a file gets, once any wait is over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Opened {
-    /// Served from the kernel's page cache, kept across opens; freshness comes
-    /// from the attribute TTLs and invalidations.
-    Cached,
-    /// The name now resolves to another inode (a token arrived): `ESTALE`, so
-    /// that the kernel repeats the lookup.
-    Stale,
-}
-
 /// The content of `<file>.expires`: nothing of the token itself.
 #[derive(serde::Serialize)]
 struct Expiry {
@@ -226,30 +225,49 @@ struct Expiry {
 /// The mount's files.
 pub struct Files {
     tokens: Vec<TokenFile>,
+    /// The same cells, as `.status` and `.metrics` render them: kept so that a
+    /// `getattr` of either (TTL 0, so one per access) collects nothing.
+    cells: Vec<Arc<Cell>>,
     status: DocSlot,
     metrics: DocSlot,
     opts: Options,
+    /// Dates what belongs to no token: `.status`, `.metrics`, the root and the
+    /// stand-in. Anything about a token (servable, TTL, what the kernel may
+    /// cache) is judged by its cell's clock, the one the cell decided with. The
+    /// daemon gives both the system clock; tests give both one manual clock.
+    clock: Arc<dyn Clock>,
     started: SystemTime,
+    handles: handles::Handles,
 }
 
 impl Files {
     pub fn new(cells: Vec<Arc<Cell>>, opts: Options) -> Arc<Files> {
+        Files::with_clock(cells, opts, Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(cells: Vec<Arc<Cell>>, opts: Options, clock: Arc<dyn Clock>) -> Arc<Files> {
         Arc::new(Files {
             tokens: cells
-                .into_iter()
+                .iter()
+                .cloned()
                 .map(|cell| TokenFile {
                     cell,
-                    announced: Mutex::new(None),
-                    cached_until: Mutex::new(SystemTime::UNIX_EPOCH),
-                    described: Mutex::new(None),
+                    told: Mutex::new(Told {
+                        announced: None,
+                        cached_until: SystemTime::UNIX_EPOCH,
+                        described: None,
+                    }),
                     consent: DocSlot::new(),
                     expires: DocSlot::new(),
                 })
                 .collect(),
+            cells,
             status: DocSlot::new(),
             metrics: DocSlot::new(),
             opts,
-            started: SystemTime::now(),
+            started: clock.now(),
+            clock,
+            handles: handles::Handles::default(),
         })
     }
 
@@ -357,7 +375,8 @@ impl Files {
     /// next read asks first and gets the newest, so `.expires` describes that one.
     pub fn note_kernel_uncached(&self, ino: u64) {
         if let Some(Node::Token(file)) = self.node(ino) {
-            *lock(&file.described) = file.cell.peek();
+            let newest = file.cell.peek();
+            lock(&file.told).described = newest;
         }
     }
 
@@ -380,8 +399,10 @@ impl Files {
     pub fn kernel_may_cache_older(&self, ino: u64, generation: u64) -> bool {
         match self.node(ino) {
             Some(Node::Token(file)) => {
-                let announced = lock(&file.announced).as_ref().map_or(0, |t| t.generation);
-                announced < generation && file.cell.now() < *lock(&file.cached_until)
+                let now = file.cell.now();
+                let told = lock(&file.told);
+                let announced = told.announced.as_ref().map_or(0, |t| t.generation);
+                announced < generation && now < told.cached_until
             }
             _ => false,
         }
@@ -392,54 +413,56 @@ impl Files {
     /// wait for it. (An empty file's attributes instead would race a concurrent
     /// reader's attribute request: the kernel keeps the newest-applied ones and
     /// would drop the real size, and that read would end at once, empty.)
-    pub fn attr_now(&self, ino: u64) -> Now {
+    pub fn attr_now(&self, ino: u64) -> Answer<View> {
         match self.node(ino) {
-            None => Now::Err(libc::ENOENT),
-            Some(Node::Root) => Now::Ready(self.root_view()),
-            Some(Node::Status) => Now::Ready(self.status_view()),
-            Some(Node::Metrics) => Now::Ready(self.metrics_view()),
+            None => Answer::Err(libc::ENOENT),
+            Some(Node::Root) => Answer::Ready(self.root_view()),
+            Some(Node::Status) => Answer::Ready(self.status_view()),
+            Some(Node::Metrics) => Answer::Ready(self.metrics_view()),
             Some(Node::Consent(file)) => self.consent_view(ino, file),
             Some(Node::Expires(file)) => self.expires_view(ino, file),
-            Some(Node::Pending(_)) => Now::Ready(self.pending_view(ino)),
+            Some(Node::Pending(_)) => Answer::Ready(self.pending_view(ino)),
             Some(Node::Token(file)) => match file.cell.peek() {
-                Some(token) => Now::Ready(self.announce(ino, file, token)),
-                None => Now::MustWait,
+                Some(token) => Answer::Ready(self.announce(ino, file, token)),
+                None => Answer::MustWait,
             },
         }
     }
 
     /// The view a read gets: the announced content while it is servable, so that
     /// the bytes match the size the kernel holds; else the newest servable one.
-    pub fn read_now(&self, ino: u64) -> Now {
+    pub fn read_now(&self, ino: u64) -> Answer<View> {
         let doc = |slot: &DocSlot| {
             slot.last()
                 .map(|d| self.content_view(ino, Content::Doc(d), Duration::ZERO))
         };
         match self.node(ino) {
-            None => Now::Err(libc::ENOENT),
-            Some(Node::Root) => Now::Err(libc::EISDIR),
-            Some(Node::Status) => doc(&self.status).map_or_else(|| self.attr_now(ino), Now::Ready),
+            None => Answer::Err(libc::ENOENT),
+            Some(Node::Root) => Answer::Err(libc::EISDIR),
+            Some(Node::Status) => {
+                doc(&self.status).map_or_else(|| self.attr_now(ino), Answer::Ready)
+            }
             Some(Node::Metrics) => {
-                doc(&self.metrics).map_or_else(|| self.attr_now(ino), Now::Ready)
+                doc(&self.metrics).map_or_else(|| self.attr_now(ino), Answer::Ready)
             }
             Some(Node::Consent(file)) => {
-                doc(&file.consent).map_or_else(|| self.attr_now(ino), Now::Ready)
+                doc(&file.consent).map_or_else(|| self.attr_now(ino), Answer::Ready)
             }
             // The announced rendering while the token file has something to serve
             // (it may describe a token a refresh just replaced: the next attribute
             // request announces the new one); gone with the last servable token.
             Some(Node::Expires(file)) => match self.described(file) {
-                Some(_) => doc(&file.expires).map_or_else(|| self.attr_now(ino), Now::Ready),
-                None => Now::Err(libc::ENOENT),
+                Some(_) => doc(&file.expires).map_or_else(|| self.attr_now(ino), Answer::Ready),
+                None => Answer::Err(libc::ENOENT),
             },
             // No descriptor of the stand-in exists (its opens never succeed), so
             // a read of it is a kernel's retry at most: send it to the name again.
-            Some(Node::Pending(_)) => Now::Err(libc::ESTALE),
+            Some(Node::Pending(_)) => Answer::Err(libc::ESTALE),
             Some(Node::Token(file)) => {
                 let now = file.cell.now();
-                let announced = lock(&file.announced).clone();
+                let announced = lock(&file.told).announced.clone();
                 match announced.filter(|t| t.servable(now)) {
-                    Some(token) => Now::Ready(self.token_view(ino, token, now)),
+                    Some(token) => Answer::Ready(self.token_view(ino, token, now)),
                     None => self.attr_now(ino),
                 }
             }
@@ -474,27 +497,14 @@ impl Files {
         Ok(self.announce(ino, file, token))
     }
 
-    /// How an open of `ino` is served. Opening the pending stand-in is the first
-    /// step of a read, so it waits for a token (and its errors are the read's);
-    /// nothing else waits at open.
-    pub fn open_now(&self, ino: u64) -> Result<Option<Opened>, i32> {
-        match self.node(ino) {
-            None => Err(libc::ENOENT),
-            Some(Node::Root) => Err(libc::EISDIR),
-            Some(Node::Pending(file)) => match file.cell.peek() {
-                Some(_) => Ok(Some(Opened::Stale)),
-                None => Ok(None),
-            },
-            Some(_) => Ok(Some(Opened::Cached)),
-        }
-    }
-
     fn announce(&self, ino: u64, file: &TokenFile, token: Arc<Token>) -> View {
-        *lock(&file.announced) = Some(token.clone());
-        *lock(&file.described) = Some(token.clone());
         let now = file.cell.now();
-        let view = self.token_view(ino, token, now);
-        *lock(&file.cached_until) = now + view.ttl;
+        let view = self.token_view(ino, token.clone(), now);
+        let mut told = lock(&file.told);
+        told.announced = Some(token.clone());
+        told.described = Some(token);
+        told.cached_until = now + view.ttl;
+        drop(told);
         view
     }
 
@@ -561,28 +571,30 @@ impl Files {
     // a new mtime (which drops its cached pages) when the bytes changed.
 
     fn status_view(&self) -> View {
-        let cells: Vec<_> = self.tokens.iter().map(|t| t.cell.clone()).collect();
-        let doc = self.status.announce(crate::status::render(
-            &cells,
-            self.opts.login_socket.as_deref(),
-        ));
+        let doc = self.status.announce(
+            crate::status::render(&self.cells, self.opts.login_socket.as_deref()),
+            self.clock.now(),
+        );
         self.content_view(STATUS_INO, Content::Doc(doc), Duration::ZERO)
     }
 
     fn metrics_view(&self) -> View {
-        let cells: Vec<_> = self.tokens.iter().map(|t| t.cell.clone()).collect();
-        let doc = self.metrics.announce(crate::metrics::render_now(&cells));
+        let doc = self
+            .metrics
+            .announce(crate::metrics::render_now(&self.cells), self.clock.now());
         self.content_view(METRICS_INO, Content::Doc(doc), Duration::ZERO)
     }
 
     /// `<file>.consent-url`: the URL and a newline, while consent is needed.
-    fn consent_view(&self, ino: u64, file: &TokenFile) -> Now {
+    fn consent_view(&self, ino: u64, file: &TokenFile) -> Answer<View> {
         match file.cell.consent_url() {
             Some(url) => {
-                let doc = file.consent.announce(format!("{url}\n").into_bytes());
-                Now::Ready(self.content_view(ino, Content::Doc(doc), Duration::ZERO))
+                let doc = file
+                    .consent
+                    .announce(format!("{url}\n").into_bytes(), file.cell.now());
+                Answer::Ready(self.content_view(ino, Content::Doc(doc), Duration::ZERO))
             }
-            None => Now::Err(libc::ENOENT),
+            None => Answer::Err(libc::ENOENT),
         }
     }
 
@@ -591,7 +603,7 @@ impl Files {
     /// cached tokens: this never asks the upstream, nor starts a refresh.
     fn described(&self, file: &TokenFile) -> Option<Arc<Token>> {
         let now = file.cell.now();
-        let described = lock(&file.described).clone();
+        let described = lock(&file.told).described.clone();
         described
             .filter(|t| t.servable(now))
             .or_else(|| file.cell.peek())
@@ -599,9 +611,9 @@ impl Files {
 
     /// `<file>.expires`: the expiry of the token `<file>` serves, as one line of
     /// JSON, while it has one. Its mtime is the token's, and changes with it.
-    fn expires_view(&self, ino: u64, file: &TokenFile) -> Now {
+    fn expires_view(&self, ino: u64, file: &TokenFile) -> Answer<View> {
         let Some(token) = self.described(file) else {
-            return Now::Err(libc::ENOENT);
+            return Answer::Err(libc::ENOENT);
         };
         let expiry = Expiry {
             expires_on: token
@@ -614,8 +626,8 @@ impl Files {
         };
         let mut bytes = serde_json::to_vec(&expiry).unwrap_or_default();
         bytes.push(b'\n');
-        let doc = file.expires.announce_dated(bytes, token.obtained_at);
-        Now::Ready(self.content_view(ino, Content::Doc(doc), Duration::ZERO))
+        let doc = file.expires.announce(bytes, token.obtained_at);
+        Answer::Ready(self.content_view(ino, Content::Doc(doc), Duration::ZERO))
     }
 }
 

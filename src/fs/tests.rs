@@ -56,14 +56,15 @@ pub(super) fn files() -> (Arc<Files>, Arc<Cell>, Arc<ManualClock>) {
         login_socket: None,
         stand_in: true,
     };
-    (Files::new(vec![cell.clone()], opts), cell, clock)
+    let files = Files::with_clock(vec![cell.clone()], opts, clock.clone());
+    (files, cell, clock)
 }
 
-fn ready(now: Now) -> View {
-    match now {
-        Now::Ready(v) => v,
-        Now::MustWait => panic!("expected Ready, got MustWait"),
-        Now::Err(e) => panic!("expected Ready, got errno {e}"),
+fn ready(answer: Answer<View>) -> View {
+    match answer {
+        Answer::Ready(v) => v,
+        Answer::MustWait => panic!("expected Ready, got MustWait"),
+        Answer::Err(e) => panic!("expected Ready, got errno {e}"),
     }
 }
 
@@ -92,14 +93,14 @@ fn names_and_inodes() {
         (root.kind, root.perm, root.owner.uid),
         (Kind::Dir, 0o500, 1000)
     );
-    assert!(matches!(files.attr_now(99), Now::Err(libc::ENOENT)));
+    assert!(matches!(files.attr_now(99), Answer::Err(libc::ENOENT)));
 }
 
 #[tokio::test]
 async fn empty_cell_must_wait_then_attrs_match_content() {
     let (files, cell, clock) = files();
     assert!(
-        matches!(files.attr_now(4), Now::MustWait),
+        matches!(files.attr_now(4), Answer::MustWait),
         "issue happens on first access"
     );
     assert_eq!(cell.status().fetches, 0);
@@ -140,7 +141,7 @@ async fn ttl_is_capped_and_shrinks_towards_the_deadline() {
     assert_eq!(ready(files.attr_now(4)).ttl, Duration::from_secs(69));
     clock.0.fetch_add(70, Ordering::SeqCst);
     assert!(
-        matches!(files.attr_now(4), Now::MustWait),
+        matches!(files.attr_now(4), Answer::MustWait),
         "past the deadline nothing is served"
     );
 }
@@ -283,7 +284,7 @@ async fn consent_url_file_exists_only_while_consent_is_needed() {
         b"azure"
     );
     assert_eq!(files.lookup(ROOT_INO, consent), None);
-    assert!(matches!(files.attr_now(ino), Now::Err(libc::ENOENT)));
+    assert!(matches!(files.attr_now(ino), Answer::Err(libc::ENOENT)));
     let names: Vec<_> = files.entries().into_iter().map(|(_, n)| n).collect();
     assert_eq!(
         names,
@@ -305,7 +306,7 @@ async fn expires_file_follows_the_servable_token_and_never_asks_the_upstream() {
     // Before any read: no token, so no expiry, and looking asks for nothing.
     assert_eq!(files.lookup(ROOT_INO, name), None);
     for now in [files.attr_now(6), files.read_now(6)] {
-        assert!(matches!(now, Now::Err(libc::ENOENT)), "never waits");
+        assert!(matches!(now, Answer::Err(libc::ENOENT)), "never waits");
     }
     let names: Vec<_> = files.entries().into_iter().map(|(_, n)| n).collect();
     assert_eq!(names, [".status", ".metrics", "token"]);
@@ -381,7 +382,7 @@ async fn expires_file_follows_the_servable_token_and_never_asks_the_upstream() {
     clock.0.fetch_add(300, Ordering::SeqCst);
     assert_eq!(files.lookup(ROOT_INO, name), None);
     for now in [files.attr_now(6), files.read_now(6)] {
-        assert!(matches!(now, Now::Err(libc::ENOENT)));
+        assert!(matches!(now, Answer::Err(libc::ENOENT)));
     }
     assert_eq!(files.entries().len(), 3);
     assert_eq!(cell.status().fetches, fetches);
@@ -406,9 +407,9 @@ async fn each_file_has_four_inodes() {
         Some(10)
     );
     assert_eq!(files.lookup(ROOT_INO, OsStr::new("token.expires")), None);
-    assert!(matches!(files.attr_now(10), Now::Ready(_)));
-    assert!(matches!(files.attr_now(6), Now::Err(libc::ENOENT)));
-    assert!(matches!(files.attr_now(13), Now::Err(libc::ENOENT)));
+    assert!(matches!(files.attr_now(10), Answer::Ready(_)));
+    assert!(matches!(files.attr_now(6), Answer::Err(libc::ENOENT)));
+    assert!(matches!(files.attr_now(13), Answer::Err(libc::ENOENT)));
     let inodes: Vec<_> = files.entries().into_iter().map(|(i, _)| i).collect();
     assert_eq!(inodes, [STATUS_INO, METRICS_INO, 7, 8, 10]);
 }
@@ -425,13 +426,14 @@ async fn without_a_token_the_name_is_an_empty_stand_in_that_asks_nothing() {
     }
     assert_eq!(cell.status().fetches, 0, "a walk asks no upstream");
     // Opening it is the first step of a read: it waits, then sends the reader on.
-    assert_eq!(files.open_now(pending), Ok(None));
+    assert!(matches!(files.open(pending), Answer::MustWait));
     let view = files.wait(pending).await.unwrap();
     assert_eq!(view.content.unwrap().bytes(), b"token-x");
-    assert_eq!(files.open_now(pending), Ok(Some(Opened::Stale)));
+    assert!(matches!(files.open(pending), Answer::Ready(Opened::Stale)));
     assert_eq!(files.lookup(ROOT_INO, OsStr::new("token")), Some(4));
     assert_eq!(ready(files.attr_now(4)).attr.size, 7);
-    assert_eq!(files.open_now(4), Ok(Some(Opened::Cached)));
+    files.serve(ReadPath::PageCache);
+    assert!(matches!(files.open(4), Answer::Ready(Opened::Cached)));
     assert_eq!(
         ready(files.attr_now(pending)).attr.size,
         0,
@@ -441,7 +443,7 @@ async fn without_a_token_the_name_is_an_empty_stand_in_that_asks_nothing() {
     clock.0.fetch_add(300, Ordering::SeqCst);
     assert_eq!(files.lookup(ROOT_INO, OsStr::new("token")), Some(pending));
     assert_eq!(cell.status().fetches, 1);
-    assert!(matches!(files.open_now(ROOT_INO), Err(libc::EISDIR)));
+    assert!(matches!(files.open(ROOT_INO), Answer::Err(libc::EISDIR)));
 }
 
 #[tokio::test]
@@ -492,4 +494,152 @@ async fn expires_file_moves_on_when_the_token_file_is_announced() {
         .finish(issued, clock.now(), &Policy::default(), 0.5)
         .unwrap();
     assert_eq!(json(&ready(files.attr_now(6)))["expires_on"], 1_000_580);
+}
+
+/// A refresh lands `after` seconds on: the cell gets the next, longer token.
+async fn refresh(cell: &Cell, clock: &ManualClock, after: u64) {
+    clock.0.fetch_add(after, Ordering::SeqCst);
+    assert!(cell.lock().try_start_refresh(clock.now()));
+    let issued = cell.source.issue().await;
+    cell.lock()
+        .finish(issued, clock.now(), &Policy::default(), 0.5)
+        .unwrap();
+}
+
+fn read(answer: Answer<Slice>) -> Vec<u8> {
+    match answer {
+        Answer::Ready(slice) => slice.bytes().to_vec(),
+        Answer::MustWait => panic!("expected Ready, got MustWait"),
+        Answer::Err(e) => panic!("expected Ready, got errno {e}"),
+    }
+}
+
+fn direct(opened: Opened) -> u64 {
+    match opened {
+        Opened::Direct(fh) => fh,
+        other => panic!("expected a direct-I/O handle, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn under_direct_io_each_open_file_reads_its_pinned_token_until_its_deadline() {
+    let (files, cell, clock) = files();
+    files.serve(ReadPath::DirectIo);
+    assert!(
+        matches!(files.open(4), Answer::MustWait),
+        "no token yet: the open waits, as a read would"
+    );
+    let first = direct(files.open_wait(4).await.unwrap());
+    assert_eq!(read(files.read(4, first, 0, 100)), b"token-x");
+
+    // A refresh lands and is announced; the open file keeps its token, a new
+    // open gets the new one.
+    refresh(&cell, &clock, 240).await;
+    assert_eq!(ready(files.attr_now(4)).attr.size, 8);
+    assert_eq!(read(files.read(4, first, 2, 100)), b"ken-x", "pinned");
+    let Answer::Ready(second) = files.open(4) else {
+        panic!("a token is servable: the open is answered at once")
+    };
+    let second = direct(second);
+    assert_ne!(first, second);
+    assert_eq!(read(files.read(4, second, 0, 100)), b"token-xx");
+    assert_eq!(files.pinned_handles(), 2);
+
+    // Past the first token's deadline (270 s after it was issued), by the
+    // cell's clock: mid-file never mixes two tokens, offset 0 starts over.
+    clock.0.fetch_add(31, Ordering::SeqCst);
+    assert!(matches!(
+        files.read(4, first, 3, 100),
+        Answer::Err(libc::EIO)
+    ));
+    assert_eq!(read(files.read(4, first, 0, 100)), b"token-xx");
+    assert_eq!(
+        read(files.read(4, first, 3, 100)),
+        b"en-xx",
+        "and it goes on with the token it started over with"
+    );
+
+    files.release(first);
+    assert_eq!(files.pinned_handles(), 1, "release drops the pin");
+    files.release(second);
+    files.release(0);
+    assert_eq!(files.pinned_handles(), 0);
+    assert_eq!(
+        read(files.read(4, first, 0, 100)),
+        b"token-xx",
+        "a handle unknown to the table reads the current view and pins nothing"
+    );
+    assert_eq!(files.pinned_handles(), 0);
+}
+
+#[tokio::test]
+async fn under_direct_io_a_read_of_a_pinned_token_past_its_deadline_waits_for_the_next() {
+    let (files, cell, clock) = files();
+    files.serve(ReadPath::DirectIo);
+    let fh = direct(files.open_wait(4).await.unwrap());
+    clock.0.fetch_add(271, Ordering::SeqCst);
+    assert!(matches!(files.read(4, fh, 5, 10), Answer::Err(libc::EIO)));
+    assert!(
+        matches!(files.read(4, fh, 0, 10), Answer::MustWait),
+        "nothing servable: offset 0 waits for a token"
+    );
+    assert_eq!(
+        files.read_wait(4, fh, 0, 100).await.unwrap().bytes(),
+        b"token-xx"
+    );
+    assert_eq!(cell.status().fetches, 2);
+    assert_eq!(read(files.read(4, fh, 5, 100)), b"-xx", "re-pinned");
+}
+
+#[tokio::test]
+async fn under_the_page_cache_opens_and_reads_use_no_handle() {
+    let (files, _, _) = files();
+    files.serve(ReadPath::PageCache);
+    files.wait(4).await.unwrap();
+    assert!(matches!(files.open(4), Answer::Ready(Opened::Cached)));
+    assert!(matches!(
+        files.open(STATUS_INO),
+        Answer::Ready(Opened::Cached)
+    ));
+    assert_eq!(read(files.read(4, 0, 0, 100)), b"token-x");
+    assert_eq!(files.pinned_handles(), 0);
+    assert!(matches!(
+        files.read(ROOT_INO, 0, 0, 1),
+        Answer::Err(libc::EISDIR)
+    ));
+    assert!(matches!(files.open(99), Answer::Err(libc::ENOENT)));
+}
+
+#[tokio::test]
+async fn the_stand_in_opens_wait_then_send_the_reader_on_whatever_the_read_path() {
+    for path in [ReadPath::PageCache, ReadPath::DirectIo] {
+        let (files, _, _) = files();
+        files.serve(path);
+        let pending = 4 + PENDING_INO;
+        assert!(matches!(files.open(pending), Answer::MustWait), "{path:?}");
+        assert_eq!(files.open_wait(pending).await, Ok(Opened::Stale));
+        assert!(matches!(files.open(pending), Answer::Ready(Opened::Stale)));
+        assert!(matches!(
+            files.read(pending, 0, 0, 10),
+            Answer::Err(libc::ESTALE)
+        ));
+        assert_eq!(files.pinned_handles(), 0, "the stand-in pins nothing");
+    }
+    let (files, _, _) = files();
+    files.serve(ReadPath::KernelOpens);
+    assert!(
+        matches!(files.open(4), Answer::Err(libc::ENOSYS)),
+        "the kernel opens files itself"
+    );
+}
+
+#[tokio::test]
+async fn documents_are_dated_by_the_files_clock() {
+    let (files, _, clock) = files();
+    let first = ready(files.attr_now(STATUS_INO)).attr.mtime;
+    assert_eq!(first, clock.now());
+    clock.0.fetch_add(5, Ordering::SeqCst);
+    files.wait(4).await.unwrap();
+    assert_eq!(ready(files.attr_now(STATUS_INO)).attr.mtime, clock.now());
+    assert_eq!(ready(files.attr_now(ROOT_INO)).attr.mtime, first, "started");
 }
