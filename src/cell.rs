@@ -6,6 +6,8 @@
 //!
 //! [`State`] is pure logic over an injected clock; [`Cell`] adds the tokio plumbing.
 
+pub mod histogram;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -14,10 +16,11 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::metrics::histogram::Histogram;
 use crate::source::code::{LoginError, Redirect};
 use crate::source::{Inputs, Issued, LogClaims, Source, SourceError};
+pub use crate::status::schema::{rfc3339, CellStatus, StateName, Timestamp};
 use crate::sync::lock;
+use histogram::Histogram;
 
 /// Wall-clock time, injectable so the state machine is tested without sleeping.
 pub trait Clock: Send + Sync + 'static {
@@ -450,43 +453,6 @@ fn backoff(policy: &Policy, consecutive: u32, u: f64) -> Duration {
     base / 2 + (base / 2).mul_f64(u)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StateName {
-    /// Never read yet: issue is lazy.
-    Empty,
-    /// The first (or a post-expiry) request is in flight.
-    Fetching,
-    /// A valid token is served.
-    Fresh,
-    /// A valid token is served, but the last refresh failed.
-    Degraded,
-    /// No valid token; the last request failed.
-    Failed,
-    /// No valid token; the user must grant consent.
-    ConsentRequired,
-    /// The token expired and nobody asked for a new one yet.
-    Expired,
-}
-
-/// Time rendered as RFC 3339 in `.status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timestamp(pub SystemTime);
-
-impl From<SystemTime> for Timestamp {
-    fn from(t: SystemTime) -> Self {
-        Timestamp(t)
-    }
-}
-
-impl serde::Serialize for Timestamp {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&rfc3339(self.0))
-    }
-}
-
-/// `t` in RFC 3339, clamped to the format's last second (9999-12-31T23:59:59Z):
-/// humantime panics past it, and no rendering may fail.
 /// An error as the log shows it: a consent URL without its `state`, which
 /// only the file's owner may see (with it, someone else who logs in at the
 /// upstream could hand the daemon their own grant for the user's file).
@@ -503,48 +469,6 @@ fn loggable(error: &CellError) -> String {
         }
         .to_string(),
         other => other.to_string(),
-    }
-}
-
-pub fn rfc3339(t: SystemTime) -> String {
-    const LAST: Duration = Duration::from_secs(253_402_300_799);
-    let t = t.min(std::time::UNIX_EPOCH + LAST);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// One file's entry in `.status`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CellStatus {
-    pub state: StateName,
-    pub generation: u64,
-    pub expires_at: Option<Timestamp>,
-    pub obtained_at: Option<Timestamp>,
-    pub refresh_at: Option<Timestamp>,
-    pub sub: Option<String>,
-    pub jti: Option<String>,
-    pub last_attempt: Option<Timestamp>,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<Timestamp>,
-    pub retry_at: Option<Timestamp>,
-    pub fetches: u64,
-    pub failures: u64,
-    /// Why the refresh token the upstream last rotated in could not be saved
-    /// (it is lost when tokenfs restarts), while that lasts.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unsaved_refresh_token: Option<String>,
-    /// Why the token served now has less than `min_valid` left, while it does.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub below_min_valid: Option<String>,
-}
-
-impl CellStatus {
-    /// Whether its upstream fails (see [`crate::health`]): waiting on the user,
-    /// or not asked for yet, is not a failure.
-    pub fn failing(&self) -> bool {
-        matches!(
-            crate::health::Readiness::of(self.state, self.last_error.as_deref()),
-            crate::health::Readiness::Failing(_)
-        )
     }
 }
 
