@@ -3,7 +3,11 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use secrecy::SecretString;
+
+use super::state::{backoff, TOO_SHORT_RETRY};
 use super::*;
+use crate::source::{Inputs, Issued, LogClaims};
 
 const T0: Duration = Duration::from_secs(1_800_000_000);
 const LIFETIME: Duration = Duration::from_secs(300);
