@@ -35,8 +35,8 @@ use serde_json::Value;
 
 use tokenfs::config::{Config, ConfigError, RawConfig};
 use tokenfs::fuzzing::{
-    expiry, get_issued, oauth_error, oauth_issued, parse_token_response, upstream_text, ErrorSetup,
-    SourceError, MAX_TOKEN_LEN,
+    expiry, get_issued, oauth_error, oauth_issued, parse_token_response, upstream_text,
+    ErrorContext, SourceError, MAX_TOKEN_LEN,
 };
 
 // ---------------------------------------------------------------------------
@@ -916,11 +916,13 @@ fn error_case() -> impl Strategy<Value = ErrorCase> {
 }
 
 fn check_error_body(case: ErrorCase, _label: &str) -> Result<(), TestCaseError> {
-    let setup = ErrorSetup {
-        token_url: Url::parse(TOKEN_URL).unwrap(),
-        client_id: "domino-tokenfs".into(),
+    let token_url = Url::parse(TOKEN_URL).unwrap();
+    let setup = ErrorContext {
+        token_url: &token_url,
+        client_id: "domino-tokenfs",
         token_exchange: case.exchange,
-        redirect_uri: case.redirect_uri.then(|| REDIRECT_URI.to_owned()),
+        redirect_uri: case.redirect_uri.then_some(REDIRECT_URI),
+        sent: &[],
     };
     let status = StatusCode::from_u16(case.status).unwrap();
     let body = (!case.unreadable).then_some(case.input.bytes.as_slice());

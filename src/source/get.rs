@@ -90,7 +90,7 @@ impl Source for GetSource {
 
 /// The token in a 2xx body: UTF-8 text holding a JWT with an `exp` claim,
 /// surrounding whitespace trimmed. Pure, so the fuzz tests reach it.
-pub(crate) fn issued_from_body(body: Vec<u8>, now: SystemTime) -> Result<Issued, SourceError> {
+pub fn issued_from_body(body: Vec<u8>, now: SystemTime) -> Result<Issued, SourceError> {
     let text = match String::from_utf8(body) {
         Ok(text) => text,
         Err(e) => {

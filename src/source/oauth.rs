@@ -24,7 +24,11 @@ mod parse;
 mod refresh;
 
 use parse::*;
-pub(crate) use parse::{error_from_body, issued_from_answer, parse_token_response, ErrorContext};
+// `pub` for `crate::fuzzing` only: the fuzz tests drive the parsers as they are.
+#[doc(hidden)]
+pub use parse::{
+    error_from_body, issued_from_answer, parse_token_response, ErrorContext, TokenResponse,
+};
 use refresh::*;
 
 /// How many times `timeout` a refresh-token request may take (see `exchange`).

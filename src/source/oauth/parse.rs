@@ -13,7 +13,7 @@ use super::super::{jwt, Issued, SourceError};
 
 /// What the mapping of an error answer needs to know about the source. Kept
 /// apart from [`Inner`] so the mapping is a pure function the fuzz tests reach.
-pub(crate) struct ErrorContext<'a> {
+pub struct ErrorContext<'a> {
     pub token_url: &'a Url,
     pub client_id: &'a str,
     /// The grant is a token exchange (a 403 then means a missing permission).
@@ -27,7 +27,7 @@ pub(crate) struct ErrorContext<'a> {
 /// Map a non-2xx answer. The OAuth `error` and `error_description` are not
 /// secret and say what to do (e.g. `invalid_grant: Session not active`), so
 /// they are passed on; the rest of the body is not.
-pub(crate) fn error_from_body(
+pub fn error_from_body(
     ctx: &ErrorContext<'_>,
     status: StatusCode,
     body: Option<&[u8]>,
@@ -124,7 +124,7 @@ pub(super) fn link_action_url(
 /// The fields of a token response that matter here. Keycloak also sends
 /// `id_token`, `not-before-policy` and `session_state`; they are ignored, as
 /// is anything unknown, so the `id_token` is never held.
-pub(crate) struct TokenResponse {
+pub struct TokenResponse {
     pub access_token: Option<SecretString>,
     pub expires_in: Option<u64>,
     pub refresh_token: Option<SecretString>,
@@ -151,10 +151,7 @@ pub(super) struct ErrorBody {
     account_link_url: Option<String>,
 }
 
-pub(crate) fn parse_token_response(
-    body: &[u8],
-    status: StatusCode,
-) -> Result<TokenResponse, SourceError> {
+pub fn parse_token_response(body: &[u8], status: StatusCode) -> Result<TokenResponse, SourceError> {
     if body.is_empty() {
         return Err(SourceError::Malformed(format!(
             "the token endpoint answered HTTP {} with an empty body",
@@ -203,10 +200,7 @@ pub(super) fn is_json_object(body: &[u8]) -> bool {
 /// The token a 2xx answer carries, once the refresh token was taken out of
 /// it: an access token is required, and its expiry must be known and later
 /// than its issue (see [`jwt::expiry`]).
-pub(crate) fn issued_from_answer(
-    answer: TokenResponse,
-    now: SystemTime,
-) -> Result<Issued, SourceError> {
+pub fn issued_from_answer(answer: TokenResponse, now: SystemTime) -> Result<Issued, SourceError> {
     let token = answer.access_token.ok_or_else(|| {
         SourceError::Malformed("the token endpoint's answer has no access_token".into())
     })?;
