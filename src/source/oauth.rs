@@ -12,7 +12,6 @@ use async_trait::async_trait;
 
 use crate::sync::lock;
 use reqwest::{StatusCode, Url};
-use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::code::{self, CodeLoginConfig, LoginError, Redirect};
@@ -485,14 +484,14 @@ impl Inner {
             // status alone decides.
             let body = read_body(resp, &http).await.ok();
             let sent: Vec<&str> = form.iter().map(|(_, v)| *v).collect();
-            let err = self.error_from_answer(status, body.as_deref(), &sent);
+            let err = self.error_from_answer(status, body.as_ref().map(|b| b.as_slice()), &sent);
             tracing::debug!(grant, status = status.as_u16(), error = %err, "token request failed");
             return Err(err);
         }
-        let mut body = read_body(resp, &http).await?;
-        let parsed = parse_token_response(&body, status);
-        body.zeroize();
-        let answer = parsed?;
+        let body = read_body(resp, &http).await?;
+        let answer = parse_token_response(&body, status);
+        drop(body);
+        let answer = answer?;
         tracing::debug!(
             grant,
             status = status.as_u16(),
@@ -834,9 +833,9 @@ impl Inner {
                     );
                     return;
                 }
-                device::Poll::Approved(mut body, sent) => {
+                device::Poll::Approved(body, sent) => {
                     let parsed = parse_token_response(&body, StatusCode::OK);
-                    body.zeroize();
+                    drop(body);
                     let GrantState::RefreshToken { held, saver, .. } = &self.grant else {
                         return;
                     };

@@ -11,6 +11,7 @@ pub use proptest::prelude::*;
 pub use proptest::sample::Index;
 pub use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 pub use reqwest::{StatusCode, Url};
+pub use secrecy::zeroize::Zeroizing;
 pub use secrecy::ExposeSecret;
 pub use serde_json::Value;
 

@@ -32,7 +32,7 @@ pub fn get_body_input() -> impl Strategy<Value = Input> {
 }
 
 pub fn check_get_body(input: Input, _label: &str) -> Result<(), TestCaseError> {
-    match get_issued(input.bytes.clone(), at(NOW)) {
+    match get_issued(Zeroizing::new(input.bytes.clone()), at(NOW)) {
         Ok(issued) => {
             let token = issued.token.expose_secret();
             let text = std::str::from_utf8(&input.bytes).unwrap();
