@@ -58,6 +58,8 @@ pub struct Cell {
     latency: Histogram,
     /// Reads the daemon answered (the kernel's page cache serves the rest).
     reads: AtomicU64,
+    /// Set once by [`Cell::stop`]; the refresh-ahead loop watches it.
+    stopped: watch::Sender<bool>,
 }
 
 /// Why a request to the upstream started, for the refresh span.
@@ -96,6 +98,7 @@ impl Cell {
             finished: watch::channel(0).0,
             latency: Histogram::default(),
             reads: AtomicU64::new(0),
+            stopped: watch::channel(false).0,
         })
     }
 
@@ -179,13 +182,20 @@ impl Cell {
         let source = self.source.clone();
         let inputs = source.inputs();
         let started = Instant::now();
-        // A panicking source must not leave the cell "in flight" forever.
-        let issuing = async move { source.issue().await }.instrument(span.clone());
-        let result = match tokio::spawn(issuing).await {
-            Ok(result) => result,
-            Err(e) => Err(SourceError::Unavailable(format!(
-                "token source failed: {e}"
-            ))),
+        // Checked here, where every request starts, so that neither a read nor
+        // the refresh-ahead loop reaches the upstream once shutdown began; the
+        // request is still finished, so nobody waits on it.
+        let result = if self.is_stopped() {
+            Err(SourceError::Unavailable(STOPPING.into()))
+        } else {
+            // A panicking source must not leave the cell "in flight" forever.
+            let issuing = async move { source.issue().await }.instrument(span.clone());
+            match tokio::spawn(issuing).await {
+                Ok(result) => result,
+                Err(e) => Err(SourceError::Unavailable(format!(
+                    "token source failed: {e}"
+                ))),
+            }
         };
         let latency = started.elapsed();
         self.latency.observe(latency);
@@ -255,15 +265,23 @@ impl Cell {
         self.finished.send_modify(|n| *n += 1);
     }
 
-    /// Keep the token fresh ahead of its expiry, once it was first read. Runs forever.
+    /// Keep the token fresh ahead of its expiry, once it was first read. Runs
+    /// until [`Cell::stop`].
     pub async fn keep_fresh(self: Arc<Self>) {
         // Bound each sleep so a wall-clock jump is noticed soon.
         const MAX_SLEEP: Duration = Duration::from_secs(30);
         let mut finished = self.finished.subscribe();
+        let mut stopped = self.stopped.subscribe();
         loop {
+            if *stopped.borrow_and_update() {
+                return;
+            }
             let due = self.lock().next_refresh();
             let Some(due) = due else {
-                let _ = finished.changed().await;
+                tokio::select! {
+                    _ = finished.changed() => {}
+                    _ = stopped.changed() => {}
+                }
                 continue;
             };
             let wait = due.duration_since(self.clock.now()).unwrap_or_default();
@@ -271,6 +289,7 @@ impl Cell {
                 tokio::select! {
                     _ = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}
                     _ = finished.changed() => {}
+                    _ = stopped.changed() => {}
                 }
                 continue;
             }
@@ -279,6 +298,18 @@ impl Cell {
                 self.clone().fetch(Trigger::Ahead).await;
             }
         }
+    }
+
+    /// Stop asking the upstream: the refresh-ahead loop ends and no request
+    /// starts from now on (a read that would need one fails; a servable token
+    /// is still served). For shutdown, which must not leave retries running
+    /// against the upstream while the mount is torn down.
+    pub fn stop(&self) {
+        self.stopped.send_replace(true);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.stopped.borrow()
     }
 
     /// Subscribe to "a request finished" (success or failure).
@@ -331,6 +362,16 @@ impl Cell {
 
     pub fn latency(&self) -> &Histogram {
         &self.latency
+    }
+}
+
+/// What a read that needs the upstream gets once its cell is stopped.
+const STOPPING: &str = "tokenfs is shutting down";
+
+/// [`Cell::stop`] for every cell: the first step of shutdown.
+pub fn stop_all(cells: &[Arc<Cell>]) {
+    for cell in cells {
+        cell.stop();
     }
 }
 

@@ -214,6 +214,7 @@ pub fn run(args: MountArgs) -> Result<()> {
             _ = &mut ended_rx => true,
         })
     })?;
+    crate::cell::stop_all(&cells);
     notify.send_or_warn("STOPPING=1");
     if external_unmount {
         // `tokenfs unmount` (or umount) is the ordinary way to stop a mount: nothing to warn of.
