@@ -142,6 +142,8 @@ pub fn run(args: MountArgs) -> Result<()> {
     }
 
     let how = rt.block_on(session.until_stopped(&mut term, &mut int));
+    // No upstream request starts once the mount is going away.
+    crate::cell::stop_all(&cells);
     notify.send_or_warn("STOPPING=1");
     let joined = session.stop(how, &rt)?;
     if joined {

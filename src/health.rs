@@ -11,7 +11,8 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::cell::{Cell, StateName};
+use crate::cell::Cell;
+use crate::status::schema::{CellStatus, ReportedState, StateName};
 
 /// Whether the daemon's own machinery runs.
 #[derive(Debug)]
@@ -82,6 +83,26 @@ impl Readiness {
         }
     }
 
+    /// From a file's entry in `.status`, as the daemon renders it.
+    pub fn of_status(status: &CellStatus) -> Readiness {
+        Readiness::of(status.state, status.last_error.as_deref())
+    }
+
+    /// From a file's entry in `.status` as a command read it back: a state
+    /// this build does not know is failing.
+    pub fn of_reported(status: &CellStatus<ReportedState>) -> Readiness {
+        match &status.state {
+            ReportedState::Known(state) => Readiness::of(*state, status.last_error.as_deref()),
+            ReportedState::Unknown(state) => Readiness::Failing(format!("unknown state {state:?}")),
+        }
+    }
+
+    /// Whether its upstream fails: waiting on the user, or not asked for yet,
+    /// is not a failure.
+    pub fn failing(&self) -> bool {
+        matches!(self, Readiness::Failing(_))
+    }
+
     /// Whether this file lets the mount be ready.
     pub fn ok(&self) -> bool {
         matches!(self, Readiness::Ready | Readiness::WaitingOnUser)
@@ -90,15 +111,22 @@ impl Readiness {
 
 /// The files that keep the mount from being ready, and why; empty when ready.
 pub fn not_ready(cells: &[Arc<Cell>]) -> Vec<(String, String)> {
-    cells
-        .iter()
-        .filter_map(|c| {
-            let status = c.status();
-            match Readiness::of(status.state, status.last_error.as_deref()) {
-                r if r.ok() => None,
-                Readiness::Failing(why) => Some((c.name().to_owned(), why)),
-                _ => Some((c.name().to_owned(), "no token asked for yet".to_owned())),
-            }
+    not_ready_of(
+        cells
+            .iter()
+            .map(|c| (c.name().to_owned(), Readiness::of_status(&c.status()))),
+    )
+}
+
+/// [`not_ready`] over files already judged: the daemon's cells, or the files
+/// of a `.status` read from a mount.
+pub fn not_ready_of(files: impl IntoIterator<Item = (String, Readiness)>) -> Vec<(String, String)> {
+    files
+        .into_iter()
+        .filter_map(|(name, readiness)| match readiness {
+            r if r.ok() => None,
+            Readiness::Failing(why) => Some((name, why)),
+            _ => Some((name, "no token asked for yet".to_owned())),
         })
         .collect()
 }
@@ -108,8 +136,7 @@ pub fn not_ready(cells: &[Arc<Cell>]) -> Vec<(String, String)> {
 /// are otherwise issued only at their first access.
 pub fn ask_pending(cells: &[Arc<Cell>]) {
     for cell in cells {
-        let status = cell.status();
-        if Readiness::of(status.state, status.last_error.as_deref()) == Readiness::Pending {
+        if Readiness::of_status(&cell.status()) == Readiness::Pending {
             let cell = cell.clone();
             tokio::spawn(async move {
                 let _ = cell.get().await;

@@ -43,37 +43,15 @@ pub mod sync;
 pub mod fuzzing {
     use std::time::SystemTime;
 
-    use reqwest::{StatusCode, Url};
+    use reqwest::StatusCode;
 
+    pub use crate::source::get::issued_from_body as get_issued;
     pub use crate::source::http::upstream_text;
     pub use crate::source::jwt::{expiry, MAX_TOKEN_LEN};
+    pub use crate::source::oauth::{
+        error_from_body as oauth_error, parse_token_response, ErrorContext, TokenResponse,
+    };
     pub use crate::source::{Issued, LogClaims, SourceError};
-
-    /// The fields of a parsed 2xx token-endpoint answer (secrets stay
-    /// [`secrecy::SecretString`]s).
-    pub struct TokenAnswer {
-        pub access_token: Option<secrecy::SecretString>,
-        pub expires_in: Option<u64>,
-        pub refresh_token: Option<secrecy::SecretString>,
-        pub refresh_expires_in: Option<u64>,
-        pub token_type: Option<String>,
-        pub scope: Option<String>,
-    }
-
-    /// `oauth::parse_token_response`: a 2xx body as the token endpoint sent it.
-    pub fn parse_token_response(
-        body: &[u8],
-        status: StatusCode,
-    ) -> Result<TokenAnswer, SourceError> {
-        crate::source::oauth::parse_token_response(body, status).map(|r| TokenAnswer {
-            access_token: r.access_token,
-            expires_in: r.expires_in,
-            refresh_token: r.refresh_token,
-            refresh_expires_in: r.refresh_expires_in,
-            token_type: r.token_type,
-            scope: r.scope,
-        })
-    }
 
     /// A 2xx token-endpoint body all the way to the token served, as
     /// `OAuthSource::issue` does it (parse, require `access_token`, expiry).
@@ -84,31 +62,5 @@ pub mod fuzzing {
     ) -> Result<Issued, SourceError> {
         let answer = crate::source::oauth::parse_token_response(body, status)?;
         crate::source::oauth::issued_from_answer(answer, now)
-    }
-
-    /// The source an error answer came from (what `error_from_body` needs).
-    pub struct ErrorSetup {
-        pub token_url: Url,
-        pub client_id: String,
-        pub token_exchange: bool,
-        pub redirect_uri: Option<String>,
-    }
-
-    /// `oauth::error_from_body`: a non-2xx answer mapped to the error a reader's
-    /// `.status` and the log show. `body` is `None` when it could not be read.
-    pub fn oauth_error(setup: &ErrorSetup, status: StatusCode, body: Option<&[u8]>) -> SourceError {
-        let ctx = crate::source::oauth::ErrorContext {
-            token_url: &setup.token_url,
-            client_id: &setup.client_id,
-            token_exchange: setup.token_exchange,
-            redirect_uri: setup.redirect_uri.as_deref(),
-            sent: &[],
-        };
-        crate::source::oauth::error_from_body(&ctx, status, body)
-    }
-
-    /// `get::issued_from_body`: a GET source's 2xx body to the token served.
-    pub fn get_issued(body: Vec<u8>, now: SystemTime) -> Result<Issued, SourceError> {
-        crate::source::get::issued_from_body(body, now)
     }
 }

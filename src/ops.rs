@@ -8,24 +8,21 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 
-use crate::cell::StateName;
 use crate::cli::{CheckArgs, ConsentArgs, LoginArgs, StatusArgs, WaitArgs};
 use crate::config::Config;
 use crate::fs::Owner;
 use crate::health::Readiness;
 use crate::mountpoint::{self, MountpointError, Unanswered};
+use crate::status::Reported;
 
 /// Exit codes of `status`.
 pub const HEALTHY: u8 = 0;
 pub const UNHEALTHY: u8 = 1;
 pub const UNREACHABLE: u8 = 2;
 
-/// A `.status` entry's readiness, as the daemon judges it (an unknown state is failing).
-fn readiness(state: &str, last_error: Option<&str>) -> Readiness {
-    match serde_json::from_value::<StateName>(state.into()) {
-        Ok(state) => Readiness::of(state, last_error),
-        Err(_) => Readiness::Failing(format!("unknown state {state:?}")),
-    }
+/// A mount's `.status`, typed; `Err` says why it cannot be read.
+fn parse_status(bytes: &[u8]) -> Result<Reported, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("its .status is not JSON: {e}"))
 }
 
 /// `tokenfs status [MOUNTPOINT]`.
@@ -52,10 +49,7 @@ pub fn status(args: StatusArgs) -> u8 {
         }
     };
     let problem = match mount.read_status() {
-        Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
-            Ok(doc) => Ok(doc),
-            Err(e) => Err(format!("its .status is not JSON: {e}")),
-        },
+        Ok(bytes) => parse_status(&bytes),
         Err(u) => Err(unanswered(u)),
     };
     let doc = match problem {
@@ -92,8 +86,7 @@ fn unanswered(u: Unanswered) -> String {
 }
 
 /// The human table of a `.status` document, and the exit code it means.
-pub fn render_status(doc: &serde_json::Value, now: SystemTime) -> (String, u8) {
-    let files = doc["files"].as_array().cloned().unwrap_or_default();
+pub fn render_status(doc: &Reported, now: SystemTime) -> (String, u8) {
     let mut rows = vec![[
         "FILE".to_owned(),
         "STATE".to_owned(),
@@ -101,16 +94,14 @@ pub fn render_status(doc: &serde_json::Value, now: SystemTime) -> (String, u8) {
         "LAST ERROR".to_owned(),
     ]];
     let mut code = HEALTHY;
-    for f in &files {
-        let state = f["state"].as_str().unwrap_or("unknown");
-        let error = f["last_error"].as_str();
-        if let Readiness::Failing(_) = readiness(state, error) {
+    for f in &doc.files {
+        if Readiness::of_reported(&f.cell).failing() {
             code = UNHEALTHY;
         }
-        let expires_in = f["expires_at"]
-            .as_str()
-            .and_then(|t| humantime::parse_rfc3339(t).ok())
-            .map(|t| match t.duration_since(now) {
+        let expires_in = f
+            .cell
+            .expires_at
+            .map(|t| match t.0.duration_since(now) {
                 Ok(left) => {
                     humantime::format_duration(Duration::from_secs(left.as_secs())).to_string()
                 }
@@ -118,10 +109,10 @@ pub fn render_status(doc: &serde_json::Value, now: SystemTime) -> (String, u8) {
             })
             .unwrap_or_else(|| "-".to_owned());
         rows.push([
-            f["name"].as_str().unwrap_or("?").to_owned(),
-            state.to_owned(),
+            f.name.clone(),
+            f.cell.state.as_str().to_owned(),
             expires_in,
-            error.unwrap_or("-").to_owned(),
+            f.cell.last_error.as_deref().unwrap_or("-").to_owned(),
         ]);
     }
     let mut widths = [0usize; 3];
@@ -145,12 +136,12 @@ pub fn render_status(doc: &serde_json::Value, now: SystemTime) -> (String, u8) {
         );
     }
     // Serving fine, so not unhealthy, but it needs an operator before the next restart.
-    for f in &files {
-        if let Some(why) = f["unsaved_refresh_token"].as_str() {
+    for f in &doc.files {
+        if let Some(why) = &f.cell.unsaved_refresh_token {
             let _ = writeln!(
                 out,
                 "WARNING {}: the rotated refresh token is not saved and is lost when tokenfs restarts: {why}",
-                f["name"].as_str().unwrap_or("?")
+                f.name
             );
         }
     }
@@ -356,15 +347,15 @@ pub fn consent(args: ConsentArgs) -> Result<u8> {
     let status = mount
         .read_status()
         .map_err(|u| anyhow::anyhow!("{}: {}", path.display(), unanswered(u)))?;
-    let doc: serde_json::Value =
+    let doc: Reported =
         serde_json::from_slice(&status).context("the mount's .status is not JSON")?;
-    let Some(socket) = doc["login_socket"].as_str() else {
+    let Some(socket) = doc.login_socket else {
         anyhow::bail!(
             "the tokenfs on {} has no file with login = \"code\": there is nothing to complete",
             path.display()
         );
     };
-    match crate::login::send(std::path::Path::new(socket), &name, &url)? {
+    match crate::login::send(&socket, &name, &url)? {
         Ok(line) => {
             println!("{line}");
             Ok(0)
@@ -411,7 +402,7 @@ pub fn wait_until(
         let status = mount
             .as_ref()
             .and_then(|m| m.read_status().ok())
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            .and_then(|b| parse_status(&b).ok());
         if let (Some(doc), Some(mount)) = (status, &mount) {
             if live {
                 return Ok(());
@@ -461,22 +452,12 @@ pub fn wait_until(
 }
 
 /// The files of a `.status` document that keep the mount from being ready.
-fn not_ready(doc: &serde_json::Value) -> Vec<(String, String)> {
-    let files = doc["files"].as_array().cloned().unwrap_or_default();
-    files
-        .iter()
-        .filter_map(|f| {
-            let name = f["name"].as_str().unwrap_or("?").to_owned();
-            match readiness(
-                f["state"].as_str().unwrap_or("unknown"),
-                f["last_error"].as_str(),
-            ) {
-                r if r.ok() => None,
-                Readiness::Failing(why) => Some((name, why)),
-                _ => Some((name, "no token asked for yet".to_owned())),
-            }
-        })
-        .collect()
+fn not_ready(doc: &Reported) -> Vec<(String, String)> {
+    crate::health::not_ready_of(
+        doc.files
+            .iter()
+            .map(|f| (f.name.clone(), Readiness::of_reported(&f.cell))),
+    )
 }
 
 fn zeroize_bytes(mut token: Vec<u8>) {
@@ -501,13 +482,17 @@ fn is_zombie(pid: i32) -> bool {
 mod tests {
     use super::*;
 
+    fn typed(doc: serde_json::Value) -> Reported {
+        serde_json::from_value(doc).unwrap()
+    }
+
     #[test]
     fn an_unsaved_refresh_token_is_a_warning_not_a_failure() {
         let now = humantime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
         let doc = serde_json::json!({"files": [
             {"name": "token", "state": "fresh", "unsaved_refresh_token": "cannot write /x/y: gone"},
         ]});
-        let (table, code) = render_status(&doc, now);
+        let (table, code) = render_status(&typed(doc), now);
         assert_eq!(code, HEALTHY);
         assert!(
             table.ends_with("WARNING token: the rotated refresh token is not saved and is lost when tokenfs restarts: cannot write /x/y: gone\n"),
@@ -522,7 +507,7 @@ mod tests {
             {"name": "token", "state": "fresh", "expires_at": "2026-01-01T00:05:00Z"},
             {"name": "azure-token", "state": "empty"},
         ]});
-        let (table, code) = render_status(&doc, now);
+        let (table, code) = render_status(&typed(doc), now);
         assert_eq!(code, HEALTHY);
         assert!(table.contains("token        fresh  5m"), "{table}");
         // Waiting on the user is not a failure; the table says what to do.
@@ -530,16 +515,32 @@ mod tests {
             {"name": "token", "state": "degraded", "last_error": "upstream unavailable: x"},
             {"name": "azure-token", "state": "consent_required", "last_error": "consent required"},
         ]});
-        let (table, code) = render_status(&doc, now);
+        let (table, code) = render_status(&typed(doc), now);
         assert_eq!(code, HEALTHY);
         assert!(table.contains("consent required"), "{table}");
         let doc = serde_json::json!({"files": [
             {"name": "token", "state": "failed", "last_error": "upstream unavailable: x"},
         ]});
-        assert_eq!(render_status(&doc, now).1, UNHEALTHY);
+        assert_eq!(render_status(&typed(doc), now).1, UNHEALTHY);
         let doc = serde_json::json!({"files": [
             {"name": "token", "state": "empty", "last_error": "upstream unavailable: x"},
         ]});
-        assert_eq!(render_status(&doc, now).1, UNHEALTHY);
+        assert_eq!(render_status(&typed(doc), now).1, UNHEALTHY);
+    }
+
+    #[test]
+    fn a_state_this_build_does_not_know_is_failing_not_unreadable() {
+        let now = humantime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
+        let doc = typed(serde_json::json!({"files": [
+            {"name": "token", "state": "warming"},
+            {"name": "other", "state": "fresh"},
+        ]}));
+        let (table, code) = render_status(&doc, now);
+        assert_eq!(code, UNHEALTHY);
+        assert!(table.contains("token  warming"), "{table}");
+        assert_eq!(
+            not_ready(&doc),
+            vec![("token".to_owned(), "unknown state \"warming\"".to_owned())]
+        );
     }
 }

@@ -1,38 +1,23 @@
 //! The `.status` document: per file state, expiry, last refresh and last error.
-//! Built from cell snapshots, which never hold a token.
+//! Built from cell snapshots, which never hold a token; its types are in
+//! [`schema`], below the cell.
+
+pub mod schema;
 
 use std::sync::Arc;
 
-use serde::Serialize;
-
-use crate::cell::{Cell, CellStatus};
-
-#[derive(Serialize)]
-struct FileStatus<'a> {
-    name: &'a str,
-    upstream: String,
-    #[serde(flatten)]
-    cell: CellStatus,
-}
-
-#[derive(Serialize)]
-struct Document<'a> {
-    version: &'static str,
-    /// Where `tokenfs consent` hands a code login's redirect to this daemon.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    login_socket: Option<&'a std::path::Path>,
-    files: Vec<FileStatus<'a>>,
-}
+use crate::cell::Cell;
+pub use schema::{rfc3339, CellStatus, Document, FileStatus, Reported, StateName, Timestamp};
 
 /// Render `.status` as pretty JSON with a trailing newline.
 pub fn render(cells: &[Arc<Cell>], login_socket: Option<&std::path::Path>) -> Vec<u8> {
     let doc = Document {
-        version: env!("CARGO_PKG_VERSION"),
-        login_socket,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        login_socket: login_socket.map(ToOwned::to_owned),
         files: cells
             .iter()
             .map(|c| FileStatus {
-                name: c.name(),
+                name: c.name().to_owned(),
                 upstream: c.upstream(),
                 cell: c.status(),
             })

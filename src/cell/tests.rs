@@ -3,7 +3,11 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use secrecy::SecretString;
+
+use super::state::{backoff, TOO_SHORT_RETRY};
 use super::*;
+use crate::source::{Inputs, Issued, LogClaims};
 
 const T0: Duration = Duration::from_secs(1_800_000_000);
 const LIFETIME: Duration = Duration::from_secs(300);
@@ -650,4 +654,39 @@ fn changed_inputs_end_a_backoff_at_once() {
     assert!(matches!(st.on_read(soon, false), Next::Fail(_)));
     st.inputs_changed(&seen, soon);
     assert!(matches!(st.on_read(soon, false), Next::Fetch));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopped_cell_starts_no_request() {
+    let (cell, source, _clock) = cell_with(true);
+    let refresh = tokio::spawn(cell.clone().keep_fresh());
+    let first = cell.get().await.unwrap();
+    source
+        .script
+        .lock()
+        .unwrap()
+        .extend((0..100).map(|_| Err(unavailable())));
+    // The refresh at 240 s fails and the loop retries on its backoff.
+    tokio::time::sleep(Duration::from_secs(245)).await;
+    assert_eq!(cell.status().state, StateName::Degraded);
+    let calls = source.calls();
+    assert!(calls >= 3, "retrying: {calls}");
+
+    cell.stop();
+    tokio::time::timeout(Duration::from_secs(1), refresh)
+        .await
+        .expect("the refresh loop ends at once")
+        .unwrap();
+    // Still served while servable: stopping asks nobody, it does not drop tokens.
+    assert!(Arc::ptr_eq(&cell.get().await.unwrap(), &first));
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(source.calls(), calls, "no retry after stop");
+    // Expired by now, and past any backoff: a read would ask, but may not.
+    let err = cell.get().await.unwrap_err();
+    assert!(err.to_string().contains("shutting down"), "{err}");
+    assert_eq!(
+        source.calls(),
+        calls,
+        "no read-triggered request after stop"
+    );
 }

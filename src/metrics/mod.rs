@@ -4,14 +4,15 @@
 //! and their latency, reads the daemon served, seconds until the current token
 //! expires, and whether it waits for the user's consent.
 
-pub mod histogram;
 pub mod http;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::cell::{Cell, CellStatus, StateName};
+use crate::cell::Cell;
+use crate::health::Readiness;
+use crate::status::schema::{CellStatus, StateName};
 
 /// Render the metrics at the cells' present (their clock is the one that matters).
 pub fn render_now(cells: &[Arc<Cell>]) -> Vec<u8> {
@@ -122,7 +123,7 @@ pub fn render(cells: &[Arc<Cell>], now: SystemTime) -> Vec<u8> {
         &rows,
         ("tokenfs_file_healthy", "gauge"),
         "0 while the file's upstream fails, else 1 (waiting on the user's consent or login is not a failure).",
-        |r| flag(!r.status.failing()),
+        |r| flag(!Readiness::of_status(&r.status).failing()),
     );
     out.into_bytes()
 }

@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::http::{
-    map_send_error, read_body, redact_url, status_error, upstream_text, HttpSettings,
+    map_send_error, read_body, redact_url, status_error, upstream_text, Body, HttpSettings,
 };
 use super::SourceError;
 
@@ -152,7 +152,7 @@ fn parse_authorization(body: &[u8], now: SystemTime, from: &Url) -> Result<Pendi
 #[derive(Debug)]
 pub enum Poll {
     /// The tokens (the 2xx body, still to be parsed) and when they were asked for.
-    Approved(Vec<u8>, SystemTime),
+    Approved(Body, SystemTime),
     Pending,
     SlowDown,
     /// The code is dead (expired, denied, or unknown to the upstream): why.

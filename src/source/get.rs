@@ -12,7 +12,7 @@ use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::http::{
-    self, map_send_error, read_body, redact_url, status_error, BuildError, HttpSettings,
+    self, map_send_error, read_body, redact_url, status_error, Body, BuildError, HttpSettings,
 };
 use super::{jwt, Issued, Source, SourceError};
 
@@ -90,8 +90,9 @@ impl Source for GetSource {
 
 /// The token in a 2xx body: UTF-8 text holding a JWT with an `exp` claim,
 /// surrounding whitespace trimmed. Pure, so the fuzz tests reach it.
-pub(crate) fn issued_from_body(body: Vec<u8>, now: SystemTime) -> Result<Issued, SourceError> {
-    let text = match String::from_utf8(body) {
+pub fn issued_from_body(mut body: Body, now: SystemTime) -> Result<Issued, SourceError> {
+    // Moved out, not copied: the text becomes a `SecretString`, wiped in turn.
+    let text = match String::from_utf8(std::mem::take(&mut *body)) {
         Ok(text) => text,
         Err(e) => {
             e.into_bytes().zeroize();

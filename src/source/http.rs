@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::{StatusCode, Url};
+use secrecy::zeroize::Zeroizing;
 
 use super::SourceError;
 use crate::sync::lock;
@@ -196,19 +197,26 @@ pub fn redact_url(url: &Url) -> String {
     u.to_string()
 }
 
+/// An upstream's answer as read: a token answer holds the token, and an error
+/// answer may echo the refresh token or client secret sent, so every body is
+/// wiped when dropped, on every path (parsed, refused, too big, cut off).
+/// Only the bytes this crate holds: the HTTP stack's own chunk buffers are
+/// beyond its reach.
+pub type Body = Zeroizing<Vec<u8>>;
+
 /// Read a body of at most `max` bytes. Chunks are checked as they arrive, so
 /// an endless or huge body costs at most `max` plus one chunk of memory. A
 /// `Content-Length` over the cap fails before reading anything.
 ///
 /// Without the client's timeout at hand, a timeout while reading the body is
 /// reported as `Unavailable`; sources use [`read_body`] to get `Timeout`.
-pub async fn read_capped(resp: reqwest::Response, max: usize) -> Result<Vec<u8>, SourceError> {
+pub async fn read_capped(resp: reqwest::Response, max: usize) -> Result<Body, SourceError> {
     read_capped_with(resp, max, None).await
 }
 
 /// [`read_capped`] with `s.max_body`, reporting a timeout as
 /// `Timeout(s.timeout)` like [`map_send_error`] does.
-pub async fn read_body(resp: reqwest::Response, s: &HttpSettings) -> Result<Vec<u8>, SourceError> {
+pub async fn read_body(resp: reqwest::Response, s: &HttpSettings) -> Result<Body, SourceError> {
     read_capped_with(resp, s.max_body, Some(s.timeout)).await
 }
 
@@ -216,7 +224,7 @@ async fn read_capped_with(
     mut resp: reqwest::Response,
     max: usize,
     timeout: Option<Duration>,
-) -> Result<Vec<u8>, SourceError> {
+) -> Result<Body, SourceError> {
     let too_big = || SourceError::Malformed(format!("response body over {max} bytes"));
     let declared = resp.content_length();
     if declared.is_some_and(|n| n > max as u64) {
@@ -224,7 +232,7 @@ async fn read_capped_with(
     }
     // Sized once up front: growing would leave copies of a token in freed
     // memory, and `max` is small.
-    let mut body = Vec::with_capacity(declared.map_or(max, |n| n as usize));
+    let mut body = Body::new(Vec::with_capacity(declared.map_or(max, |n| n as usize)));
     let url = redact_url(resp.url());
     while let Some(chunk) = resp.chunk().await.map_err(|e| match timeout {
         Some(t) if e.is_timeout() => SourceError::Timeout(t),

@@ -12,18 +12,23 @@ use async_trait::async_trait;
 
 use crate::sync::lock;
 use reqwest::{StatusCode, Url};
-use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 
 use super::code::{self, CodeLoginConfig, LoginError, Redirect};
-use super::http::{
-    self, map_send_error, read_body, redact_url, status_error, upstream_text, BuildError,
-    HttpSettings,
-};
+use super::http::{self, map_send_error, read_body, redact_url, BuildError, HttpSettings};
 use super::{device, jwt, Issued, Source, SourceError, Subject};
-use crate::holder::{self, RefreshLock};
-use crate::secret_file::{self, SecretWriter};
+use crate::secret_file;
+
+mod parse;
+mod refresh;
+
+use parse::*;
+// `pub` for `crate::fuzzing` only: the fuzz tests drive the parsers as they are.
+#[doc(hidden)]
+pub use parse::{
+    error_from_body, issued_from_answer, parse_token_response, ErrorContext, TokenResponse,
+};
+use refresh::*;
 
 /// How many times `timeout` a refresh-token request may take (see `exchange`).
 pub const ROTATING_TIMEOUT_FACTOR: u32 = 6;
@@ -479,14 +484,14 @@ impl Inner {
             // status alone decides.
             let body = read_body(resp, &http).await.ok();
             let sent: Vec<&str> = form.iter().map(|(_, v)| *v).collect();
-            let err = self.error_from_answer(status, body.as_deref(), &sent);
+            let err = self.error_from_answer(status, body.as_ref().map(|b| b.as_slice()), &sent);
             tracing::debug!(grant, status = status.as_u16(), error = %err, "token request failed");
             return Err(err);
         }
-        let mut body = read_body(resp, &http).await?;
-        let parsed = parse_token_response(&body, status);
-        body.zeroize();
-        let answer = parsed?;
+        let body = read_body(resp, &http).await?;
+        let answer = parse_token_response(&body, status);
+        drop(body);
+        let answer = answer?;
         tracing::debug!(
             grant,
             status = status.as_u16(),
@@ -496,86 +501,6 @@ impl Inner {
             "token endpoint answered"
         );
         Ok((answer, sent))
-    }
-
-    /// Adopt a rotated refresh token: persist it first, so that a crash
-    /// right after cannot lose it, then use it. A failed write does not stop
-    /// its use, since the upstream may already have revoked the old one.
-    /// `lock` is released once it is saved (see [`Saver::save`]).
-    async fn rotate(
-        &self,
-        held: &mut Held,
-        new: SecretString,
-        saver: Option<&Arc<Saver>>,
-        lock: Option<RefreshLock>,
-    ) {
-        match saver {
-            Some(saver) => saver.clone().save_or_retry(new.clone(), lock).await,
-            None => tracing::debug!("the upstream rotated the refresh token (kept in memory only)"),
-        }
-        held.token = Some(new);
-    }
-
-    /// How long to wait for another process's use of the refresh token: its
-    /// request takes at most the rotating timeout, its read and save a little more.
-    fn lock_wait(&self) -> Duration {
-        self.http.timeout * (ROTATING_TIMEOUT_FACTOR + 1)
-    }
-
-    /// Lock the refresh token against the other processes sharing its rotated
-    /// file, and take what they saved there since we last looked: sending the
-    /// token we hold after another rotated it would spend a revoked token, which
-    /// ends the whole grant at Keycloak and oidc-provider.
-    async fn sync(&self, held: &mut Held, saver: &Arc<Saver>) -> Result<TokenLock, SourceError> {
-        let wait = self.lock_wait();
-        let s = saver.clone();
-        let (lock, current) = tokio::task::spawn_blocking(move || s.lock_and_read(wait))
-            .await
-            .map_err(|e| SourceError::Lock(format!("locking the refresh token failed: {e}")))??;
-        if let Some(current) = current {
-            let same = |t: &Option<SecretString>| {
-                t.as_ref()
-                    .is_some_and(|t| t.expose_secret() == current.expose_secret())
-            };
-            if !same(&held.rotated_seen) && !same(&held.token) {
-                tracing::info!(
-                    file = %saver.path.display(),
-                    "using the refresh token another tokenfs saved (it refreshed or logged in)"
-                );
-                held.token = Some(current.clone());
-                // Our own login is not needed any more (a device login's poller stops).
-                if let Some(device) = &self.device {
-                    drop_waiting(&device.state);
-                }
-                if let Some(code) = &self.code {
-                    drop_waiting(&code.state);
-                }
-            }
-            held.rotated_seen = Some(current);
-        }
-        Ok(TokenLock {
-            lock: Some(lock),
-            saver: saver.clone(),
-        })
-    }
-
-    /// Take a refresh token written to `file` since we last read it: the
-    /// result of a new consent, newer than anything we hold.
-    async fn reload(&self, held: &mut Held, file: &std::path::Path) {
-        let now = mtime(file);
-        if now.is_none() || now == held.file_mtime {
-            return;
-        }
-        let path = file.to_owned();
-        match tokio::task::spawn_blocking(move || secret_file::read_secret_file(&path)).await {
-            Ok(Ok(token)) => {
-                tracing::info!(file = %file.display(), "using the refresh token written to the file since it was last read");
-                held.token = Some(token);
-                held.file_mtime = now;
-            }
-            Ok(Err(e)) => tracing::warn!("{e}; keeping the refresh token held"),
-            Err(e) => tracing::warn!("re-reading {} failed: {e}", file.display()),
-        }
     }
 
     /// The consent error for an exchange Keycloak answered `not_linked` or
@@ -908,9 +833,9 @@ impl Inner {
                     );
                     return;
                 }
-                device::Poll::Approved(mut body, sent) => {
+                device::Poll::Approved(body, sent) => {
                     let parsed = parse_token_response(&body, StatusCode::OK);
-                    body.zeroize();
+                    drop(body);
                     let GrantState::RefreshToken { held, saver, .. } = &self.grant else {
                         return;
                     };
@@ -938,25 +863,6 @@ impl Inner {
                     }
                     return;
                 }
-            }
-        }
-    }
-
-    /// The lock for saving a new login's refresh token. Nothing is spent by the
-    /// save, so a lock not had in time is no reason to drop the login: the token
-    /// is saved all the same (the newest save wins; each is a live grant).
-    async fn login_lock(&self, saver: Option<&Arc<Saver>>) -> Option<RefreshLock> {
-        let saver = saver?.clone();
-        let wait = self.lock_wait();
-        match tokio::task::spawn_blocking(move || saver.lock(wait)).await {
-            Ok(Ok((lock, _))) => Some(lock),
-            Ok(Err(e)) => {
-                tracing::warn!("{e}; saving the login's refresh token without the lock");
-                None
-            }
-            Err(e) => {
-                tracing::warn!("locking the refresh token failed: {e}; saving without the lock");
-                None
             }
         }
     }
@@ -1066,502 +972,6 @@ fn take_approved<P>(m: &std::sync::Mutex<LoginState<P>>) -> Option<(TokenRespons
 /// How long an approved device login's answer is served from; older, the held
 /// refresh token gets a fresh one instead.
 const APPROVED_ANSWER_MAX_AGE: Duration = Duration::from_secs(30);
-
-/// A refresh the upstream refused for want of the user, as Keycloak and
-/// Entra say it.
-struct Refused {
-    /// Consent was had (`EKEYEXPIRED`), not never given (`ENOKEY`).
-    had_consent: bool,
-    /// The refresh token is spent for good (revoked, expired, the offline
-    /// session gone: `invalid_grant`), not only waiting on the user (Entra's
-    /// `interaction_required`, `consent_required`).
-    dead: bool,
-}
-
-fn refused_for_the_user(e: &SourceError) -> Option<Refused> {
-    let refused = |had_consent, dead| Some(Refused { had_consent, dead });
-    match e {
-        SourceError::Rejected(m) if m.starts_with("invalid_grant") => refused(true, true),
-        SourceError::Rejected(m) if m.starts_with("interaction_required") => refused(true, false),
-        SourceError::Rejected(m) if m.starts_with("consent_required") => refused(false, false),
-        SourceError::ConsentRequired { expired, .. } => refused(*expired, true),
-        _ => None,
-    }
-}
-
-/// Saves the rotations of one refresh token. A rotation that cannot be saved
-/// (a full disk, no descriptor left) is retried in the background until it is,
-/// not only at the next rotation: until then a restart would lose the grant.
-#[derive(Debug)]
-struct Saver {
-    path: PathBuf,
-    /// Opened at the first save (the config checked it can be).
-    writer: std::sync::Mutex<Option<SecretWriter>>,
-    /// The newest rotation not saved yet.
-    unsaved: std::sync::Mutex<Option<Unsaved>>,
-    retrying: AtomicBool,
-    /// `<path>.lock`, opened with the writer and kept (see [`holder::LockFile`]).
-    lock_file: std::sync::Mutex<Option<Arc<holder::LockFile>>>,
-}
-
-#[derive(Debug)]
-struct Unsaved {
-    token: SecretString,
-    why: String,
-    /// The lock of the refresh that brought the token, kept until it is saved:
-    /// released earlier, another process would read the file's token, which the
-    /// upstream revoked with that refresh, and send it, ending the whole grant.
-    /// `None` while this process's next use of the token holds it.
-    lock: Option<RefreshLock>,
-}
-
-/// A refresh's lock: handed to the save of the rotation it brings, or, dropped
-/// without one, given back to an unsaved earlier rotation that still needs it.
-struct TokenLock {
-    lock: Option<RefreshLock>,
-    saver: Arc<Saver>,
-}
-
-impl TokenLock {
-    fn into_lock(mut self) -> Option<RefreshLock> {
-        self.lock.take()
-    }
-}
-
-impl Drop for TokenLock {
-    fn drop(&mut self) {
-        if let Some(lock) = self.lock.take() {
-            self.saver.release(lock);
-        }
-    }
-}
-
-/// Waits between attempts to save a rotation that failed to save.
-const SAVE_RETRY_FIRST: Duration = Duration::from_secs(1);
-const SAVE_RETRY_MAX: Duration = Duration::from_secs(60);
-
-impl Saver {
-    fn new(path: PathBuf) -> Saver {
-        let writer = SecretWriter::open(&path).ok();
-        let lock_file = writer
-            .as_ref()
-            .and_then(|w| holder::open(w).ok())
-            .map(Arc::new);
-        Saver {
-            path,
-            writer: std::sync::Mutex::new(writer),
-            unsaved: std::sync::Mutex::new(None),
-            retrying: AtomicBool::new(false),
-            lock_file: std::sync::Mutex::new(lock_file),
-        }
-    }
-
-    fn unsaved(&self) -> Option<String> {
-        lock(&self.unsaved).as_ref().map(|u| u.why.clone())
-    }
-
-    /// The writer, opened again if the last save dropped it.
-    fn writer_now<'a>(
-        &self,
-        writer: &'a mut Option<SecretWriter>,
-    ) -> Result<&'a mut SecretWriter, secret_file::SecretFileError> {
-        if writer.is_none() {
-            *writer = Some(SecretWriter::open(&self.path)?);
-        }
-        Ok(writer.as_mut().expect("just opened"))
-    }
-
-    /// Take the lock on the refresh token (blocking, at most `wait`). The lock an
-    /// unsaved rotation keeps is this process's already: it passes to the caller
-    /// (`true`: the file cannot have changed since, nobody else could write it).
-    fn lock(&self, wait: Duration) -> Result<(RefreshLock, bool), SourceError> {
-        let kept = lock(&self.unsaved).as_mut().and_then(|u| u.lock.take());
-        if let Some(lock) = kept {
-            return Ok((lock, true));
-        }
-        let file = {
-            // Not held while waiting: a retried save needs the writer meanwhile.
-            let mut writer = lock(&self.writer);
-            let mut kept = lock(&self.lock_file);
-            match &*kept {
-                Some(file) => file.clone(),
-                None => {
-                    let writer = self.writer_now(&mut writer).map_err(|e| {
-                        SourceError::Lock(format!("cannot lock the refresh token: {e}"))
-                    })?;
-                    let file = Arc::new(
-                        holder::open(writer).map_err(|e| SourceError::Lock(e.to_string()))?,
-                    );
-                    *kept = Some(file.clone());
-                    file
-                }
-            }
-        };
-        let lock = file.wait(wait).map_err(|e| {
-            if let holder::HolderError::Io { .. } = e {
-                // Opened again next time: the file may be gone or replaced.
-                *lock(&self.lock_file) = None;
-            }
-            SourceError::Lock(e.to_string())
-        })?;
-        Ok((lock, false))
-    }
-
-    /// Release `lock`, unless an unsaved rotation needs it kept.
-    fn release(&self, lock: RefreshLock) {
-        let mut unsaved = crate::sync::lock(&self.unsaved);
-        if let Some(u) = unsaved.as_mut() {
-            if u.lock.is_none() {
-                u.lock = Some(lock);
-            }
-        }
-    }
-
-    /// [`Saver::lock`], then what the file holds now (`None`: nothing yet, or
-    /// nothing another process can have written).
-    fn lock_and_read(
-        &self,
-        wait: Duration,
-    ) -> Result<(RefreshLock, Option<SecretString>), SourceError> {
-        let (lock, kept) = self.lock(wait)?;
-        if kept {
-            return Ok((lock, None));
-        }
-        let mut writer = crate::sync::lock(&self.writer);
-        match self.writer_now(&mut writer).and_then(|w| w.read_current()) {
-            Ok(current) => Ok((lock, current)),
-            Err(e) => {
-                // What an untrusted or broken file holds is never taken; refreshing
-                // with the held token keeps a lone daemon working (and its rotation
-                // is kept, with this lock, until it can be saved), at the risk of
-                // a token another sharer saved there being missed.
-                tracing::warn!(
-                    "{e}; refreshing with the refresh token held, not one another tokenfs                      may have saved there"
-                );
-                Ok((lock, None))
-            }
-        }
-    }
-
-    /// Write `token` now (blocking I/O), then release `lock`; on failure it
-    /// becomes the unsaved one, and keeps the lock.
-    fn save(&self, token: &SecretString, lock: Option<RefreshLock>) -> Result<(), String> {
-        let mut writer = crate::sync::lock(&self.writer);
-        self.save_locked(&mut writer, token, lock)
-    }
-
-    /// Write the unsaved rotation, if there still is one. Under the writer's lock,
-    /// so an older token can never overwrite a newer one saved meanwhile.
-    fn save_pending(&self) -> Option<Result<(), String>> {
-        let mut writer = lock(&self.writer);
-        let token = lock(&self.unsaved).as_ref().map(|u| u.token.clone())?;
-        Some(self.save_locked(&mut writer, &token, None))
-    }
-
-    fn save_locked(
-        &self,
-        writer: &mut Option<SecretWriter>,
-        token: &SecretString,
-        lock: Option<RefreshLock>,
-    ) -> Result<(), String> {
-        let written = match writer.as_mut() {
-            Some(w) => w.write(token),
-            None => SecretWriter::open(&self.path).and_then(|mut w| {
-                let written = w.write(token);
-                *writer = Some(w);
-                written
-            }),
-        };
-        let mut unsaved = crate::sync::lock(&self.unsaved);
-        match written {
-            Ok(()) => {
-                // Saved (renamed and synced): now others may read and use it, so
-                // the lock goes, the one an earlier unsaved rotation kept too.
-                *unsaved = None;
-                drop(lock);
-                Ok(())
-            }
-            Err(e) => {
-                // The held directory may be gone or changed: the next attempt
-                // resolves the path again.
-                *writer = None;
-                let why = format!(
-                    "{e}; the rotated refresh token is kept in memory only (retrying) and is \
-                     lost if tokenfs restarts before it is saved"
-                );
-                let lock = lock.or_else(|| unsaved.take().and_then(|u| u.lock));
-                *unsaved = Some(Unsaved {
-                    token: token.clone(),
-                    why: why.clone(),
-                    lock,
-                });
-                Err(why)
-            }
-        }
-    }
-
-    async fn save_or_retry(self: Arc<Self>, token: SecretString, lock: Option<RefreshLock>) {
-        let saver = self.clone();
-        match tokio::task::spawn_blocking(move || saver.save(&token, lock)).await {
-            Ok(Ok(())) => {
-                tracing::debug!(file = %self.path.display(), "saved the rotated refresh token")
-            }
-            Ok(Err(why)) => {
-                tracing::error!("{why}");
-                if !self.retrying.swap(true, Ordering::SeqCst) {
-                    tokio::spawn(self.retry());
-                }
-            }
-            Err(e) => tracing::error!("saving the rotated refresh token failed: {e}"),
-        }
-    }
-
-    /// Retry the unsaved rotation (whichever is newest) until one save succeeds.
-    async fn retry(self: Arc<Self>) {
-        let mut wait = SAVE_RETRY_FIRST;
-        let mut attempt = 0u32;
-        loop {
-            if self.unsaved().is_none() {
-                // A failure between the look above and here finds `retrying`
-                // still set: look once more after clearing it.
-                self.retrying.store(false, Ordering::SeqCst);
-                if self.unsaved().is_none() || self.retrying.swap(true, Ordering::SeqCst) {
-                    return;
-                }
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(SAVE_RETRY_MAX);
-            attempt += 1;
-            let saver = self.clone();
-            let saved = tokio::task::spawn_blocking(move || saver.save_pending()).await;
-            if let Ok(Some(Ok(()))) = saved {
-                tracing::info!(
-                    file = %self.path.display(),
-                    attempt,
-                    "saved the rotated refresh token that could not be saved before"
-                );
-            }
-        }
-    }
-}
-
-/// What the mapping of an error answer needs to know about the source. Kept
-/// apart from [`Inner`] so the mapping is a pure function the fuzz tests reach.
-pub(crate) struct ErrorContext<'a> {
-    pub token_url: &'a Url,
-    pub client_id: &'a str,
-    /// The grant is a token exchange (a 403 then means a missing permission).
-    pub token_exchange: bool,
-    /// The exchange's `redirect_uri`, added to Keycloak's `account-link-url`.
-    pub redirect_uri: Option<&'a str>,
-    /// The request form's values, redacted wherever the upstream echoes them.
-    pub sent: &'a [&'a str],
-}
-
-/// Map a non-2xx answer. The OAuth `error` and `error_description` are not
-/// secret and say what to do (e.g. `invalid_grant: Session not active`), so
-/// they are passed on; the rest of the body is not.
-pub(crate) fn error_from_body(
-    ctx: &ErrorContext<'_>,
-    status: StatusCode,
-    body: Option<&[u8]>,
-) -> SourceError {
-    let parsed = body
-        .filter(|b| is_json_object(b))
-        .and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok());
-    let code = parsed
-        .as_ref()
-        .and_then(|e| e.error.as_deref())
-        .map(|c| upstream_text(c.trim(), ctx.sent))
-        .filter(|c| !c.is_empty());
-    // Keycloak's internal→external exchange: the user must link the IdP account.
-    if let (Some(code), Some(link)) = (
-        code.as_deref(),
-        parsed.as_ref().and_then(|e| e.account_link_url.as_deref()),
-    ) {
-        if let (true, Some(url)) = (
-            matches!(code, "not_linked" | "token_expired"),
-            link_url(link, ctx.redirect_uri),
-        ) {
-            return SourceError::ConsentRequired {
-                url,
-                expired: code == "token_expired",
-                user_code: None,
-            };
-        }
-    }
-    if status == StatusCode::FORBIDDEN && ctx.token_exchange {
-        return SourceError::Rejected(format!(
-            "HTTP 403 from {}: client {:?} is not permitted to exchange tokens; \
-             grant it the token-exchange permission (for the identity provider) in Keycloak",
-            redact_url(ctx.token_url),
-            ctx.client_id
-        ));
-    }
-    let detail = code.map(|code| {
-        match parsed
-            .as_ref()
-            .and_then(|e| e.error_description.as_deref())
-            .map(str::trim)
-        {
-            Some(d) if !d.is_empty() => format!("{code}: {}", upstream_text(d, ctx.sent)),
-            _ => code,
-        }
-    });
-    match detail {
-        Some(d) if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS => {
-            SourceError::Rejected(d)
-        }
-        d => status_error(status, ctx.token_url, d.as_deref()),
-    }
-}
-
-/// Keycloak's account-link URL with our `redirect_uri` added; `None` if it
-/// is not an http(s) URL, which no user could open. The URL is served as the
-/// `.consent-url` file and logged, so it is re-serialized rather than passed
-/// on as sent: that percent-encodes or drops control characters (an
-/// unparsed link used to carry them through; found by `tests/fuzz.rs`).
-fn link_url(link: &str, redirect: Option<&str>) -> Option<String> {
-    let mut url = Url::parse(link)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https"))?;
-    if let Some(redirect) = redirect {
-        url.query_pairs_mut().append_pair("redirect_uri", redirect);
-    }
-    Some(url.to_string())
-}
-
-/// Keycloak's application-initiated action that links `alias` to the user's
-/// account: Keycloak logs the user in (the username prefilled), asks for
-/// confirmation, runs the provider's login and consent, and sends the browser
-/// to `redirect_uri`. No `state`: nothing redeems the code it brings back.
-fn link_action_url(
-    authorization_url: &str,
-    client_id: &str,
-    redirect_uri: &str,
-    alias: &str,
-    login_hint: Option<&str>,
-) -> Option<String> {
-    let mut url = Url::parse(authorization_url).ok()?;
-    url.query_pairs_mut()
-        .append_pair("client_id", client_id)
-        .append_pair("response_type", "code")
-        .append_pair("scope", "openid")
-        .append_pair("redirect_uri", redirect_uri)
-        .append_pair("kc_action", &format!("idp_link:{alias}"));
-    if let Some(hint) = login_hint {
-        url.query_pairs_mut().append_pair("login_hint", hint);
-    }
-    Some(url.into())
-}
-
-/// The fields of a token response that matter here. Keycloak also sends
-/// `id_token`, `not-before-policy` and `session_state`; they are ignored, as
-/// is anything unknown, so the `id_token` is never held.
-pub(crate) struct TokenResponse {
-    pub access_token: Option<SecretString>,
-    pub expires_in: Option<u64>,
-    pub refresh_token: Option<SecretString>,
-    pub refresh_expires_in: Option<u64>,
-    pub token_type: Option<String>,
-    pub scope: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RawTokenResponse {
-    access_token: Option<String>,
-    expires_in: Option<serde_json::Value>,
-    refresh_token: Option<String>,
-    refresh_expires_in: Option<serde_json::Value>,
-    token_type: Option<String>,
-    scope: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: Option<String>,
-    error_description: Option<String>,
-    #[serde(rename = "account-link-url")]
-    account_link_url: Option<String>,
-}
-
-pub(crate) fn parse_token_response(
-    body: &[u8],
-    status: StatusCode,
-) -> Result<TokenResponse, SourceError> {
-    if body.is_empty() {
-        return Err(SourceError::Malformed(format!(
-            "the token endpoint answered HTTP {} with an empty body",
-            status.as_u16()
-        )));
-    }
-    // serde's message is left out on purpose: for a wrongly typed value it
-    // quotes the value, which may be a token.
-    let raw: RawTokenResponse = serde_json::from_slice(body).map_err(|e| {
-        SourceError::Malformed(format!(
-            "the token endpoint answered HTTP {} with a body that is not a JSON token response (at line {} column {})",
-            status.as_u16(),
-            e.line(),
-            e.column()
-        ))
-    })?;
-    if !is_json_object(body) {
-        return Err(SourceError::Malformed(format!(
-            "the token endpoint answered HTTP {} with JSON that is not an object",
-            status.as_u16()
-        )));
-    }
-    let secret = |s: Option<String>| s.filter(|s| !s.is_empty()).map(SecretString::from);
-    Ok(TokenResponse {
-        access_token: secret(raw.access_token),
-        expires_in: raw.expires_in.as_ref().and_then(lenient_u64),
-        refresh_token: secret(raw.refresh_token),
-        refresh_expires_in: raw.refresh_expires_in.as_ref().and_then(lenient_u64),
-        token_type: raw.token_type,
-        scope: raw.scope,
-    })
-}
-
-/// Whether `body` (already known to be JSON, or about to be parsed) is a
-/// JSON object, as RFC 6749 §5.1 and §5.2 require of token and error
-/// answers. Needed because serde's derived `Deserialize` also takes a JSON
-/// array as the fields in order, so `["tok",300]` would pass for an answer
-/// (found by `tests/fuzz.rs`).
-fn is_json_object(body: &[u8]) -> bool {
-    // JSON's whitespace (RFC 8259 §2), which serde_json skips too.
-    body.iter()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-        .is_some_and(|b| *b == b'{')
-}
-
-/// The token a 2xx answer carries, once the refresh token was taken out of
-/// it: an access token is required, and its expiry must be known and later
-/// than its issue (see [`jwt::expiry`]).
-pub(crate) fn issued_from_answer(
-    answer: TokenResponse,
-    now: SystemTime,
-) -> Result<Issued, SourceError> {
-    let token = answer.access_token.ok_or_else(|| {
-        SourceError::Malformed("the token endpoint's answer has no access_token".into())
-    })?;
-    let (expires_at, issued_at, claims) =
-        jwt::expiry(token.expose_secret(), answer.expires_in, now)?;
-    Ok(Issued {
-        token,
-        expires_at,
-        issued_at,
-        claims,
-    })
-}
-
-/// Seconds as a JSON number or, as some servers send them, a numeric string.
-fn lenient_u64(v: &serde_json::Value) -> Option<u64> {
-    match v {
-        serde_json::Value::Number(n) => n.as_u64(),
-        serde_json::Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
 
 #[cfg(test)]
 mod tests;

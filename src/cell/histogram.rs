@@ -1,5 +1,6 @@
-//! A fixed-bucket latency histogram, updated lock-free from the refresh path and
-//! rendered as a Prometheus histogram.
+//! A fixed-bucket latency histogram of the cell's upstream requests, updated
+//! lock-free from the refresh path. It sits below the cell, which records into it;
+//! `metrics` only reads its snapshot to render a Prometheus histogram.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
