@@ -31,7 +31,7 @@ pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
 
 /// Real jitter.
 pub fn random_jitter() -> Jitter {
-    Arc::new(rand::random::<f64>)
+    Arc::new(crate::random::unit)
 }
 
 /// When to refresh and how to back off; per file.

@@ -56,12 +56,6 @@ impl Pending {
     }
 }
 
-fn random_b64(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    aws_lc_rs::rand::fill(&mut buf).expect("system randomness");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
-}
-
 /// `offline_access` is what makes the upstream hand out a refresh token that
 /// outlives the browser session (Keycloak: an offline token).
 pub fn with_offline_access(scope: Option<&str>) -> String {
@@ -79,8 +73,8 @@ pub fn start(
     scope: Option<&str>,
     now: SystemTime,
 ) -> Result<Pending, url::ParseError> {
-    let state = random_b64(16);
-    let verifier = random_b64(32);
+    let state = crate::random::secret(16);
+    let verifier = crate::random::secret(32);
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()),
     );
