@@ -188,14 +188,10 @@ impl Cell {
         let result = if self.is_stopped() {
             Err(SourceError::Unavailable(STOPPING.into()))
         } else {
-            // A panicking source must not leave the cell "in flight" forever.
             let issuing = async move { source.issue().await }.instrument(span.clone());
-            match tokio::spawn(issuing).await {
-                Ok(result) => result,
-                Err(e) => Err(SourceError::Unavailable(format!(
-                    "token source failed: {e}"
-                ))),
-            }
+            crate::source::detached(issuing)
+                .await
+                .unwrap_or_else(|e| Err(SourceError::Unavailable(e)))
         };
         let latency = started.elapsed();
         self.latency.observe(latency);

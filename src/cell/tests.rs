@@ -690,3 +690,39 @@ async fn a_stopped_cell_starts_no_request() {
         "no read-triggered request after stop"
     );
 }
+
+/// Panics at its first request (a bug in a source), then issues.
+struct PanicsOnce(Arc<TokioClock>, AtomicUsize);
+
+#[async_trait::async_trait]
+impl Source for PanicsOnce {
+    async fn issue(&self) -> Result<Issued, SourceError> {
+        let n = self.1.fetch_add(1, Ordering::SeqCst);
+        if n == 0 {
+            panic!("a bug with {}", "tok-secret");
+        }
+        Ok(issued(self.0.now(), LIFETIME, &n.to_string()))
+    }
+    fn upstream(&self) -> String {
+        "panics".into()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_source_fails_that_read_without_its_message_and_the_cell_recovers() {
+    let clock = Arc::new(TokioClock {
+        base: at(0),
+        start: tokio::time::Instant::now(),
+    });
+    let source = Arc::new(PanicsOnce(clock.clone(), AtomicUsize::new(0)));
+    let cell = cell_over(source.clone(), clock);
+    let err = cell.get().await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+    let status = serde_json::to_string(&cell.status()).unwrap();
+    assert!(!status.contains("tok-secret"), "{status}");
+    assert!(status.contains("a bug in tokenfs"), "{status}");
+    // Not left "in flight": after the backoff the next read asks again and serves.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(cell.get().await.is_ok());
+    assert_eq!(source.1.load(Ordering::SeqCst), 2);
+}

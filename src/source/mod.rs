@@ -2,12 +2,15 @@
 //! knows nothing of HTTP and a source knows nothing of cells or FUSE.
 
 pub mod code;
+mod detached;
 pub mod device;
 pub mod get;
 pub mod http;
 pub mod jwt;
 pub mod oauth;
 pub mod verify;
+
+pub use detached::detached;
 
 use std::time::SystemTime;
 

@@ -372,13 +372,9 @@ impl Source for OAuthSource {
         // shutdown dropping this future) cannot interrupt the exchange
         // between the upstream rotating the refresh token and us saving it.
         let inner = self.inner.clone();
-        match tokio::spawn(async move { inner.issue().await }).await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(SourceError::Unavailable(format!(
-                "the token request was cancelled: {e}"
-            ))),
-        }
+        super::detached(async move { inner.issue().await })
+            .await
+            .unwrap_or_else(|e| Err(SourceError::Unavailable(e)))
     }
 
     fn upstream(&self) -> String {
@@ -408,14 +404,14 @@ impl Source for OAuthSource {
         // us saving the refresh token nothing may interrupt.
         let inner = self.inner.clone();
         let name = file.to_owned();
-        match tokio::spawn(async move { inner.complete_login(&name, redirect).await }).await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(LoginError::Redeem {
-                file: file.to_owned(),
-                reason: format!("the request was cancelled: {e}"),
-            }),
-        }
+        super::detached(async move { inner.complete_login(&name, redirect).await })
+            .await
+            .unwrap_or_else(|reason| {
+                Err(LoginError::Redeem {
+                    file: file.to_owned(),
+                    reason,
+                })
+            })
     }
 
     fn login_waits_for(&self, state: &str) -> bool {
