@@ -416,20 +416,7 @@ fn validate_file(name: String, mut f: raw::RawFile) -> Result<FileConfig, Config
 
 fn url(key: String, value: Option<String>) -> Result<String, ConfigError> {
     let value = value.ok_or_else(|| invalid(&key, "missing"))?;
-    let parsed =
-        reqwest::Url::parse(&value).map_err(|e| invalid(&key, format!("not a URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-        return Err(invalid(
-            key,
-            "must be an http:// or https:// URL with a host",
-        ));
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(invalid(
-            key,
-            "must not carry credentials; use client_secret_file",
-        ));
-    }
+    crate::source::http::check_url(&value).map_err(|reason| invalid(&key, reason))?;
     Ok(value)
 }
 

@@ -50,6 +50,7 @@ mod tests {
         });
         // Give up at once: the waiting future is dropped before the call ends.
         drop(tokio::time::timeout(std::time::Duration::ZERO, waiting).await);
-        rx.await.expect("the call finished although its waiter left");
+        rx.await
+            .expect("the call finished although its waiter left");
     }
 }

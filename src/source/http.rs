@@ -129,39 +129,50 @@ fn build_client(s: &HttpSettings) -> Result<reqwest::Client, BuildError> {
 
 /// Parse and check a configured URL; `setting` names it in the error.
 pub fn parse_url(setting: &'static str, url: &str) -> Result<Url, BuildError> {
-    let invalid = |reason: String| BuildError::InvalidUrl {
+    let parsed = check_url(url).map_err(|reason| BuildError::InvalidUrl {
         setting,
         url: redact_unparsed(url),
         reason,
+    })?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        _ => false,
     };
-    let parsed = Url::parse(url).map_err(|e| invalid(e.to_string()))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(invalid(
-            "only http:// and https:// URLs with a host work".into(),
-        ));
+    if parsed.scheme() == "http" && !loopback {
+        tracing::warn!(
+            setting,
+            url = %redact_url(&parsed),
+            "plain http to a host that is not a loopback address: secrets and tokens \
+             cross the network unencrypted and unauthenticated; use https"
+        );
     }
-    if parsed.scheme() == "http" {
-        match parsed.host() {
-            Some(url::Host::Ipv4(ip)) if ip.is_loopback() => {}
-            Some(url::Host::Ipv6(ip)) if ip.is_loopback() => {}
-            // Nothing authenticates a plain-http peer, and a name may resolve to
-            // 127.0.0.1 or ::1 (Kubernetes' /etc/hosts lists ::1 first): any local
-            // user can listen on the loopback address the service does not, and
-            // would get our secrets and serve us tokens.
-            Some(url::Host::Domain(d)) if is_localhost(d) => {
-                return Err(invalid(
-                    "http://localhost may reach 127.0.0.1 or ::1, and another local user can \
-                     listen on the one the service does not: write the address the service \
-                     listens on (http://127.0.0.1:PORT or http://[::1]:PORT), or use https"
-                        .into(),
-                ))
-            }
-            _ => tracing::warn!(
-                setting,
-                url = %redact_url(&parsed),
-                "plain http to a host that is not a loopback address: secrets and tokens \
-                 cross the network unencrypted and unauthenticated; use https"
-            ),
+    Ok(parsed)
+}
+
+/// The one check of every URL setting, pure (the config's validation and the
+/// sources share it): `http://` or `https://` with a host, no credentials in
+/// it, and no `http://localhost`. The refusal says why, without the URL.
+pub fn check_url(url: &str) -> Result<Url, String> {
+    let parsed = Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not carry credentials; use client_secret_file".into());
+    }
+    // Nothing authenticates a plain-http peer, and a name may resolve to
+    // 127.0.0.1 or ::1 (Kubernetes' /etc/hosts lists ::1 first): any local
+    // user can listen on the loopback address the service does not, and
+    // would get our secrets and serve us tokens.
+    if let (true, Some(url::Host::Domain(d))) = (parsed.scheme() == "http", parsed.host()) {
+        if is_localhost(d) {
+            return Err(
+                "http://localhost may reach 127.0.0.1 or ::1, and another local user can \
+                 listen on the one the service does not: write the address the service \
+                 listens on (http://127.0.0.1:PORT or http://[::1]:PORT), or use https"
+                    .into(),
+            );
         }
     }
     Ok(parsed)

@@ -164,8 +164,16 @@ fn bad_settings_are_refused_at_build() {
         ..cfg.clone()
     })
     .is_err());
-    let src = OAuthSource::new(OAuthConfig {
+    // Credentials in the URL are refused (as the config does), not shown.
+    let err = OAuthSource::new(OAuthConfig {
         token_url: "http://u:pw@127.0.0.1:1/token?x=1".into(),
+        ..cfg.clone()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("credentials") && !err.contains("pw"), "{err}");
+    let src = OAuthSource::new(OAuthConfig {
+        token_url: "http://127.0.0.1:1/token?x=1".into(),
         ..cfg
     })
     .unwrap();
