@@ -362,6 +362,9 @@ impl FuseSession {
 /// One cell per file, in config order. A token exchange whose subject is
 /// another file of the mount gets that file's cell (built first) as subject.
 pub(crate) fn build_cells(files: Vec<FileConfig>) -> Result<Vec<Arc<Cell>>> {
+    // One registry for the mount's sources: files with the same HTTP settings
+    // share one client.
+    let clients = crate::source::http::Clients::default();
     let mut built: Vec<(String, Arc<Cell>)> = Vec::new();
     let (exchanges, plain): (Vec<_>, Vec<_>) = files
         .into_iter()
@@ -375,15 +378,18 @@ pub(crate) fn build_cells(files: Vec<FileConfig>) -> Result<Vec<Arc<Cell>>> {
             cell.expect("config validation checked the subject exists and is not an exchange")
         });
         let source: Arc<dyn Source> = match (file.source, subject) {
-            (SourceConfig::OAuth(c), Some(cell)) => {
-                Arc::new(OAuthSource::with_subject(*c, Arc::new(CellSubject(cell)))?)
-            }
-            (SourceConfig::OAuth(c), None) => Arc::new(OAuthSource::new(*c)?),
-            (SourceConfig::Get(c), _) => Arc::new(GetSource::new(c)?),
+            (SourceConfig::OAuth(c), Some(cell)) => Arc::new(OAuthSource::with_subject(
+                *c,
+                Arc::new(CellSubject(cell)),
+                &clients,
+            )?),
+            (SourceConfig::OAuth(c), None) => Arc::new(OAuthSource::new_in(*c, &clients)?),
+            (SourceConfig::Get(c), _) => Arc::new(GetSource::new_in(c, &clients)?),
         };
         let source: Arc<dyn Source> = match file.verify {
             Some(v) => Arc::new(
-                VerifyingSource::new(source, v).with_context(|| format!("files.{name}.verify"))?,
+                VerifyingSource::new_in(source, v, &clients)
+                    .with_context(|| format!("files.{name}.verify"))?,
             ),
             None => source,
         };

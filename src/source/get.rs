@@ -37,6 +37,11 @@ pub struct GetSource {
 
 impl GetSource {
     pub fn new(cfg: GetConfig) -> Result<Self, BuildError> {
+        GetSource::new_in(cfg, &http::Clients::default())
+    }
+
+    /// [`GetSource::new`] sharing the clients of `clients`.
+    pub fn new_in(cfg: GetConfig, clients: &http::Clients) -> Result<Self, BuildError> {
         let url = http::parse_url("url", &cfg.url)?;
         let mut headers = HeaderMap::new();
         for (name, value) in &cfg.headers {
@@ -54,7 +59,7 @@ impl GetSource {
             headers.append(name, value);
         }
         Ok(GetSource {
-            client: http::client(&cfg.http)?,
+            client: clients.client(&cfg.http)?,
             url,
             headers,
             http: cfg.http,

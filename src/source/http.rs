@@ -73,27 +73,34 @@ pub enum BuildError {
     InvalidHeader { name: String, reason: &'static str },
 }
 
-/// The client for these settings, shared by every source that uses the same
-/// ones: each client carries its own TLS root store and connection pool (about
-/// 100 KiB), so a mount with many files would otherwise pay that per file.
-pub fn client(s: &HttpSettings) -> Result<reqwest::Client, BuildError> {
-    type Key = (Duration, Duration, Option<PathBuf>, bool);
-    static CLIENTS: std::sync::OnceLock<
-        std::sync::Mutex<std::collections::HashMap<Key, reqwest::Client>>,
-    > = std::sync::OnceLock::new();
-    let key = (
-        s.connect_timeout,
-        s.timeout,
-        s.ca_file.clone(),
-        s.proxy_from_env,
-    );
-    let mut clients = lock(CLIENTS.get_or_init(Default::default));
-    if let Some(client) = clients.get(&key) {
-        return Ok(client.clone());
+/// The HTTP clients of a set of sources, one per distinct settings, shared by
+/// every source built with it: each client carries its own TLS root store and
+/// connection pool (about 100 KiB), so a mount with many files would otherwise
+/// pay that per file. Whoever builds the sources (the daemon, `check`) makes one
+/// and passes it in; a source built alone gets a registry of its own.
+#[derive(Default)]
+pub struct Clients(std::sync::Mutex<std::collections::HashMap<ClientKey, reqwest::Client>>);
+
+/// What makes two settings' clients differ (`max_body` is checked per read).
+type ClientKey = (Duration, Duration, Option<PathBuf>, bool);
+
+impl Clients {
+    /// The client for `s`, built at its first use.
+    pub fn client(&self, s: &HttpSettings) -> Result<reqwest::Client, BuildError> {
+        let key = (
+            s.connect_timeout,
+            s.timeout,
+            s.ca_file.clone(),
+            s.proxy_from_env,
+        );
+        let mut clients = lock(&self.0);
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = build_client(s)?;
+        clients.insert(key, client.clone());
+        Ok(client)
     }
-    let client = build_client(s)?;
-    clients.insert(key, client.clone());
-    Ok(client)
 }
 
 /// Build a client: rustls (aws-lc-rs, the same provider as the JWT code), no
@@ -463,7 +470,13 @@ pub(crate) mod tests {
             timeout: Duration::from_secs(5),
             ..fast()
         };
-        let resp = client(&s).unwrap().get(&base).send().await.unwrap();
+        let resp = Clients::default()
+            .client(&s)
+            .unwrap()
+            .get(&base)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.content_length(), None);
         let err = read_body(resp, &s).await.unwrap_err();
         assert_eq!(
@@ -477,14 +490,26 @@ pub(crate) mod tests {
         let app = Router::new().route("/", get(|| async { vec![b'x'; 2000] }));
         let base = serve(app).await;
         let s = fast();
-        let resp = client(&s).unwrap().get(&base).send().await.unwrap();
+        let resp = Clients::default()
+            .client(&s)
+            .unwrap()
+            .get(&base)
+            .send()
+            .await
+            .unwrap();
         assert!(resp.content_length().is_some());
         let err = read_capped(resp, 1024).await.unwrap_err();
         assert!(matches!(err, SourceError::Malformed(_)));
         // Exactly at the cap is fine.
         let app = Router::new().route("/", get(|| async { vec![b'x'; 1024] }));
         let base = serve(app).await;
-        let resp = client(&s).unwrap().get(&base).send().await.unwrap();
+        let resp = Clients::default()
+            .client(&s)
+            .unwrap()
+            .get(&base)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(read_capped(resp, 1024).await.unwrap().len(), 1024);
     }
 
@@ -492,7 +517,8 @@ pub(crate) mod tests {
     async fn refused_connection_is_unavailable_and_names_the_address() {
         let base = dead_url();
         let s = fast();
-        let e = client(&s)
+        let e = Clients::default()
+            .client(&s)
             .unwrap()
             .get(format!("{base}/x?secret=1"))
             .send()
@@ -558,7 +584,7 @@ pub(crate) mod tests {
             ca_file: Some(missing.clone()),
             ..HttpSettings::default()
         };
-        let e = client(&s).unwrap_err();
+        let e = Clients::default().client(&s).unwrap_err();
         assert!(matches!(e, BuildError::CaFileUnreadable { .. }));
         assert!(e.to_string().contains("missing.pem"), "{e}");
 
@@ -568,7 +594,7 @@ pub(crate) mod tests {
             ca_file: Some(garbage),
             ..HttpSettings::default()
         };
-        let e = client(&s).unwrap_err();
+        let e = Clients::default().client(&s).unwrap_err();
         assert!(matches!(e, BuildError::CaFileNotPem { .. }), "{e}");
         assert!(e.to_string().contains("garbage.pem"), "{e}");
     }
@@ -585,7 +611,7 @@ pub(crate) mod tests {
             ca_file: Some(bundle.to_path_buf()),
             ..HttpSettings::default()
         };
-        client(&s).unwrap();
+        Clients::default().client(&s).unwrap();
     }
 
     #[test]

@@ -250,16 +250,29 @@ fn mtime(path: &std::path::Path) -> Option<SystemTime> {
 impl OAuthSource {
     /// A source whose exchange subject, if any, is a file on disk.
     pub fn new(cfg: OAuthConfig) -> Result<Self, BuildError> {
-        Self::build(cfg, None)
+        Self::build(cfg, None, &http::Clients::default())
+    }
+
+    /// [`OAuthSource::new`] sharing the clients of `clients`.
+    pub fn new_in(cfg: OAuthConfig, clients: &http::Clients) -> Result<Self, BuildError> {
+        Self::build(cfg, None, clients)
     }
 
     /// A token-exchange source whose subject token comes from `subject`
     /// (another file's cell, for [`SubjectRef::MountFile`]).
-    pub fn with_subject(cfg: OAuthConfig, subject: Arc<dyn Subject>) -> Result<Self, BuildError> {
-        Self::build(cfg, Some(subject))
+    pub fn with_subject(
+        cfg: OAuthConfig,
+        subject: Arc<dyn Subject>,
+        clients: &http::Clients,
+    ) -> Result<Self, BuildError> {
+        Self::build(cfg, Some(subject), clients)
     }
 
-    fn build(cfg: OAuthConfig, subject: Option<Arc<dyn Subject>>) -> Result<Self, BuildError> {
+    fn build(
+        cfg: OAuthConfig,
+        subject: Option<Arc<dyn Subject>>,
+        clients: &http::Clients,
+    ) -> Result<Self, BuildError> {
         let token_url = http::parse_url("token_url", &cfg.token_url)?;
         if cfg.client_id.is_empty() {
             return Err(BuildError::Setting {
@@ -348,7 +361,7 @@ impl OAuthSource {
             None => (None, None),
         };
         let inner = Inner {
-            client: http::client(&cfg.http)?,
+            client: clients.client(&cfg.http)?,
             token_url,
             client_id: cfg.client_id,
             client_secret: ClientSecret::new(cfg.client_secret, cfg.client_secret_file),

@@ -187,6 +187,11 @@ impl std::fmt::Debug for Verifier {
 
 impl Verifier {
     pub fn new(cfg: VerifyConfig) -> Result<Verifier, BuildError> {
+        Verifier::new_in(cfg, &http::Clients::default())
+    }
+
+    /// [`Verifier::new`] sharing the clients of `clients`.
+    pub fn new_in(cfg: VerifyConfig, clients: &http::Clients) -> Result<Verifier, BuildError> {
         let (setting, url) = match &cfg.jwks {
             JwksLocation::Url(u) => ("verify.jwks_url", u),
             JwksLocation::Discovery(u) => ("verify.discovery_url", u),
@@ -202,7 +207,7 @@ impl Verifier {
             max_body: cfg.http.max_body.max(MIN_JWKS_BODY),
             ..cfg.http.clone()
         };
-        let client = http::client(&http)?;
+        let client = clients.client(&http)?;
         let jwks_url = match cfg.jwks {
             JwksLocation::Url(_) => Some(location.clone()),
             JwksLocation::Discovery(_) => None,
@@ -429,6 +434,18 @@ pub struct VerifyingSource {
 impl VerifyingSource {
     pub fn new(inner: Arc<dyn Source>, cfg: VerifyConfig) -> Result<VerifyingSource, BuildError> {
         Ok(VerifyingSource::with_verifier(inner, Verifier::new(cfg)?))
+    }
+
+    /// [`VerifyingSource::new`] sharing the clients of `clients`.
+    pub fn new_in(
+        inner: Arc<dyn Source>,
+        cfg: VerifyConfig,
+        clients: &http::Clients,
+    ) -> Result<VerifyingSource, BuildError> {
+        Ok(VerifyingSource::with_verifier(
+            inner,
+            Verifier::new_in(cfg, clients)?,
+        ))
     }
 
     /// Wrap `inner` with an already built (e.g. tuned) [`Verifier`].

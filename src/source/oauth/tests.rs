@@ -550,10 +550,14 @@ fn exchange_cfg(url: &str, subject: SubjectRef) -> OAuthConfig {
 
 async fn exchange_with(url: &str) -> Result<Issued, SourceError> {
     let cfg = exchange_cfg(url, SubjectRef::MountFile("token".into()));
-    OAuthSource::with_subject(cfg, Arc::new(FixedSubject("platform-jwt")))
-        .unwrap()
-        .issue()
-        .await
+    OAuthSource::with_subject(
+        cfg,
+        Arc::new(FixedSubject("platform-jwt")),
+        &Default::default(),
+    )
+    .unwrap()
+    .issue()
+    .await
 }
 
 #[tokio::test]
@@ -619,7 +623,9 @@ async fn kc_action_consent_url_links_the_alias_for_the_subjects_user() {
     }
     let subject = make_jwt(&json!({"exp": now_secs() + 60, "preferred_username": "alice"}));
     let subject: &'static str = Box::leak(subject.into_boxed_str());
-    let source = OAuthSource::with_subject(cfg, Arc::new(FixedSubject(subject))).unwrap();
+    let source =
+        OAuthSource::with_subject(cfg, Arc::new(FixedSubject(subject)), &Default::default())
+            .unwrap();
     match source.issue().await.unwrap_err() {
         SourceError::ConsentRequired { url, expired, .. } => {
             assert!(!expired);
@@ -655,7 +661,12 @@ async fn not_linked_after_a_token_was_exchanged_is_consent_expired() {
     })
     .await;
     let cfg = exchange_cfg(&url, SubjectRef::MountFile("token".into()));
-    let source = OAuthSource::with_subject(cfg, Arc::new(FixedSubject("platform-jwt"))).unwrap();
+    let source = OAuthSource::with_subject(
+        cfg,
+        Arc::new(FixedSubject("platform-jwt")),
+        &Default::default(),
+    )
+    .unwrap();
     source.issue().await.unwrap();
     match source.issue().await.unwrap_err() {
         SourceError::ConsentRequired { expired, .. } => assert!(expired, "after a link worked"),
