@@ -6,6 +6,11 @@
 //!
 //! [`State`] (in `cell/state.rs`) is pure logic over an injected clock; [`Cell`]
 //! adds the tokio plumbing: the one request in flight, the refresh-ahead loop.
+//!
+//! Only the cell's decisions (servable or not, when to refresh, how long to back
+//! off) and the views built on them (`fs`) use that clock. Sources read the
+//! system's: what they stamp (`issued_at`, an expiry from `expires_in`) must be
+//! comparable with the upstream's own wall-clock times, such as a JWT's `exp`.
 
 pub mod histogram;
 mod state;
