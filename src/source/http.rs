@@ -447,6 +447,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// A GET of `base` with a client for `s`.
+    async fn get_with(s: &HttpSettings, base: &str) -> reqwest::Response {
+        Clients::default()
+            .client(s)
+            .unwrap()
+            .get(base)
+            .send()
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn body_over_cap_fails_without_reading_it_all() {
         // An endless chunked body, written by hand because axum's streaming
@@ -470,13 +481,7 @@ pub(crate) mod tests {
             timeout: Duration::from_secs(5),
             ..fast()
         };
-        let resp = Clients::default()
-            .client(&s)
-            .unwrap()
-            .get(&base)
-            .send()
-            .await
-            .unwrap();
+        let resp = get_with(&s, &base).await;
         assert_eq!(resp.content_length(), None);
         let err = read_body(resp, &s).await.unwrap_err();
         assert_eq!(
@@ -490,26 +495,14 @@ pub(crate) mod tests {
         let app = Router::new().route("/", get(|| async { vec![b'x'; 2000] }));
         let base = serve(app).await;
         let s = fast();
-        let resp = Clients::default()
-            .client(&s)
-            .unwrap()
-            .get(&base)
-            .send()
-            .await
-            .unwrap();
+        let resp = get_with(&s, &base).await;
         assert!(resp.content_length().is_some());
         let err = read_capped(resp, 1024).await.unwrap_err();
         assert!(matches!(err, SourceError::Malformed(_)));
         // Exactly at the cap is fine.
         let app = Router::new().route("/", get(|| async { vec![b'x'; 1024] }));
         let base = serve(app).await;
-        let resp = Clients::default()
-            .client(&s)
-            .unwrap()
-            .get(&base)
-            .send()
-            .await
-            .unwrap();
+        let resp = get_with(&s, &base).await;
         assert_eq!(read_capped(resp, 1024).await.unwrap().len(), 1024);
     }
 
