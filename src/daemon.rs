@@ -68,7 +68,6 @@ pub fn run(args: MountArgs) -> Result<()> {
             read_timeout: config.read_timeout,
             ttl_cap: TTL_CAP,
             login_socket: login_socket.clone(),
-            stand_in: !args.kernel_opens,
         },
     );
 

@@ -93,28 +93,26 @@ impl Filesystem for TokenFs {
         // page cache needs it. By default opens reach the daemon: a file without
         // a token is shown as an empty stand-in, and only an open can move a
         // reader from it to the token file.
-        let (cached, kernel_opens) = match self.asked {
-            ReadPath::DirectIo => (false, false),
-            ReadPath::PageCache => {
-                let ok = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
-                (ok.is_ok(), false)
+        let auto_inval = InitFlags::FUSE_AUTO_INVAL_DATA;
+        let granted = match self.asked {
+            ReadPath::PageCache if config.add_capabilities(auto_inval).is_ok() => {
+                ReadPath::PageCache
             }
-            ReadPath::KernelOpens => {
-                let both = InitFlags::FUSE_NO_OPEN_SUPPORT | InitFlags::FUSE_AUTO_INVAL_DATA;
-                let ok = config.add_capabilities(both).is_ok();
-                (ok, ok)
+            ReadPath::KernelOpens
+                if config
+                    .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT | auto_inval)
+                    .is_ok() =>
+            {
+                ReadPath::KernelOpens
             }
+            _ => ReadPath::DirectIo,
         };
-        self.files.serve(match (cached, kernel_opens) {
-            (true, true) => ReadPath::KernelOpens,
-            (true, false) => ReadPath::PageCache,
-            (false, _) => ReadPath::DirectIo,
-        });
-        match (cached, kernel_opens, self.asked) {
-            (true, true, _) => tracing::info!("read path: kernel page cache, opens in the kernel (--kernel-opens; TTL bounded by token deadlines)"),
-            (true, false, _) => tracing::info!("read path: kernel page cache (auto-inval-data, TTL bounded by token deadlines), opens answered by the daemon"),
-            (false, _, ReadPath::DirectIo) => tracing::info!("read path: direct I/O (--direct-io); every read reaches the daemon"),
-            (false, _, _) => tracing::warn!("read path: direct I/O (kernel lacks FUSE_AUTO_INVAL_DATA or FUSE_NO_OPEN_SUPPORT); every read reaches the daemon"),
+        self.files.serve(granted);
+        match (granted, self.asked) {
+            (ReadPath::KernelOpens, _) => tracing::info!("read path: kernel page cache, opens in the kernel (--kernel-opens; TTL bounded by token deadlines)"),
+            (ReadPath::PageCache, _) => tracing::info!("read path: kernel page cache (auto-inval-data, TTL bounded by token deadlines), opens answered by the daemon"),
+            (ReadPath::DirectIo, ReadPath::DirectIo) => tracing::info!("read path: direct I/O (--direct-io); every read reaches the daemon"),
+            (ReadPath::DirectIo, _) => tracing::warn!("read path: direct I/O (kernel lacks FUSE_AUTO_INVAL_DATA or FUSE_NO_OPEN_SUPPORT); every read reaches the daemon"),
         }
         Ok(())
     }

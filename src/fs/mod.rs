@@ -60,9 +60,6 @@ pub struct Options {
     pub ttl_cap: Duration,
     /// Where `tokenfs consent` completes a code login, shown in `.status`.
     pub login_socket: Option<std::path::PathBuf>,
-    /// Show a file without a servable token as the pending stand-in. Only when
-    /// opens reach the daemon: the stand-in's open is what moves a reader on.
-    pub stand_in: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,9 +351,11 @@ impl Files {
         out
     }
 
-    /// The offset of the inode a token file's name resolves to now.
+    /// The offset of the inode a token file's name resolves to now: the
+    /// pending stand-in while it has no servable token, unless the kernel opens
+    /// files itself (then nothing would move a reader off the stand-in).
     fn token_or_pending(&self, file: &TokenFile) -> u64 {
-        if self.opts.stand_in && file.cell.peek().is_none() {
+        if self.read_path() != ReadPath::KernelOpens && file.cell.peek().is_none() {
             PENDING_INO
         } else {
             0

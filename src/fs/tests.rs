@@ -54,7 +54,6 @@ pub(super) fn files() -> (Arc<Files>, Arc<Cell>, Arc<ManualClock>) {
         read_timeout: Duration::from_secs(10),
         ttl_cap: Duration::from_secs(600),
         login_socket: None,
-        stand_in: true,
     };
     let files = Files::with_clock(vec![cell.clone()], opts, clock.clone());
     (files, cell, clock)
@@ -151,12 +150,7 @@ async fn reads_serve_the_announced_token_until_attributes_are_asked_again() {
     let (files, cell, clock) = files();
     files.wait(4).await.unwrap();
     // A refresh lands: the cell has a longer token, but the kernel still holds the old size.
-    clock.0.fetch_add(240, Ordering::SeqCst);
-    assert!(cell.lock().try_start_refresh(clock.now()));
-    let issued = cell.source.issue().await;
-    cell.lock()
-        .finish(issued, clock.now(), &Policy::default(), 0.5)
-        .unwrap();
+    refresh(&cell, &clock, 240).await;
     assert_eq!(cell.peek().unwrap().bytes(), b"token-xx");
     let read = ready(files.read_now(4));
     assert_eq!(
@@ -234,7 +228,6 @@ async fn consent_url_file_exists_only_while_consent_is_needed() {
         read_timeout: Duration::from_secs(10),
         ttl_cap: Duration::from_secs(600),
         login_socket: None,
-        stand_in: true,
     };
     let files = Files::new(vec![cell], opts);
     let consent = OsStr::new("azure-token.consent-url");
@@ -343,12 +336,7 @@ async fn expires_file_follows_the_servable_token_and_never_asks_the_upstream() {
 
     // A refresh lands. Until the kernel dropped its cache of `token`, a read of
     // it still returns the old token: so `.expires` still describes that one.
-    clock.0.fetch_add(240, Ordering::SeqCst);
-    assert!(cell.lock().try_start_refresh(clock.now()));
-    let issued = cell.source.issue().await;
-    cell.lock()
-        .finish(issued, clock.now(), &Policy::default(), 0.5)
-        .unwrap();
+    refresh(&cell, &clock, 240).await;
     let before = ready(files.attr_now(6));
     assert_eq!(before.content.unwrap().bytes(), text.as_bytes());
     assert_eq!(before.attr.mtime, token.attr.mtime);
@@ -471,12 +459,7 @@ async fn the_kernel_may_cache_a_token_only_within_its_announced_ttl() {
 async fn expires_file_moves_on_when_the_token_file_is_announced() {
     let (files, cell, clock) = files();
     files.wait(4).await.unwrap();
-    clock.0.fetch_add(240, Ordering::SeqCst);
-    assert!(cell.lock().try_start_refresh(clock.now()));
-    let issued = cell.source.issue().await;
-    cell.lock()
-        .finish(issued, clock.now(), &Policy::default(), 0.5)
-        .unwrap();
+    refresh(&cell, &clock, 240).await;
     assert_eq!(json(&ready(files.attr_now(6)))["expires_on"], 1_000_300);
     // A stat of `token` (its cache gone) announces the new token, and reads follow.
     assert_eq!(ready(files.attr_now(4)).attr.size, 8);
@@ -488,11 +471,7 @@ async fn expires_file_moves_on_when_the_token_file_is_announced() {
     assert!(files
         .lookup(ROOT_INO, OsStr::new("token.expires"))
         .is_none());
-    assert!(cell.lock().try_start_refresh(clock.now()));
-    let issued = cell.source.issue().await;
-    cell.lock()
-        .finish(issued, clock.now(), &Policy::default(), 0.5)
-        .unwrap();
+    refresh(&cell, &clock, 0).await;
     assert_eq!(json(&ready(files.attr_now(6)))["expires_on"], 1_000_580);
 }
 
@@ -630,6 +609,11 @@ async fn the_stand_in_opens_wait_then_send_the_reader_on_whatever_the_read_path(
     assert!(
         matches!(files.open(4), Answer::Err(libc::ENOSYS)),
         "the kernel opens files itself"
+    );
+    assert_eq!(
+        files.lookup(ROOT_INO, OsStr::new("token")),
+        Some(4),
+        "no stand-in when no open reaches the daemon"
     );
 }
 

@@ -286,6 +286,12 @@ pub fn value_text() -> impl Strategy<Value = String> {
 }
 
 /// A JSON object as text from `(key, raw value)` pairs; keys may repeat.
+/// The values of `fields` as a JSON array: valid JSON, but not an object.
+pub fn array_text(fields: &[(String, String)]) -> String {
+    let values: Vec<&str> = fields.iter().map(|(_, v)| v.as_str()).collect();
+    format!("[{}]", values.join(","))
+}
+
 pub fn object_text(fields: &[(String, String)]) -> String {
     let parts: Vec<String> = fields
         .iter()

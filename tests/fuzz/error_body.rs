@@ -114,14 +114,7 @@ pub fn error_body_input() -> impl Strategy<Value = Input> {
                 fields.push((field.to_owned(), format!("\"{secret}\"")));
             }
             let text = match shape {
-                0 => format!(
-                    "[{}]",
-                    fields
-                        .iter()
-                        .map(|(_, v)| v.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
+                0 => array_text(&fields),
                 1 => format!("<html><body>{}</body></html>", object_text(&fields)),
                 _ => object_text(&fields),
             };

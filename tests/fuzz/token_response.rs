@@ -62,14 +62,7 @@ pub fn token_response_input() -> impl Strategy<Value = Input> {
                 push("not-before-policy", Some("0".into()));
                 fields.push((field.to_owned(), format!("\"{secret}\"")));
                 let mut text = match shape {
-                    0 => format!(
-                        "[{}]",
-                        fields
-                            .iter()
-                            .map(|(_, v)| v.as_str())
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    ),
+                    0 => array_text(&fields),
                     1 => format!("{} {}", object_text(&fields), object_text(&fields)),
                     _ => object_text(&fields),
                 };
