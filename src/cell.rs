@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::source::code::{LoginError, Redirect};
 use crate::source::{Source, SourceError};
-pub use crate::status::schema::{rfc3339, CellStatus, StateName, Timestamp};
+use crate::status::schema::CellStatus;
 use crate::sync::lock;
 use histogram::Histogram;
 pub use state::{random_jitter, CellError, Clock, Jitter, Next, Policy, State, SystemClock, Token};

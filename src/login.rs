@@ -86,7 +86,7 @@ pub async fn complete(
             "logged in: {} sub={} exp={}",
             cell.name(),
             token.claims.sub.as_deref().unwrap_or("-"),
-            crate::cell::rfc3339(token.expires_at)
+            crate::status::schema::rfc3339(token.expires_at)
         ),
         Err(e) => format!(
             "logged in: {}, but its first token could not be served yet: {e}",

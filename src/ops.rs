@@ -180,7 +180,7 @@ pub fn check(args: CheckArgs) -> Result<u8> {
         let outcome = rt.block_on(tokio::time::timeout(args.timeout, cell.get()));
         let line = match outcome {
             Ok(Ok(token)) => {
-                let exp = crate::cell::rfc3339(token.expires_at);
+                let exp = crate::status::schema::rfc3339(token.expires_at);
                 let left = token
                     .expires_at
                     .duration_since(SystemTime::now())
@@ -258,7 +258,7 @@ pub fn login(args: LoginArgs) -> Result<u8> {
                     "logged in: {} sub={} exp={}",
                     cell.name(),
                     token.claims.sub.as_deref().unwrap_or("-"),
-                    crate::cell::rfc3339(token.expires_at)
+                    crate::status::schema::rfc3339(token.expires_at)
                 );
                 rt.shutdown_timeout(Duration::from_secs(1));
                 return Ok(0);

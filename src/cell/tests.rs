@@ -8,6 +8,7 @@ use secrecy::SecretString;
 use super::state::{backoff, TOO_SHORT_RETRY};
 use super::*;
 use crate::source::{Inputs, Issued, LogClaims};
+use crate::status::schema::{rfc3339, StateName, Timestamp};
 
 const T0: Duration = Duration::from_secs(1_800_000_000);
 const LIFETIME: Duration = Duration::from_secs(300);

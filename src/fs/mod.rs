@@ -20,7 +20,8 @@ use std::ffi::OsStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::cell::{Cell, CellError, Clock, SystemClock, Timestamp, Token};
+use crate::cell::{Cell, CellError, Clock, SystemClock, Token};
+use crate::status::schema::Timestamp;
 use crate::sync::lock;
 
 pub const ROOT_INO: u64 = 1;

@@ -317,7 +317,7 @@ async fn expires_file_follows_the_servable_token_and_never_asks_the_upstream() {
             "expires_on": 1_000_300,
             "expires_at": "1970-01-12T13:51:40Z",
             "obtained_at": "1970-01-12T13:46:40Z",
-            "refresh_at": crate::cell::rfc3339(served.refresh_at),
+            "refresh_at": crate::status::schema::rfc3339(served.refresh_at),
         })
     );
     let text = String::from_utf8(view.content.clone().unwrap().bytes().to_vec()).unwrap();
